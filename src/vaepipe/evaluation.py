@@ -1,0 +1,138 @@
+"""Evaluation of a trained VAE on held-out images: ELBO terms, importance-sampled NLL, active units,
+and a k-nearest-neighbour probe of the latent means. Arrays in, numbers out; seeded and batched."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from vaepipe import data, objectives, paths
+from vaepipe.config import Params
+from vaepipe.model import VAE, load_vae
+
+
+def _batches(x: np.ndarray, batch_size: int):
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size]
+
+
+def encode_means(vae: VAE, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
+    """Posterior means E_q[z|x] for every image."""
+    return np.concatenate([np.asarray(vae.encoder(batch)[0]) for batch in _batches(x, batch_size)])
+
+
+def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int) -> dict[str, float]:
+    """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
+
+    test_loss is the negative ELBO with beta = 1 (recon + analytic KL); test_seed_loss is the
+    tutorial's definition (784 x mean BCE + KL averaged over latent dims) from the same draws.
+    """
+    generator = tf.random.Generator.from_seed(seed)
+    totals = {"test_recon": 0.0, "test_kl": 0.0, "test_seed_loss": 0.0}
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def batch_terms(images, eps):
+        mean, log_var = vae.encoder(images)
+        recon, seed = 0.0, 0.0
+        for s in range(mc_samples):
+            logits = vae.decoder(mean + ops.exp(0.5 * log_var) * eps[s])
+            recon += ops.sum(objectives.bernoulli_nll(images, logits))
+            seed += ops.sum(objectives.seed_loss(images, logits, mean, log_var))
+        return recon / mc_samples, ops.sum(objectives.gaussian_kl(mean, log_var)), seed / mc_samples
+
+    latent_dim = vae.decoder.inputs[0].shape[-1]
+    for images in _batches(x, batch_size):
+        eps = generator.normal((mc_samples, len(images), latent_dim))
+        recon, kl, seed_total = batch_terms(tf.constant(images), eps)
+        totals["test_recon"] += float(recon)
+        totals["test_kl"] += float(kl)
+        totals["test_seed_loss"] += float(seed_total)
+    metrics = {key: value / len(x) for key, value in totals.items()}
+    metrics["test_loss"] = metrics["test_recon"] + metrics["test_kl"]
+    return metrics
+
+
+def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: int = 20,
+                      chunk: int = 1000) -> np.ndarray:
+    """Importance-sampled log p(x) per image (Burda et al. 2015): log mean_k p(x|z_k) p(z_k) / q(z_k|x).
+
+    Samples are drawn in chunks of at most `chunk` per image, so memory stays bounded for k = 5000;
+    the chunks' log-weights are combined exactly with a running log-sum-exp.
+    """
+    generator = tf.random.Generator.from_seed(seed)
+    latent_dim = vae.decoder.inputs[0].shape[-1]
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def log_weights(images, mean, log_var, eps):  # eps: (samples, batch, latent)
+        z = mean + ops.exp(0.5 * log_var) * eps
+        samples = ops.shape(eps)[0]
+        logits = vae.decoder(ops.reshape(z, (-1, latent_dim)))
+        logits = ops.reshape(logits, (samples, -1, ops.shape(images)[-1]))
+        log_px_z = -objectives.bernoulli_nll(images[None], logits)
+        log_pz = objectives.gaussian_log_density(z, 0.0, ops.zeros_like(z))
+        log_qz = objectives.gaussian_log_density(z, mean, log_var)
+        return log_px_z + log_pz - log_qz  # (samples, batch)
+
+    results = []
+    for images in _batches(x, batch_size):
+        images = tf.constant(images)
+        mean, log_var = vae.encoder(images)
+        running = None  # log-sum-exp of the weights seen so far, per image
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            lw = log_weights(images, mean, log_var, generator.normal((n, len(images), latent_dim)))
+            part = tf.reduce_logsumexp(lw, axis=0)
+            running = part if running is None else tf.reduce_logsumexp(tf.stack([running, part]), axis=0)
+        results.append(np.asarray(running) - np.log(k))
+    return np.concatenate(results)
+
+
+def active_units(z_means: np.ndarray, threshold: float = 0.01) -> int:
+    """Burda et al.'s active units: latent dimensions whose variance over x of E_q[z|x] exceeds threshold."""
+    return int(np.sum(np.var(z_means, axis=0) > threshold))
+
+
+def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray,
+                 test_labels: np.ndarray, k: int = 5, chunk: int = 500) -> float:
+    """Accuracy of a k-nearest-neighbour (Euclidean, majority vote) classifier on latent means."""
+    train_z = train_z.astype(np.float32)
+    train_sq = np.sum(train_z**2, axis=1)
+    correct = 0
+    for start in range(0, len(test_z), chunk):
+        query = test_z[start:start + chunk].astype(np.float32)
+        distances = train_sq[None, :] - 2.0 * query @ train_z.T  # + |q|^2, constant per row
+        nearest = np.argpartition(distances, k, axis=1)[:, :k]
+        votes = train_labels[nearest]
+        predicted = np.array([np.bincount(row, minlength=10).argmax() for row in votes])
+        correct += int(np.sum(predicted == test_labels[start:start + chunk]))
+    return correct / len(test_z)
+
+
+def score(params: Params) -> dict:
+    """The evaluate stage's work: every test metric of models/vae.keras, with its protocol."""
+    vae = load_vae(paths.MODEL_FILE)
+    test = data.load_split(paths.TEST_NPZ)
+    train = data.load_split(paths.TRAIN_NPZ)
+    data.verify_prepared(test, paths.TEST_NPZ, paths.PREPARED_META)
+    data.verify_prepared(train, paths.TRAIN_NPZ, paths.PREPARED_META)
+    x_test = data.model_inputs(test, params.data.binarize, training=False)
+    # The probe's training features: the deterministic view of the training images.
+    x_train = data.model_inputs(train, params.data.binarize, training=False)
+    settings = params.evaluate
+
+    metrics = elbo_terms(vae, x_test, settings.mc_samples, settings.batch_size, settings.seed)
+    log_px = iw_log_likelihood(vae, x_test, settings.iw_samples, settings.seed)
+    metrics["test_nll_iw"] = float(-np.mean(log_px))
+    test_z = encode_means(vae, x_test)
+    metrics["active_units"] = active_units(test_z)
+    metrics["knn_accuracy"] = knn_accuracy(encode_means(vae, x_train), train.labels, test_z, test.labels)
+    metrics["protocol"] = {
+        "n_test": len(x_test),
+        "binarize": params.data.binarize,
+        "mc_samples": settings.mc_samples,
+        "iw_samples": settings.iw_samples,
+        "seed": settings.seed,
+        "knn_k": 5,
+    }
+    return metrics

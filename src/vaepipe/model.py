@@ -1,0 +1,180 @@
+"""The VAE in Keras 3: a Sampling layer, encoder/decoder builders per `model.arch`, and the VAE model.
+
+The model reads like the math (after keras-io's vae.py): encode to (mean, log_var), sample
+z = mean + exp(log_var / 2) * eps, decode to Bernoulli logits, loss = reconstruction + beta * KL.
+Everything is a registered, serializable layer: a saved model loads with `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from vaepipe import objectives
+from vaepipe.config import ModelParams
+
+IMAGE_PIXELS = 784
+
+
+@keras.saving.register_keras_serializable(package="vaepipe")
+class Sampling(layers.Layer):
+    """Reparameterised draw z = mean + exp(log_var / 2) * eps, eps ~ N(0, I), from a seeded stream."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        mean, log_var = inputs
+        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        return mean + ops.exp(0.5 * log_var) * eps
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "seed": self.seed}
+
+
+def _heads(hidden, latent_dim: int, inputs) -> keras.Model:
+    z_mean = layers.Dense(latent_dim, name="z_mean")(hidden)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var")(hidden)
+    return keras.Model(inputs, [z_mean, z_log_var], name="encoder")
+
+
+def build_encoder(params: ModelParams) -> keras.Model:
+    """Image (784 values) -> (z_mean, z_log_var)."""
+    inputs = keras.Input(shape=(IMAGE_PIXELS,), name="image")
+    if params.arch == "seed":  # the tutorial: one ReLU layer as wide as the latent space
+        hidden = layers.Dense(params.latent_dim, activation="relu", name="enc_dense")(inputs)
+    elif params.arch == "mlp":
+        hidden = inputs
+        for i, units in enumerate(params.hidden):
+            hidden = layers.Dense(units, activation=params.activation, name=f"enc_dense_{i}")(hidden)
+    else:  # conv, after keras-io's conv VAE
+        small, large = params.conv_filters
+        hidden = layers.Reshape((28, 28, 1))(inputs)
+        hidden = layers.Conv2D(small, 3, strides=2, padding="same", activation="relu", name="enc_conv_0")(hidden)
+        hidden = layers.Conv2D(large, 3, strides=2, padding="same", activation="relu", name="enc_conv_1")(hidden)
+        hidden = layers.Flatten()(hidden)
+        hidden = layers.Dense(params.conv_dense, activation="relu", name="enc_dense")(hidden)
+    return _heads(hidden, params.latent_dim, inputs)
+
+
+def build_decoder(params: ModelParams) -> keras.Model:
+    """Latent vector -> 784 Bernoulli logits (apply a sigmoid for pixel intensities)."""
+    z = keras.Input(shape=(params.latent_dim,), name="z")
+    if params.arch == "seed":  # the tutorial: straight to the pixels
+        hidden = z
+    elif params.arch == "mlp":
+        hidden = z
+        for i, units in enumerate(reversed(params.hidden)):
+            hidden = layers.Dense(units, activation=params.activation, name=f"dec_dense_{i}")(hidden)
+    else:
+        small, large = params.conv_filters
+        hidden = layers.Dense(7 * 7 * large, activation="relu", name="dec_dense")(z)
+        hidden = layers.Reshape((7, 7, large))(hidden)
+        hidden = layers.Conv2DTranspose(large, 3, strides=2, padding="same", activation="relu", name="dec_deconv_0")(hidden)
+        hidden = layers.Conv2DTranspose(small, 3, strides=2, padding="same", activation="relu", name="dec_deconv_1")(hidden)
+        hidden = layers.Conv2DTranspose(1, 3, padding="same", name="dec_deconv_out")(hidden)
+        logits = layers.Flatten(name="logits")(hidden)
+        return keras.Model(z, logits, name="decoder")
+    logits = layers.Dense(IMAGE_PIXELS, name="logits")(hidden)
+    return keras.Model(z, logits, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="vaepipe")
+class VAE(keras.Model):
+    """Encoder + sampler + decoder, trained on the negative ELBO with a KL weight beta.
+
+    `binarize="dynamic"` redraws each training batch as Bernoulli(pixel) from the model's own
+    seeded stream (the test set is binarized once, outside). Metrics: loss, recon, kl (per example).
+    """
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
+                 binarize: str = "none", seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.beta = beta
+        self.binarize = binarize
+        self.seed = seed
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.binarize_seed = keras.random.SeedGenerator(None if seed is None else seed + 1)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.recon_tracker = keras.metrics.Mean(name="recon")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    def build(self, input_shape=None) -> None:
+        # The encoder and decoder are functional models, built when constructed.
+        self.built = True
+
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker, self.recon_tracker, self.kl_tracker]
+
+    def call(self, x, training: bool = False):
+        """Reconstruction logits for images x, through one sampled z."""
+        z_mean, z_log_var = self.encoder(x, training=training)
+        return self.decoder(self.sampling((z_mean, z_log_var)), training=training)
+
+    def loss_terms(self, x, training: bool = False):
+        """Per-example (recon, kl) for one reparameterised sample per image."""
+        z_mean, z_log_var = self.encoder(x, training=training)
+        logits = self.decoder(self.sampling((z_mean, z_log_var)), training=training)
+        return objectives.bernoulli_nll(x, logits), objectives.gaussian_kl(z_mean, z_log_var)
+
+    def _update_metrics(self, recon, kl):
+        self.loss_tracker.update_state(recon + self.beta * kl)
+        self.recon_tracker.update_state(recon)
+        self.kl_tracker.update_state(kl)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        x = data
+        if self.binarize == "dynamic":
+            x = ops.cast(keras.random.uniform(ops.shape(x), seed=self.binarize_seed) < x, x.dtype)
+        with tf.GradientTape() as tape:
+            recon, kl = self.loss_terms(x, training=True)
+            loss = ops.mean(recon + self.beta * kl)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        return self._update_metrics(recon, kl)
+
+    def test_step(self, data):
+        recon, kl = self.loss_terms(data, training=False)
+        return self._update_metrics(recon, kl)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "beta": self.beta,
+            "binarize": self.binarize,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> VAE:
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        return cls(**config)
+
+
+def build_vae(params: ModelParams, beta: float, binarize: str, seed: int) -> VAE:
+    vae = VAE(build_encoder(params), build_decoder(params), beta=beta, binarize=binarize, seed=seed, name="vae")
+    vae.build((None, IMAGE_PIXELS))
+    return vae
+
+
+def load_vae(path) -> VAE:
+    """Load a saved VAE with safe_mode=True: a file that would run code (a Lambda layer) is refused."""
+    from vaepipe.errors import DataError
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: model file not found; run `dvc repro train`") from None
+    except ValueError as error:
+        raise DataError(f"{path}: refused to load model: {error}") from None

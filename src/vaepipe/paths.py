@@ -1,0 +1,78 @@
+"""The repository root and every output path of the pipeline, defined once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def repo_root() -> Path:
+    """The directory holding dvc.yaml: the current directory or the nearest parent that has one.
+
+    DVC runs every stage with the repository root as working directory, including inside the
+    temporary copies it makes for queued experiments; that copy is the root the outputs belong to.
+    """
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists():
+            return candidate
+    return here
+
+
+def main_repo_root() -> Path:
+    """The user's main repository, also from inside DVC's temporary experiment copies.
+
+    `dvc exp run --queue/--temp` executes in .dvc/tmp/exps/..., deleted afterwards; DVC sets DVC_ROOT
+    there to the main root. Anything that must outlive the run (the MLflow store) lives here.
+    """
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root:
+        return Path(dvc_root).resolve()
+    root = repo_root()
+    # Fallback for a temp copy without DVC_ROOT: .../<main>/.dvc/tmp/exps/<...>/<copy>
+    parts = root.parts
+    if ".dvc" in parts:
+        return Path(*parts[: parts.index(".dvc")])
+    return root
+
+
+ROOT = repo_root()
+PARAMS_FILE = ROOT / "params.yaml"
+PREPARED_DIR = ROOT / "data" / "prepared"
+TRAIN_NPZ = PREPARED_DIR / "train.npz"
+TEST_NPZ = PREPARED_DIR / "test.npz"
+PREPARED_META = PREPARED_DIR / "meta.json"
+MODELS_DIR = ROOT / "models"
+MODEL_FILE = MODELS_DIR / "vae.keras"
+RUN_ID_FILE = MODELS_DIR / "mlflow_run_id"
+TRAIN_LOG = ROOT / "train_log.csv"
+CHECKPOINTS_DIR = ROOT / "checkpoints"
+METRICS_FILE = ROOT / "metrics.json"
+PLOTS_DIR = ROOT / "plots"
+
+
+def cache_dir() -> Path:
+    """Where downloaded raw data is kept between runs (shared by every clone of the project)."""
+    path = Path(os.environ.get("VAEPIPE_CACHE", Path.home() / ".cache" / "vaepipe"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
+
+    A crash or Ctrl-C mid-write leaves the previous `final` untouched and no half-written file.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

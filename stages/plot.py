@@ -1,0 +1,20 @@
+"""Stage plot: draw the figures of the trained model into plots/*.png and log them to the MLflow run."""
+
+from vaepipe.config import load_params
+from vaepipe.errors import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    from vaepipe import paths, tracking
+    from vaepipe.report import draw_all
+
+    run_id = tracking.read_run_id(paths.RUN_ID_FILE)
+    with tracking.active_run(run_id):
+        for png in draw_all(params):
+            tracking.log_artifact(png, artifact_path="plots")
+            print(f"plot: wrote {png.relative_to(paths.ROOT)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
