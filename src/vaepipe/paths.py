@@ -54,6 +54,10 @@ METRICS_FILE = ROOT / "metrics.json"
 PLOTS_DIR = ROOT / "plots"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def cache_dir() -> Path:
     """Where downloaded raw data is kept between runs (shared by every clone of the project)."""
     path = Path(os.environ.get("VAEPIPE_CACHE", Path.home() / ".cache" / "vaepipe"))
@@ -73,6 +77,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

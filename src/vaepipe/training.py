@@ -43,12 +43,12 @@ def make_datasets(x_train: np.ndarray, x_test: np.ndarray, batch_size: int, seed
     return train, test
 
 
-def compile_vae(params: Params) -> VAE:
+def compile_vae(params: Params, steps_per_execution: int) -> VAE:
     keras.utils.set_random_seed(params.train.seed)
     vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
     vae.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params.train.learning_rate),
-        steps_per_execution=params.train.steps_per_execution,
+        steps_per_execution=steps_per_execution,
         jit_compile=params.train.jit_compile,
     )
     return vae
@@ -70,7 +70,8 @@ def train(params: Params) -> None:
     """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
     x_train, x_test, dataset_sha = load_inputs(params.data.binarize)
     checkpoint_dir = paths.CHECKPOINTS_DIR / training_key(params)
-    resuming = (checkpoint_dir / "training_metadata.json").exists()
+    keras_backup = checkpoint_dir / "backup"  # BackupAndRestore's own folder (it deletes it when done)
+    resuming = (keras_backup / "training_metadata.json").exists()
     _drop_other_checkpoints(keep=checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     epoch_log = checkpoint_dir / "train_log.csv"
@@ -79,7 +80,8 @@ def train(params: Params) -> None:
         epoch_log.unlink(missing_ok=True)
     previous_run = run_id_file.read_text().strip() if resuming and run_id_file.exists() else None
 
-    vae = compile_vae(params)
+    steps_per_epoch = -(-len(x_train) // params.train.batch_size)
+    vae = compile_vae(params, steps_per_execution=min(params.train.steps_per_execution, steps_per_epoch))
     train_ds, test_ds = make_datasets(x_train, x_test, params.train.batch_size, params.train.seed,
                                       params.evaluate.batch_size)
     start = {"run_name": tracking.run_name(params), "params": flat_params(params),
@@ -88,14 +90,19 @@ def train(params: Params) -> None:
         run_id_file.write_text(run_id)
         tracking.print_run_link(run_id)
         tracking.log_metrics({"parameter_count": vae.count_params()})
+        summary: list[str] = []
+        vae.encoder.summary(print_fn=summary.append)
+        vae.decoder.summary(print_fn=summary.append)
+        tracking.log_text("\n".join(summary), "model_summary.txt")
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(checkpoint_dir), double_checkpoint=True),
+            keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True),
             tracking.EpochTimer(),
             StopOnNonFiniteLoss(),
             keras.callbacks.CSVLogger(str(epoch_log), append=True),
             tracking.EpochMetricsLogger(),
         ]
-        vae.fit(train_ds, validation_data=test_ds, epochs=params.train.epochs, callbacks=callbacks, verbose=2 if _quiet() else 1)
+        vae.fit(train_ds, validation_data=test_ds, epochs=params.train.epochs, callbacks=callbacks,
+                shuffle=False, verbose=2 if _quiet() else 1)  # train_ds is already shuffled per epoch
 
         with paths.atomic_path(paths.MODEL_FILE) as tmp_model:
             vae.save(tmp_model)
