@@ -1,0 +1,79 @@
+"""params.yaml validation: every bad value stops with one line naming the key, the value and what is allowed."""
+
+import pytest
+
+from vaepipe.config import Params, flat_params, parse_params, training_key
+from vaepipe.errors import ConfigError
+
+BAD_PARAMS = [
+    # (section, key, value, words the message must contain)
+    ("model", "latent_dim", 0, ["model.latent_dim", "0", "greater than or equal to 1"]),
+    ("model", "latent_dim", -3, ["model.latent_dim", "-3"]),
+    ("model", "latent_dim", 2.5, ["model.latent_dim", "2.5", "integer"]),
+    ("model", "latent_dim", "8", ["model.latent_dim", "'8'", "integer"]),
+    ("model", "latnet_dim", 3, ["model.latnet_dim", "unknown key"]),
+    ("model", "arch", "transformer", ["model.arch", "transformer", "'seed', 'mlp' or 'conv'"]),
+    ("model", "hidden", [512, 0], ["model.hidden.1", "0"]),
+    ("model", "hidden", [], ["model.hidden", "at least 1"]),
+    ("train", "epochs", 0, ["train.epochs", "0"]),
+    ("train", "batch_size", -1, ["train.batch_size", "-1"]),
+    ("train", "learning_rate", 0.0, ["train.learning_rate", "greater than 0"]),
+    ("train", "learning_rate", "1e-3", ["train.learning_rate", "1e-3", "decimal point"]),
+    ("train", "beta", -0.1, ["train.beta", "-0.1"]),
+    ("train", "seed", True, ["train.seed", "True", "integer"]),
+    ("train", "jit_compile", "yes", ["train.jit_compile", "yes", "boolean"]),
+    ("evaluate", "iw_samples", 0, ["evaluate.iw_samples", "0"]),
+    ("data", "dataset", "cifar10", ["data.dataset", "cifar10", "'mnist' or 'fashion_mnist'"]),
+    ("data", "limit", 70000, ["data.limit", "70000", "60000"]),
+    ("data", "limit", 0, ["data.limit", "0"]),
+    ("data", "binarize", "always", ["data.binarize", "always"]),
+    ("data", "colour", "red", ["data.colour", "unknown key"]),
+]
+
+
+@pytest.mark.parametrize("section, key, value, words", BAD_PARAMS, ids=lambda v: str(v))
+def test_bad_value_is_named_in_one_line(section, key, value, words):
+    with pytest.raises(ConfigError) as caught:
+        parse_params({section: {key: value}})
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    for word in words:
+        assert word in message, f"{word!r} missing from: {message}"
+    assert ConfigError.exit_code == 2
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(ConfigError, match="trian"):
+        parse_params({"trian": {"epochs": 3}})
+
+
+def test_several_problems_are_all_reported():
+    with pytest.raises(ConfigError) as caught:
+        parse_params({"model": {"latent_dim": 0}, "train": {"epochs": -1}})
+    assert len(str(caught.value).splitlines()) == 2
+
+
+def test_defaults_reproduce_the_tutorial():
+    params = parse_params({})
+    assert (params.model.arch, params.model.latent_dim) == ("seed", 2)
+    assert (params.train.epochs, params.train.batch_size, params.train.beta) == (30, 32, 0.5)
+    assert params.train.learning_rate == 0.001  # Adam's default
+    assert params.data.binarize == "none"
+
+
+def test_repository_params_file_is_valid():
+    from vaepipe.config import load_params
+    from vaepipe.paths import ROOT
+
+    assert isinstance(load_params(ROOT / "params.yaml"), Params)
+
+
+def test_flat_params_use_dotted_names():
+    flat = flat_params(parse_params({"model": {"latent_dim": 8}}))
+    assert flat["model.latent_dim"] == 8 and flat["train.epochs"] == 30
+
+
+def test_training_key_changes_with_training_params_only():
+    base = parse_params({})
+    assert training_key(base) != training_key(parse_params({"model": {"latent_dim": 3}}))
+    assert training_key(base) == training_key(parse_params({"evaluate": {"iw_samples": 5}}))
