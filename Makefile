@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements.lock pypro
 export PATH := $(abspath $(VENV)/bin):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
+WORKERS ?= 2
 
-.PHONY: setup run test bench server ui serve clean
+.PHONY: setup run test bench server ui serve clean train-multiworker
 
 setup: $(STAMP)
 
@@ -28,6 +29,10 @@ run: setup
 test: setup
 	@echo ">> pytest (unit tests, then tests/e2e with real dvc and mlflow)"
 	python -m pytest
+
+train-multiworker: setup
+	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"
+	VAEPIPE_WORKERS=$(WORKERS) dvc exp run -S train.distribute=multi_worker
 
 bench: setup
 	python bench/run.py

@@ -99,23 +99,29 @@ class VaepipeTrainer:
     """vaepipe's own training path (compile_vae + make_datasets + fit, validation included), one epoch per call."""
 
     def __init__(self, overrides: dict, x_train: np.ndarray, x_test: np.ndarray) -> None:
+        import tensorflow as tf
         from reference_tutorial import EpochClock
 
         from vaepipe.config import parse_params
-        from vaepipe.training import compile_vae, make_datasets
+        from vaepipe.training import EpochRandomState, compile_vae, make_datasets
 
         self.params = parse_params(overrides)
         train = self.params.train
         steps_per_epoch = -(-len(x_train) // train.batch_size)
+        # As training.train(): the epoch order is a function of (seed, epoch), and the dataset stacks
+        # the batches of one compiled call where compile_vae says so (vae.stack_steps).
         self.vae = compile_vae(self.params, steps_per_execution=min(train.steps_per_execution, steps_per_epoch))
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.train_ds, self.test_ds = make_datasets(x_train, x_test, train.batch_size, train.seed,
-                                                    self.params.evaluate.batch_size)
+                                                    self.params.evaluate.batch_size, epoch=epoch,
+                                                    steps_per_execution=self.vae.stack_steps)
+        self.random_state = EpochRandomState(train.seed, epoch)
         self.clock = EpochClock()
         self.epoch = 0
 
     def run_epoch(self) -> float:
         self.vae.fit(self.train_ds, validation_data=self.test_ds, epochs=self.epoch + 1, initial_epoch=self.epoch,
-                     callbacks=[self.clock], shuffle=False, verbose=0)
+                     callbacks=[self.random_state, self.clock], shuffle=False, verbose=0)
         self.epoch += 1
         return self.clock.seconds[-1]
 
@@ -155,7 +161,7 @@ def part_a(epochs: int, x_train: np.ndarray, x_test: np.ndarray) -> dict:
         print(f"  a epoch {epoch + 1}: reference {times['reference'][-1]:.2f} s, vaepipe {times['vaepipe'][-1]:.2f} s",
               flush=True)
     ref, vp = steady(times["reference"]), steady(times["vaepipe"])
-    paired = [r / v for r, v in zip(times["reference"][1:], times["vaepipe"][1:])]
+    paired = [r / v for r, v in zip(times["reference"][1:], times["vaepipe"][1:], strict=True)]
     return {"seconds_per_epoch": times, "median_reference_s": ref, "median_vaepipe_s": vp,
             "speedup_ratio_of_medians": ref / vp, "speedup_median_of_paired": statistics.median(paired),
             "vaepipe_steps_per_epoch": -(-len(x_train) // 32)}
@@ -211,17 +217,29 @@ def stage_env() -> dict[str, str]:
     return env
 
 
+# Runs argv[2:] and writes the largest peak RSS among its waited-for descendants (KiB) to argv[1].
+# A small middleman is needed: a child spawned straight from this process (vfork/fork + exec)
+# inherits this process's peak RSS as its own ru_maxrss (Linux carries the high-water mark across
+# exec), so `dvc repro` would report the bench's multi-GB size instead of the stage's.
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def timed_process(command: list[str], cwd: Path) -> dict:
-    """Run a command; wall seconds and the peak RSS of the largest process in its tree (os.wait4)."""
+    """Run a command; wall seconds and the peak RSS of the largest process in its tree."""
+    rss_file = WORK / "peak_rss_kib"
     start = time.perf_counter()
     with open(WORK / "dvc.log", "ab") as log:
-        process = subprocess.Popen(command, cwd=cwd, env=stage_env(), stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+        process = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *command], cwd=cwd,
+                                 env=stage_env(), stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {WORK / 'dvc.log'}")
-    return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}  # Linux: ru_maxrss in KiB
+    return {"seconds": seconds, "peak_rss_gb": int(rss_file.read_text()) * 1024 / 1e9}  # Linux: KiB
 
 
 def clone_working_tree(dest: Path) -> None:

@@ -8,12 +8,12 @@ from vaepipe.errors import run_stage
 
 def main() -> None:
     params = load_params()
-    from vaepipe import paths, tracking
-    from vaepipe.evaluation import score
+    from vaepipe import evaluation, paths, tracking
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
+    inputs = evaluation.load_inputs(params)  # a bad input stops here, before the run is touched
     with tracking.active_run(run_id):
-        metrics = score(params)
+        metrics = evaluation.score(inputs, params)
         metrics["mlflow_run_id"] = run_id
         with paths.atomic_path(paths.METRICS_FILE) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")

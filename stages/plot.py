@@ -6,12 +6,12 @@ from vaepipe.errors import run_stage
 
 def main() -> None:
     params = load_params()
-    from vaepipe import paths, tracking
-    from vaepipe.report import draw_all
+    from vaepipe import paths, report, tracking
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
+    inputs = report.load_inputs(params)  # a bad input stops here, before the run is touched
     with tracking.active_run(run_id):
-        for png in draw_all(params):
+        for png in report.draw_all(*inputs):
             tracking.log_artifact(png, artifact_path="plots")
             print(f"plot: wrote {png.relative_to(paths.ROOT)}")
 

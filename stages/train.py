@@ -1,11 +1,23 @@
 """Stage train: fit the VAE on data/prepared, write models/vae.keras, train_log.csv and the MLflow run id."""
 
+import os
+
 from vaepipe.config import load_params
 from vaepipe.errors import run_stage
 
 
 def main() -> None:
     params = load_params()  # validated before TensorFlow is even imported
+    from vaepipe import tracking
+
+    tracking.check_reachable(tracking.tracking_uri())  # fail in seconds, not after loading TensorFlow
+    if params.train.distribute == "multi_worker" and "TF_CONFIG" not in os.environ:
+        # One machine (e.g. under `dvc repro`): become the launcher of $VAEPIPE_WORKERS local workers
+        # (default 2), each running this script with its own TF_CONFIG; task 0 writes the outputs.
+        from vaepipe.launcher import run_local_workers
+
+        run_local_workers()
+        return
     from vaepipe.training import train
 
     train(params)

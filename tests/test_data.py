@@ -1,7 +1,6 @@
 """Data sources and prepared arrays: checksums first, no code from pickles, clear errors for bad files."""
 
 import gzip
-import io
 import json
 import pickle
 import zipfile

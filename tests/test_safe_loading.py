@@ -1,6 +1,5 @@
 """A .keras file that carries code (a Lambda layer) is refused by load_vae, and its code never runs."""
 
-from pathlib import Path
 
 import keras
 import pytest

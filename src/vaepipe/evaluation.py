@@ -3,6 +3,8 @@ and a k-nearest-neighbour probe of the latent means. Arrays in, numbers out; see
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -32,13 +34,14 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
     totals = {"test_recon": 0.0, "test_kl": 0.0, "test_seed_loss": 0.0}
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def batch_terms(images, eps):
+    def batch_terms(images, eps):  # eps: (samples, batch, latent), all samples decoded in one call
         mean, log_var = vae.encoder(images)
-        recon, seed = 0.0, 0.0
-        for s in range(mc_samples):
-            logits = vae.decoder(mean + ops.exp(0.5 * log_var) * eps[s])
-            recon += ops.sum(objectives.bernoulli_nll(images, logits))
-            seed += ops.sum(objectives.seed_loss(images, logits, mean, log_var))
+        z = mean + ops.exp(0.5 * log_var) * eps
+        logits = vae.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])))
+        logits = ops.reshape(logits, (ops.shape(eps)[0], -1, ops.shape(images)[-1]))
+        targets = ops.broadcast_to(images[None], ops.shape(logits))
+        recon = ops.sum(objectives.bernoulli_nll(targets, logits))
+        seed = ops.sum(objectives.seed_loss(targets, logits, mean[None], log_var[None]))
         return recon / mc_samples, ops.sum(objectives.gaussian_kl(mean, log_var)), seed / mc_samples
 
     latent_dim = vae.decoder.inputs[0].shape[-1]
@@ -109,26 +112,42 @@ def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarr
     return correct / len(test_z)
 
 
-def score(params: Params) -> dict:
-    """The evaluate stage's work: every test metric of models/vae.keras, with its protocol."""
+@dataclass(frozen=True)
+class EvaluationInputs:
+    vae: VAE
+    x_test: np.ndarray
+    test_labels: np.ndarray
+    x_train: np.ndarray
+    train_labels: np.ndarray
+
+
+def load_inputs(params: Params) -> EvaluationInputs:
+    """The saved model and the checked test (and probe training) data, as the model sees them.
+
+    Loaded before the MLflow run is reopened, so a missing or corrupt input leaves the run untouched.
+    """
     vae = load_vae(paths.MODEL_FILE)
     test = data.load_split(paths.TEST_NPZ)
     train = data.load_split(paths.TRAIN_NPZ)
     data.verify_prepared(test, paths.TEST_NPZ, paths.PREPARED_META)
     data.verify_prepared(train, paths.TRAIN_NPZ, paths.PREPARED_META)
-    x_test = data.model_inputs(test, params.data.binarize, training=False)
     # The probe's training features: the deterministic view of the training images.
-    x_train = data.model_inputs(train, params.data.binarize, training=False)
-    settings = params.evaluate
+    return EvaluationInputs(vae, data.model_inputs(test, params.data.binarize, training=False), test.labels,
+                            data.model_inputs(train, params.data.binarize, training=False), train.labels)
 
-    metrics = elbo_terms(vae, x_test, settings.mc_samples, settings.batch_size, settings.seed)
-    log_px = iw_log_likelihood(vae, x_test, settings.iw_samples, settings.seed)
+
+def score(inputs: EvaluationInputs, params: Params) -> dict:
+    """Every test metric of the model, with the protocol that produced it."""
+    vae, settings = inputs.vae, params.evaluate
+    metrics = elbo_terms(vae, inputs.x_test, settings.mc_samples, settings.batch_size, settings.seed)
+    log_px = iw_log_likelihood(vae, inputs.x_test, settings.iw_samples, settings.seed)
     metrics["test_nll_iw"] = float(-np.mean(log_px))
-    test_z = encode_means(vae, x_test)
+    test_z = encode_means(vae, inputs.x_test)
     metrics["active_units"] = active_units(test_z)
-    metrics["knn_accuracy"] = knn_accuracy(encode_means(vae, x_train), train.labels, test_z, test.labels)
+    metrics["knn_accuracy"] = knn_accuracy(encode_means(vae, inputs.x_train), inputs.train_labels,
+                                           test_z, inputs.test_labels)
     metrics["protocol"] = {
-        "n_test": len(x_test),
+        "n_test": len(inputs.x_test),
         "binarize": params.data.binarize,
         "mc_samples": settings.mc_samples,
         "iw_samples": settings.iw_samples,

@@ -32,7 +32,7 @@ def reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> Figure:
 def loss_curves(log: dict[str, np.ndarray]) -> Figure:
     """Training and validation loss, reconstruction and KL per epoch (from train_log.csv)."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, term in zip(axes, ("loss", "recon", "kl")):
+    for ax, term in zip(axes, ("loss", "recon", "kl"), strict=True):
         ax.plot(log["epoch"] + 1, log[term], label="train")
         ax.plot(log["epoch"] + 1, log[f"val_{term}"], label="test")
         ax.set_xlabel("epoch")

@@ -9,8 +9,9 @@ from keras import ops
 
 from vaepipe import data, paths, plots
 from vaepipe.config import Params
+from vaepipe.errors import DataError
 from vaepipe.evaluation import encode_means
-from vaepipe.model import load_vae
+from vaepipe.model import VAE, load_vae
 
 FIGURE_SEED = 1234  # prior samples and interpolation pairs are the same for every run
 
@@ -24,18 +25,27 @@ def _read_log(path: Path) -> dict[str, np.ndarray]:
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
 
 
-def draw_all(params: Params) -> list[Path]:
-    """Write every figure into plots/ (each atomically) and return their paths."""
+def load_inputs(params: Params) -> tuple[VAE, data.Split, np.ndarray, dict[str, np.ndarray]]:
+    """Model, test split, its model inputs and the epoch log; read before the MLflow run is reopened."""
     vae = load_vae(paths.MODEL_FILE)
     test = data.load_split(paths.TEST_NPZ)
-    x_test = data.model_inputs(test, params.data.binarize, training=False)
+    data.verify_prepared(test, paths.TEST_NPZ, paths.PREPARED_META)
+    try:
+        log = _read_log(paths.TRAIN_LOG)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{paths.TRAIN_LOG}: unreadable epoch log ({error}); rerun `dvc repro train`") from None
+    return vae, test, data.model_inputs(test, params.data.binarize, training=False), log
+
+
+def draw_all(vae: VAE, test: data.Split, x_test: np.ndarray, log: dict[str, np.ndarray]) -> list[Path]:
+    """Write every figure into plots/ (each atomically) and return their paths."""
     z_test = encode_means(vae, x_test)
     rng = np.random.default_rng(FIGURE_SEED)
     latent_dim = z_test.shape[1]
 
     figures = {
         "reconstructions.png": plots.reconstructions(x_test[:10], _decode(vae, z_test[:10])),
-        "loss_curves.png": plots.loss_curves(_read_log(paths.TRAIN_LOG)),
+        "loss_curves.png": plots.loss_curves(log),
         "latent_space.png": plots.latent_scatter(z_test, test.labels),
         "prior_samples.png": plots.image_grid(
             _decode(vae, rng.standard_normal((100, latent_dim))), 10, 10, "decoded samples from the prior N(0, I)"),

@@ -22,11 +22,10 @@ from typing import Any
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-import keras  # noqa: E402
 import mlflow  # noqa: E402
 from mlflow.entities import RunStatus  # noqa: E402
 
-from vaepipe.errors import TrackingError  # noqa: E402
+from vaepipe.errors import TrackingError, deferred_signals  # noqa: E402
 from vaepipe.paths import main_repo_root  # noqa: E402
 
 EXPERIMENT_NAME = os.environ.get("VAEPIPE_EXPERIMENT", "vaepipe")
@@ -134,7 +133,15 @@ def end_run(error: BaseException | None) -> None:
         status = RunStatus.KILLED
     else:
         status = RunStatus.FAILED
-    mlflow.end_run(RunStatus.to_string(status))
+    with deferred_signals():  # a second Ctrl-C must not leave the run RUNNING
+        for attempt in range(3):
+            try:
+                mlflow.end_run(RunStatus.to_string(status))
+                return
+            except mlflow.exceptions.MlflowException:  # e.g. SQLite "database is locked"
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
 
 
 def _is_clean_exit(error: BaseException) -> bool:
@@ -145,30 +152,20 @@ def _is_clean_exit(error: BaseException) -> bool:
 def active_run(run_id: str | None = None, start: dict[str, Any] | None = None) -> Iterator[str]:
     """Reopen run `run_id` (evaluate, plot) or start one (train, with `start` = kwargs of
     start_or_resume_run); whatever happens inside, the run does not stay RUNNING."""
-    previous_status = None
     if start is not None:
         run_id = start_or_resume_run(run_id, **start)
     else:
         connect()
         try:
-            previous_status = mlflow.get_run(run_id).info.status
             mlflow.start_run(run_id=run_id)
         except mlflow.exceptions.MlflowException as error:
             raise TrackingError(f"cannot reopen MLflow run {run_id} in {tracking_uri()}: {error}") from None
     try:
         yield run_id
     except BaseException as error:
-        if previous_status in _TERMINAL and mlflow.active_run() is not None:
-            # A later stage (evaluate, plot) failed on a finished training run: that does not undo
-            # the training, so the run keeps its status (the stage's error is printed, exit non-zero).
-            mlflow.end_run(previous_status)
-        else:
-            end_run(error)
+        end_run(error)
         raise
     end_run(None)
-
-
-_TERMINAL = {RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)}
 
 
 def read_run_id(path: Path) -> str:
@@ -179,38 +176,18 @@ def read_run_id(path: Path) -> str:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+    # A Ctrl-C inside an SQLite write would leave the store locked for the KILLED status update.
+    with deferred_signals():
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    with deferred_signals():
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
-
-
-class EpochMetricsLogger(keras.callbacks.Callback):
-    """Log each epoch's losses (and epoch_time) to the active run with step = epoch number (1-based).
-
-    mlflow.keras's MlflowCallback would also log stepless `validation_*` copies of every epoch's
-    validation metrics; this logs each value once, synchronously, so a kill loses nothing logged.
-    """
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs:
-            log_metrics(logs, step=epoch + 1)
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Add `epoch_time` (seconds, wall clock) to each epoch's logs, for CSV and MLflow alike."""
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["epoch_time"] = time.perf_counter() - self._start
 
 
 def log_model(model_file: Path, register: bool = True) -> None:

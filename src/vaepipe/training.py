@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -41,27 +42,38 @@ def load_inputs(binarize: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def make_datasets(x_train: np.ndarray, x_test: np.ndarray, batch_size: int, seed: int,
-                  eval_batch_size: int, epoch: tf.Variable | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+                  eval_batch_size: int, epoch: tf.Variable | None = None,
+                  steps_per_execution: int = 1) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Shuffled training batches (a new order each epoch) and fixed test batches.
 
     With `epoch` (a tf.Variable that EpochRandomState sets before each epoch) the order is a pure
     function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
     Without it, tf.data's reshuffling stream is used (its sequence restarts in every new process).
+    Either way the batches are consecutive slices of the epoch's permutation, the last one partial.
+
+    `steps_per_execution` > 1 gives the same batches in the same order, stacked: elements of shape
+    (steps, batch, 784) holding up to that many consecutive full batches, which VAE.train_step and
+    test_step run in one compiled call (so compile the model with Keras's steps_per_execution=1).
+    An epoch's last stack may hold fewer batches; a partial last batch comes alone, as (1, rest, 784).
     """
+    n = len(x_train)
+    if steps_per_execution > 1:
+        images = tf.constant(x_train)
+        train = (_epoch_orders(n, seed, epoch)
+                 .flat_map(lambda order: _stacks(order, n, batch_size, steps_per_execution))
+                 .map(lambda index: tf.gather(images, index)))
+        test_images = tf.constant(x_test)
+        test = (tf.data.Dataset.from_tensors(tf.range(len(x_test)))
+                .flat_map(lambda order: _stacks(order, len(x_test), eval_batch_size, steps_per_execution))
+                .map(lambda index: tf.gather(test_images, index)))
+        return train.prefetch(tf.data.AUTOTUNE), test.cache().prefetch(tf.data.AUTOTUNE)
     if epoch is None:
         train = (tf.data.Dataset.from_tensor_slices(x_train)
-                 .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+                 .shuffle(n, seed=seed, reshuffle_each_iteration=True)
                  .batch(batch_size))
     else:
         images = tf.constant(x_train)
-        n = len(x_train)
-
-        def epoch_order(_):
-            # Read when the epoch's iterator starts, i.e. after on_epoch_begin set the variable.
-            keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch.read_value()]))
-            return tf.argsort(keys)
-
-        train = (tf.data.Dataset.from_tensors(0).map(epoch_order).unbatch()
+        train = (_epoch_orders(n, seed, epoch).unbatch()
                  .batch(batch_size)
                  .map(lambda index: tf.gather(images, index)))
     train = train.prefetch(tf.data.AUTOTUNE)
@@ -70,14 +82,52 @@ def make_datasets(x_train: np.ndarray, x_test: np.ndarray, batch_size: int, seed
     return train, test
 
 
+def _stacks(order: tf.Tensor, n: int, batch_size: int, steps: int) -> tf.data.Dataset:
+    """The batches of `order` (consecutive slices of batch_size) as index stacks of up to `steps` batches.
+
+    Full batches are stacked `steps` at a time (the last stack may be smaller); a partial last
+    batch cannot share a stack with full ones and comes as its own stack of one.
+    """
+    full, rest = divmod(n, batch_size)
+    batches = tf.reshape(order[:full * batch_size], [full, batch_size])
+    stacked = tf.data.Dataset.from_tensor_slices(batches).batch(steps)
+    if rest:
+        stacked = stacked.concatenate(tf.data.Dataset.from_tensors(order[None, full * batch_size:]))
+    return stacked
+
+
+def _epoch_orders(n: int, seed: int, epoch: tf.Variable | None) -> tf.data.Dataset:
+    """One element per epoch: that epoch's permutation of range(n)."""
+    if epoch is None:
+        # tf.data's reshuffling stream on the indices: the order shuffling the images themselves gives.
+        return tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(n)
+
+    def epoch_order(_):
+        # Read when the epoch's iterator starts, i.e. after on_epoch_begin set the variable.
+        keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch.read_value()]))
+        return tf.argsort(keys)
+
+    return tf.data.Dataset.from_tensors(0).map(epoch_order)
+
+
 def compile_vae(params: Params, steps_per_execution: int) -> VAE:
+    """The VAE, compiled to run `steps_per_execution` batches per compiled call.
+
+    Where the model allows it, those batches come stacked from
+    `make_datasets(..., steps_per_execution=vae.stack_steps)` and VAE.train_step loops over them
+    inside one XLA program (Keras runs one stack per call): about 2x faster per step than Keras's
+    own multi-step loop for small models. Convolutions inside that loop run very slowly under XLA
+    on CPU (75x in bench/NOTES.md), so the conv model keeps Keras's loop (`vae.stack_steps` = 1).
+    """
     keras.utils.set_random_seed(params.train.seed)
     vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
+    stack_steps = steps_per_execution if params.model.arch != "conv" else 1
     vae.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params.train.learning_rate),
-        steps_per_execution=steps_per_execution,
+        steps_per_execution=1 if stack_steps > 1 else steps_per_execution,
         jit_compile=params.train.jit_compile,
     )
+    vae.stack_steps = stack_steps
     return vae
 
 
@@ -99,6 +149,29 @@ class EpochRandomState(keras.callbacks.Callback):
         for index, state in enumerate(states):
             derived = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]) >> 1
             state.assign(np.array([derived, 0], dtype=state.dtype))
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Log each epoch's losses (and epoch_time) to the active run with step = epoch number (1-based).
+
+    mlflow.keras's MlflowCallback would also log stepless `validation_*` copies of every epoch's
+    validation metrics; this logs each value once, synchronously, so a kill loses nothing logged.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs:
+            tracking.log_metrics(logs, step=epoch + 1)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Add `epoch_time` (seconds, wall clock) to each epoch's logs, for CSV and MLflow alike."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["epoch_time"] = time.perf_counter() - self._start
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -211,6 +284,11 @@ class Checkpoint(keras.callbacks.Callback):
 
 def train(params: Params) -> None:
     """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
+    if params.train.distribute != "none":
+        # tf.distribute needs its own loop (Keras 3's fit fails under MultiWorkerMirroredStrategy).
+        from vaepipe import distributed
+
+        return distributed.train(params)
     x_train, x_test, dataset_sha = load_inputs(params.data.binarize)
     key = training_key(params)
     checkpoint_dir = paths.CHECKPOINTS_DIR / key
@@ -229,44 +307,66 @@ def train(params: Params) -> None:
     previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     train_ds, test_ds = make_datasets(x_train, x_test, params.train.batch_size, params.train.seed,
-                                      params.evaluate.batch_size, epoch=epoch)
-    start = {"run_name": tracking.run_name(params), "params": flat_params(params),
-             "tags": tracking.run_tags(dataset_sha)}
-    with tracking.active_run(previous_run, start=start) as run_id:
-        with paths.atomic_path(run_id_file) as tmp_id:
-            tmp_id.write_text(run_id)
-        tracking.print_run_link(run_id)
-        if start_epoch:
-            print(f"train: resuming after epoch {start_epoch} of {params.train.epochs} "
-                  f"from {checkpoint_dir.relative_to(paths.ROOT)}", flush=True)
-        tracking.log_metrics({"parameter_count": vae.count_params()})
-        summary: list[str] = []
-        vae.encoder.summary(print_fn=summary.append)
-        vae.decoder.summary(print_fn=summary.append)
-        tracking.log_text("\n".join(summary), "model_summary.txt")
+                                      params.evaluate.batch_size, epoch=epoch,
+                                      steps_per_execution=vae.stack_steps)  # stacked batches: see compile_vae
+    with tracking.active_run(previous_run, start=run_start(params, dataset_sha)) as run_id:
+        announce_run(params, run_id, run_id_file, start_epoch, checkpoint_dir)
+        log_model_summary(vae)
         # Order matters at the end of an epoch: check the loss, log it, then checkpoint, so a
         # checkpoint always follows its logs and a NaN epoch is never checkpointed.
         callbacks = [
             EpochRandomState(params.train.seed, epoch),
-            tracking.EpochTimer(),
+            EpochTimer(),
             StopOnNonFiniteLoss(),
             EpochLog(epoch_log),
-            tracking.EpochMetricsLogger(),
+            EpochMetricsLogger(),
             checkpoint,
         ]
         if start_epoch < params.train.epochs:
             vae.fit(train_ds, validation_data=test_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
                     callbacks=callbacks, shuffle=False, verbose=2 if _quiet() else 1)
 
-        with paths.atomic_path(paths.MODEL_FILE) as tmp_model:
-            vae.save(tmp_model)
-        with paths.atomic_path(paths.TRAIN_LOG) as tmp_log:
-            shutil.copyfile(epoch_log, tmp_log)
-        tracking.log_model(paths.MODEL_FILE)
-        with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
-            tmp_id.write_text(run_id + "\n")
+        write_outputs(vae, epoch_log, run_id)
     # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+# The pieces of `train` that the distributed loop (vaepipe.distributed) shares.
+
+
+def run_start(params: Params, dataset_sha: str) -> dict:
+    """The `start` kwargs of tracking.active_run for a training run."""
+    return {"run_name": tracking.run_name(params), "params": flat_params(params),
+            "tags": tracking.run_tags(dataset_sha)}
+
+
+def announce_run(params: Params, run_id: str, run_id_file: Path, start_epoch: int, checkpoint_dir: Path) -> None:
+    """Remember the run id beside the checkpoint (so a restart continues this run) and say what runs."""
+    with paths.atomic_path(run_id_file) as tmp_id:
+        tmp_id.write_text(run_id)
+    tracking.print_run_link(run_id)
+    if start_epoch:
+        print(f"train: resuming after epoch {start_epoch} of {params.train.epochs} "
+              f"from {checkpoint_dir.relative_to(paths.ROOT)}", flush=True)
+
+
+def log_model_summary(vae: VAE) -> None:
+    tracking.log_metrics({"parameter_count": vae.count_params()})
+    summary: list[str] = []
+    vae.encoder.summary(print_fn=summary.append)
+    vae.decoder.summary(print_fn=summary.append)
+    tracking.log_text("\n".join(summary), "model_summary.txt")
+
+
+def write_outputs(vae: VAE, epoch_log: Path, run_id: str) -> None:
+    """The stage's outputs, each renamed into place only when complete, and the model in MLflow."""
+    with paths.atomic_path(paths.MODEL_FILE) as tmp_model:
+        vae.save(tmp_model)
+    with paths.atomic_path(paths.TRAIN_LOG) as tmp_log:
+        shutil.copyfile(epoch_log, tmp_log)
+    tracking.log_model(paths.MODEL_FILE)
+    with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
+        tmp_id.write_text(run_id + "\n")
 
 
 def _drop_other_checkpoints(keep: Path) -> None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from pipeline_repo import Snapshot, dvc_repro, make_repo, metric_history, mlflow_runs, read_metrics
 
 

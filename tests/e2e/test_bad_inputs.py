@@ -5,7 +5,6 @@ must exit non-zero (2 for params), name the offending key or file, and leave eve
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import pickle
 import shutil
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from pipeline_repo import Snapshot, run_stage
 
 pytestmark = pytest.mark.e2e

@@ -19,9 +19,19 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
-from pipeline_repo import (SMALL_PARAMS, dvc_repro, epoch_rows, make_repo, metric_history, mlflow_runs,
-                           read_metrics, run_stage, stage_env, wait_for, write_params)
+from pipeline_repo import (
+    SMALL_PARAMS,
+    dvc_repro,
+    epoch_rows,
+    make_repo,
+    metric_history,
+    mlflow_runs,
+    read_metrics,
+    run_stage,
+    stage_env,
+    wait_for,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 EPOCHS = SMALL_PARAMS["train"]["epochs"]

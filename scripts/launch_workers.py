@@ -1,0 +1,19 @@
+"""Run multi_worker training on this machine: N worker processes, each with its own TF_CONFIG.
+
+    python scripts/launch_workers.py --workers 2          # python stages/train.py on 2 workers
+    VAEPIPE_WORKERS=3 python scripts/launch_workers.py    # the same with 3
+
+Run it from the repository root with params.yaml saying `train.distribute: multi_worker`. It exits
+with the chief's exit code; if any worker dies, it stops the others and exits non-zero at once.
+`dvc repro` needs none of this: stages/train.py starts the workers itself (see docs/scaling.md).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run without installing
+
+from vaepipe.launcher import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Data-parallel training with tf.distribute: `train.distribute: mirrored | multi_worker`.
+
+Why a custom loop: Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras
+issue 20585: "Invalid reduction dimension 0 for input with 0 dimensions" in the loss reduction). This
+loop runs the VAE's own `loss_terms` under the strategy instead, with the same Adam settings:
+
+- The global batch is `train.batch_size`, the same consecutive slice of the epoch's permutation as in
+  the single-process path (training.make_datasets), split evenly across the replicas.
+- Each replica sums its per-example losses and divides by the *global* batch size; the optimizer
+  sums the replicas' gradients. So each step's gradient is the one-device gradient of the batch mean.
+- Epoch metrics (loss, recon, kl, val_*) are per-example means over the epoch, as Keras's Mean
+  trackers give in the single-process path; epoch_time is wall clock, train plus validation.
+- Randomness (z draws, dynamic binarization) is a function of (train.seed, epoch, replica), set
+  before each epoch, so resuming from a checkpoint is exact for the same number of replicas.
+  Replica 0 gets the single-process seeds; the others fold their replica id in, so that replicas
+  never draw the same noise. (Per-replica draws differ from one device's: losses agree with the
+  single-process run statistically, not bit for bit.)
+
+Only the chief (task 0; the only task of `mirrored`) writes: checkpoints, the CSV log, the model and
+the MLflow run. Other workers write nothing: on resume they receive the chief's restored weights
+and optimizer state over the strategy's collectives, so they need no shared disk.
+
+Devices: `mirrored` uses every local GPU, else the CPU; `VAEPIPE_LOGICAL_CPUS=N` splits the CPU into
+N logical devices first (for testing data parallelism without GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vaepipe import paths, tracking, training
+from vaepipe.config import Params, training_key
+from vaepipe.model import VAE, build_vae
+
+LOGICAL_CPUS_ENV = "VAEPIPE_LOGICAL_CPUS"
+METRICS = ("loss", "recon", "kl")  # per-example sums accumulated in this order, then the count
+
+
+def make_strategy(kind: str) -> tf.distribute.Strategy:
+    """The strategy for `train.distribute`. Must run before TensorFlow executes anything."""
+    logical = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
+    if logical > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
+    if kind == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
+                  [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if kind == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            from vaepipe.errors import ConfigError
+
+            raise ConfigError("train.distribute = 'multi_worker' needs TF_CONFIG in the environment; run "
+                              "`dvc repro` (which starts the local workers) or scripts/launch_workers.py")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown train.distribute {kind!r}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the one process that writes (task 0 of multi_worker; always true for mirrored)."""
+    return strategy.extended.should_checkpoint
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 1
+    return sum(len(tasks) for job, tasks in resolver.cluster_spec().as_dict().items() if job in ("chief", "worker"))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's order of the training images: the same formula as training.make_datasets."""
+    keys = tf.random.stateless_uniform([n], seed=tf.constant([seed, epoch], dtype=tf.int64))
+    return tf.argsort(keys).numpy()
+
+
+def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order: np.ndarray,
+                    global_batch: int) -> tf.distribute.DistributedDataset:
+    """Global batches of `order` (consecutive slices, the last one partial), each split across replicas.
+
+    Every element a replica receives is (its images, the size of the whole global batch): the loss
+    divides by the latter, so a partial last batch weighs its examples exactly as one device does.
+    """
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        replicas = context.num_replicas_in_sync
+        local = replicas // context.num_input_pipelines  # replicas fed by this pipeline (this worker)
+        first = context.input_pipeline_id * local
+        table = tf.constant(images)
+
+        def split(index):
+            size = tf.shape(index, out_type=tf.int64)[0]
+
+            def piece(replica):
+                # Balanced contiguous slices: replica r gets [r*size/R, (r+1)*size/R).
+                part = index[(replica * size) // replicas:((replica + 1) * size) // replicas]
+                return tf.gather(table, part), size
+
+            # Elements go to this worker's replicas round-robin: one per replica, in order.
+            return tf.data.Dataset.range(first, first + local).map(piece)
+
+        batches = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(global_batch)
+        return batches.flat_map(split).prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def derived_seed(seed: int, epoch: int, index: int, replica: int) -> int:
+    """Seed of SeedGenerator `index` in `epoch` on `replica`; replica 0 = training.EpochRandomState's."""
+    entropy = [seed, epoch, index] + ([replica] if replica else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0]) >> 1
+
+
+class DistributedTrainer:
+    """The VAE, its optimizer and the compiled per-step functions, all under one strategy."""
+
+    def __init__(self, params: Params, strategy: tf.distribute.Strategy):
+        self.params = params
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync
+        with strategy.scope():
+            # The same initial weights as training.compile_vae (global seed, then build).
+            keras.utils.set_random_seed(params.train.seed)
+            self.vae: VAE = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize,
+                                      seed=params.train.seed)
+            self.optimizer = keras.optimizers.Adam(learning_rate=params.train.learning_rate)
+            # compile only attaches the optimizer: checkpoints then hold its state (fit is never called).
+            self.vae.compile(optimizer=self.optimizer)
+            self.optimizer.build(self.vae.trainable_variables)
+            # Per-replica sums (loss, recon, kl, count); reading one sums over all replicas.
+            self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False,
+                                    synchronization=tf.VariableSynchronization.ON_READ,
+                                    aggregation=tf.VariableAggregation.SUM)
+        self.seed_states = [v for v in self.vae.variables if v.name == "seed_generator_state"]
+        self._train_steps = tf.function(self._run_steps(self._train_replica))
+        self._eval_steps = tf.function(self._run_steps(self._eval_replica))
+
+    # ------------------------------------------------------------ per-replica work
+
+    def _accumulate(self, recon, kl) -> None:
+        per_example = recon + self.vae.beta * kl
+        count = tf.cast(tf.shape(recon)[0], tf.float64)
+        self.sums.assign_add(tf.stack([tf.reduce_sum(tf.cast(t, tf.float64)) for t in (per_example, recon, kl)]
+                                      + [count]))
+
+    def _train_replica(self, x, global_size) -> None:
+        vae = self.vae
+        if vae.binarize == "dynamic":  # as VAE.train_step: redraw Bernoulli(pixel) every batch
+            x = tf.cast(keras.random.uniform(tf.shape(x), seed=vae.binarize_seed) < x, x.dtype)
+        with tf.GradientTape() as tape:
+            recon, kl = vae.loss_terms(x, training=True)
+            # Sum over this replica's examples / the global batch size: summed over replicas (which
+            # the optimizer does to the gradients) this is the mean over the global batch.
+            loss = tf.reduce_sum(recon + vae.beta * kl) / tf.cast(global_size, recon.dtype)
+        gradients = tape.gradient(loss, vae.trainable_weights)
+        self.optimizer.apply(gradients, vae.trainable_weights)
+        self._accumulate(recon, kl)
+
+    def _eval_replica(self, x, _global_size) -> None:
+        recon, kl = self.vae.loss_terms(x, training=False)
+        self._accumulate(recon, kl)
+
+    def _run_steps(self, replica_fn):
+        strategy = self.strategy
+
+        def steps(iterator, count):
+            # Several steps per call (train.steps_per_execution): one Python dispatch for many batches.
+            for _ in tf.range(count):
+                x, size = next(iterator)
+                strategy.run(replica_fn, args=(x, size))
+
+        return steps
+
+    # ------------------------------------------------------------ per-epoch driving
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Set every SeedGenerator on every replica from (seed, epoch, replica) before the epoch."""
+        table = np.array([[[derived_seed(self.params.train.seed, epoch, index, replica), 0]
+                           for index in range(len(self.seed_states))] for replica in range(self.replicas)],
+                         dtype=np.int64)
+
+        @tf.function
+        def assign():
+            def fn():
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                for index, state in enumerate(self.seed_states):
+                    state.assign(tf.cast(tf.constant(table)[replica, index], state.dtype))
+
+            self.strategy.run(fn)
+
+        assign()
+
+    def _pass(self, steps, data: tf.distribute.DistributedDataset, n_batches: int) -> dict[str, float]:
+        self.sums.assign(tf.zeros([4], tf.float64))
+        iterator = iter(data)
+        chunk = max(1, self.params.train.steps_per_execution)
+        done = 0
+        while done < n_batches:
+            count = min(chunk, n_batches - done)
+            steps(iterator, tf.constant(count))
+            done += count
+        totals = self.sums.read_value().numpy()  # a collective in multi_worker: every worker reads
+        return {name: float(totals[i] / totals[3]) for i, name in enumerate(METRICS)}
+
+    def run_epoch(self, epoch: int, x_train: np.ndarray, test_data: tf.distribute.DistributedDataset,
+                  n_test_batches: int) -> dict[str, float]:
+        """Train one epoch and validate; return the logs the single-process path's fit gives."""
+        batch = self.params.train.batch_size
+        start = time.perf_counter()
+        self.seed_epoch(epoch)
+        order = epoch_permutation(len(x_train), self.params.train.seed, epoch)
+        train_data = replica_batches(self.strategy, x_train, order, batch)
+        logs = self._pass(self._train_steps, train_data, -(-len(x_train) // batch))
+        val = self._pass(self._eval_steps, test_data, n_test_batches)
+        logs.update({f"val_{name}": value for name, value in val.items()})
+        logs["epoch_time"] = time.perf_counter() - start
+        return logs
+
+    # ------------------------------------------------------------ resume
+
+    def broadcast_from_chief(self, start_epoch: int) -> int:
+        """Give every worker the chief's weights, optimizer state and epoch count (after a restore).
+
+        A sum over replicas where only replica 0 contributes is a broadcast; values go through float64,
+        which holds float32 weights and int64 counters below 2**53 exactly.
+        """
+        variables = list(self.vae.variables) + list(self.optimizer.variables)
+
+        @tf.function
+        def gather():
+            def fn():
+                context = tf.distribute.get_replica_context()
+                first = tf.equal(context.replica_id_in_sync_group, 0)
+                values = [tf.cast(v.value, tf.float64) for v in variables] + [tf.constant(float(start_epoch), tf.float64)]
+                values = [tf.where(first, value, tf.zeros_like(value)) for value in values]
+                return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+            return self.strategy.run(fn)
+
+        values = [self.strategy.experimental_local_results(value)[0] for value in gather()]
+        for variable, value in zip(variables, values[:-1], strict=True):
+            variable.assign(tf.cast(value, variable.dtype))
+        return int(values[-1].numpy())
+
+
+def test_batches(strategy: tf.distribute.Strategy, x_test: np.ndarray, batch_size: int):
+    """Fixed test batches (evaluate.batch_size, as the single-process path), split across replicas."""
+    order = np.arange(len(x_test))
+    return replica_batches(strategy, x_test, order, batch_size), -(-len(x_test) // batch_size)
+
+
+def train(params: Params) -> None:
+    """training.train for `train.distribute != none`: the same outputs, checkpoints and MLflow run."""
+    strategy = make_strategy(params.train.distribute)  # first: it must precede any TensorFlow work
+    chief = is_chief(strategy)
+    workers = num_workers(strategy)
+    print(f"train: {params.train.distribute} over {strategy.num_replicas_in_sync} replicas "
+          f"({workers} worker{'s' if workers > 1 else ''}); this process is "
+          f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
+    x_train, x_test, dataset_sha = training.load_inputs(params.data.binarize)
+    trainer = DistributedTrainer(params, strategy)
+    test_data, n_test_batches = test_batches(strategy, x_test, params.evaluate.batch_size)
+
+    key = training_key(params)
+    checkpoint_dir = paths.CHECKPOINTS_DIR / key
+    start_epoch = 0
+    checkpoint = None
+    if chief:
+        training._drop_other_checkpoints(keep=checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = training.Checkpoint(checkpoint_dir, key)
+        checkpoint.set_model(trainer.vae)
+        start_epoch = checkpoint.restore(trainer.vae)
+    if workers > 1:
+        start_epoch = trainer.broadcast_from_chief(start_epoch)
+
+    if not chief:
+        _train_epochs(trainer, params, start_epoch, x_train, test_data, n_test_batches, callbacks=[])
+        return
+
+    epoch_log = checkpoint_dir / "train_log.csv"
+    run_id_file = checkpoint_dir / "mlflow_run_id"
+    training.keep_epochs_before(epoch_log, start_epoch)
+    previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
+    with tracking.active_run(previous_run, start=training.run_start(params, dataset_sha)) as run_id:
+        training.announce_run(params, run_id, run_id_file, start_epoch, checkpoint_dir)
+        training.log_model_summary(trainer.vae)
+        tracking.log_metrics({"replicas": strategy.num_replicas_in_sync, "workers": workers})
+        # As in training.train: check the loss, log it, then checkpoint.
+        callbacks = [training.StopOnNonFiniteLoss(), training.EpochLog(epoch_log),
+                     training.EpochMetricsLogger(), checkpoint]
+        _train_epochs(trainer, params, start_epoch, x_train, test_data, n_test_batches, callbacks)
+        training.write_outputs(trainer.vae, epoch_log, run_id)
+    # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int, x_train: np.ndarray,
+                  test_data, n_test_batches: int, callbacks: list[keras.callbacks.Callback]) -> None:
+    # Every worker checks the (all-reduced, hence identical) loss, so all stop together on a NaN.
+    guard = [] if any(isinstance(c, training.StopOnNonFiniteLoss) for c in callbacks) else \
+        [training.StopOnNonFiniteLoss()]
+    for epoch in range(start_epoch, params.train.epochs):
+        logs = trainer.run_epoch(epoch, x_train, test_data, n_test_batches)
+        for callback in guard + callbacks:
+            callback.on_epoch_end(epoch, logs)
+        print(f"epoch {epoch + 1}/{params.train.epochs}: " +
+              " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())), flush=True)

@@ -1,0 +1,128 @@
+"""The whole pipeline through real `dvc repro` in a temporary git repo, tracked in a real MLflow store:
+outputs, exact reruns, one complete MLflow run per pipeline run, and the logged pyfunc model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pipeline_repo import dvc_repro, make_repo, mlflow_runs, read_metrics, write_params
+
+pytestmark = pytest.mark.e2e
+
+# Fast: 512 images, 2 epochs at the default batch 32 with the default fast path.
+QUICK = {"data": {"limit": 512}, "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100,
+                                           "jit_compile": True}}
+FIGURES = {"reconstructions.png", "loss_curves.png", "latent_space.png", "prior_samples.png",
+           "interpolation.png", "manifold.png"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", QUICK)
+    result = dvc_repro(repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return repo
+
+
+def mlflow_client(repo: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def test_repro_writes_every_output(pipeline):
+    metrics = read_metrics(pipeline)
+    for key in ("test_loss", "test_recon", "test_kl", "test_seed_loss", "test_nll_iw", "active_units", "knn_accuracy"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_kl"])
+    assert metrics["protocol"]["n_test"] == 512 and metrics["protocol"]["mc_samples"] == 2
+    assert (pipeline / "models/vae.keras").stat().st_size > 0
+    log_lines = (pipeline / "train_log.csv").read_text().splitlines()
+    assert log_lines[0].split(",")[:2] == ["epoch", "epoch_time"] and len(log_lines) == 1 + 2
+    assert {p.name for p in (pipeline / "plots").glob("*.png")} == FIGURES
+    meta = json.loads((pipeline / "data/prepared/meta.json").read_text())
+    assert meta["source"].startswith("pypi:") and meta["n_train"] == 512
+
+
+def test_saved_model_loads_safely_and_matches_the_metrics(pipeline):
+    from vaepipe.model import load_vae
+
+    vae = load_vae(pipeline / "models/vae.keras")
+    images = np.load(pipeline / "data/prepared/test.npz")["images"][:8].astype(np.float32) / 255
+    z_mean, _ = vae.encoder(images)
+    assert np.asarray(z_mean).shape == (8, 2)
+
+
+def test_one_finished_run_holds_params_histories_metrics_and_figures(pipeline):
+    client = mlflow_client(pipeline)
+    runs = mlflow_runs(pipeline)
+    assert [status for _, status in runs] == ["FINISHED"]
+    run = client.get_run(runs[0][0])
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    expected = {f"{section}.{key}": value for section, values in params.items() for key, value in values.items()}
+    assert set(run.data.params) == set(expected)
+    assert run.data.params["train.epochs"] == "2" and run.data.params["data.limit"] == "512"
+    for key in ("loss", "recon", "kl", "val_loss", "val_recon", "val_kl", "epoch_time"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2], key
+    metrics = read_metrics(pipeline)
+    assert metrics["mlflow_run_id"] == run.info.run_id
+    assert run.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
+    assert run.data.metrics["knn_accuracy"] == pytest.approx(metrics["knn_accuracy"])
+    plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == FIGURES
+    meta = json.loads((pipeline / "data/prepared/meta.json").read_text())
+    assert run.data.tags["data.sha256"] == meta["sha256"]["train"]
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    # Artifacts live at the repository root's mlartifacts/, not in a working directory.
+    assert any((pipeline / "mlartifacts").rglob("reconstructions.png"))
+
+
+def test_logged_pyfunc_model_gives_the_keras_models_outputs(pipeline):
+    import mlflow
+
+    from vaepipe.model import load_vae
+
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
+    versions = mlflow_client(pipeline).search_model_versions("name='vaepipe-vae'")
+    version = max(versions, key=lambda v: int(v.version))
+    assert version.run_id == read_metrics(pipeline)["mlflow_run_id"]
+    served = mlflow.pyfunc.load_model(f"models:/vaepipe-vae/{version.version}")
+    vae = load_vae(pipeline / "models/vae.keras")
+    images = np.load(pipeline / "data/prepared/test.npz")["images"][:5].astype(np.float32) / 255
+    out = served.predict(images)
+    z_mean = np.asarray(vae.encoder(images)[0])
+    np.testing.assert_allclose(out["z_mean"], z_mean, rtol=1e-5, atol=1e-6)
+    expected = 1 / (1 + np.exp(-np.asarray(vae.decoder(z_mean), dtype=np.float64)))
+    np.testing.assert_allclose(out["reconstruction"], expected, rtol=1e-4, atol=1e-6)
+    decoded = served.predict(z_mean)["image"]
+    np.testing.assert_allclose(decoded, expected, rtol=1e-4, atol=1e-6)
+    # Nothing pickled: the model directory holds the code file and the .keras artifact only.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/vaepipe-vae/{version.version}"))
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pickle"))
+
+
+def test_second_repro_reruns_nothing(pipeline):
+    before = mlflow_runs(pipeline)
+    result = dvc_repro(pipeline)
+    assert result.returncode == 0
+    assert "Running stage" not in result.stdout, result.stdout
+    assert mlflow_runs(pipeline) == before
+
+
+def test_changing_latent_dim_reruns_train_evaluate_plot_but_not_prepare(pipeline):
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["model"]["latent_dim"] = 3
+    write_params(pipeline, params)
+    result = dvc_repro(pipeline)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = {stage for stage in ("prepare", "train", "evaluate", "plot") if f"Running stage '{stage}'" in result.stdout}
+    assert ran == {"train", "evaluate", "plot"}, result.stdout
+    runs = mlflow_runs(pipeline)
+    assert len(runs) == 2 and all(status == "FINISHED" for _, status in runs)
+    # The 2-D manifold figure exists only for latent_dim == 2; DVC cleared the old one.
+    assert {p.name for p in (pipeline / "plots").glob("*.png")} == FIGURES - {"manifold.png"}
