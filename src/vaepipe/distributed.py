@@ -151,7 +151,7 @@ class DistributedTrainer:
     def _train_replica(self, x, global_size) -> None:
         vae = self.vae
         if vae.binarize == "dynamic":  # as VAE.train_step: redraw Bernoulli(pixel) every batch
-            x = tf.cast(keras.random.uniform(tf.shape(x), seed=vae.binarize_seed) < x, x.dtype)
+            x = vae.redraw_binary(x)
         with tf.GradientTape() as tape:
             recon, kl = vae.loss_terms(x, training=True)
             # Sum over this replica's examples / the global batch size: summed over replicas (which
