@@ -74,10 +74,6 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return sum(len(tasks) for job, tasks in resolver.cluster_spec().as_dict().items() if job in ("chief", "worker"))
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The epoch's order of the training images: the same formula as training.make_datasets."""
-    keys = tf.random.stateless_uniform([n], seed=tf.constant([seed, epoch], dtype=tf.int64))
-    return tf.argsort(keys).numpy()
 
 
 def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order: np.ndarray,
@@ -213,7 +209,7 @@ class DistributedTrainer:
         batch = self.params.train.batch_size
         start = time.perf_counter()
         self.seed_epoch(epoch)
-        order = epoch_permutation(len(x_train), self.params.train.seed, epoch)
+        order = training.epoch_permutation(len(x_train), self.params.train.seed, epoch).numpy()
         train_data = replica_batches(self.strategy, x_train, order, batch)
         logs = self._pass(self._train_steps, train_data, -(-len(x_train) // batch))
         val = self._pass(self._eval_steps, test_data, n_test_batches)

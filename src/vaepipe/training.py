@@ -42,14 +42,13 @@ def load_inputs(binarize: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def make_datasets(x_train: np.ndarray, x_test: np.ndarray, batch_size: int, seed: int,
-                  eval_batch_size: int, epoch: tf.Variable | None = None,
+                  eval_batch_size: int, epoch: tf.Variable,
                   steps_per_execution: int = 1) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Shuffled training batches (a new order each epoch) and fixed test batches.
 
-    With `epoch` (a tf.Variable that EpochRandomState sets before each epoch) the order is a pure
+    `epoch` is a tf.Variable that EpochRandomState sets before each epoch: the order is a pure
     function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
-    Without it, tf.data's reshuffling stream is used (its sequence restarts in every new process).
-    Either way the batches are consecutive slices of the epoch's permutation, the last one partial.
+    The batches are consecutive slices of the epoch's permutation, the last one partial.
 
     `steps_per_execution` > 1 gives the same batches in the same order, stacked: elements of shape
     (steps, batch, 784) holding up to that many consecutive full batches, which VAE.train_step and
@@ -67,16 +66,11 @@ def make_datasets(x_train: np.ndarray, x_test: np.ndarray, batch_size: int, seed
                 .flat_map(lambda order: _stacks(order, len(x_test), eval_batch_size, steps_per_execution))
                 .map(lambda index: tf.gather(test_images, index)))
         return train.prefetch(tf.data.AUTOTUNE), test.cache().prefetch(tf.data.AUTOTUNE)
-    if epoch is None:
-        train = (tf.data.Dataset.from_tensor_slices(x_train)
-                 .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-                 .batch(batch_size))
-    else:
-        images = tf.constant(x_train)
-        train = (_epoch_orders(n, seed, epoch).unbatch()
-                 .batch(batch_size)
-                 .map(lambda index: tf.gather(images, index)))
-    train = train.prefetch(tf.data.AUTOTUNE)
+    images = tf.constant(x_train)
+    train = (_epoch_orders(n, seed, epoch).unbatch()
+             .batch(batch_size)
+             .map(lambda index: tf.gather(images, index))
+             .prefetch(tf.data.AUTOTUNE))
     # The test set is only read: a larger batch gives the same mean and fewer steps.
     test = tf.data.Dataset.from_tensor_slices(x_test).batch(eval_batch_size).cache().prefetch(tf.data.AUTOTUNE)
     return train, test
@@ -96,18 +90,16 @@ def _stacks(order: tf.Tensor, n: int, batch_size: int, steps: int) -> tf.data.Da
     return stacked
 
 
-def _epoch_orders(n: int, seed: int, epoch: tf.Variable | None) -> tf.data.Dataset:
+def epoch_permutation(n: int, seed: int, epoch) -> tf.Tensor:
+    """Epoch `epoch`'s order of range(n): a pure function of (seed, epoch), shared by every training path."""
+    keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    return tf.argsort(keys)
+
+
+def _epoch_orders(n: int, seed: int, epoch: tf.Variable) -> tf.data.Dataset:
     """One element per epoch: that epoch's permutation of range(n)."""
-    if epoch is None:
-        # tf.data's reshuffling stream on the indices: the order shuffling the images themselves gives.
-        return tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(n)
-
-    def epoch_order(_):
-        # Read when the epoch's iterator starts, i.e. after on_epoch_begin set the variable.
-        keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch.read_value()]))
-        return tf.argsort(keys)
-
-    return tf.data.Dataset.from_tensors(0).map(epoch_order)
+    # The variable is read when the epoch's iterator starts, i.e. after on_epoch_begin set it.
+    return tf.data.Dataset.from_tensors(0).map(lambda _: epoch_permutation(n, seed, epoch.read_value()))
 
 
 def compile_vae(params: Params, steps_per_execution: int) -> VAE:
