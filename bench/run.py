@@ -110,7 +110,8 @@ class VaepipeTrainer:
         steps_per_epoch = -(-len(x_train) // train.batch_size)
         # As training.train(): the epoch order is a function of (seed, epoch), and the dataset stacks
         # the batches of one compiled call where compile_vae says so (vae.stack_steps).
-        self.vae = compile_vae(self.params, steps_per_execution=min(train.steps_per_execution, steps_per_epoch))
+        self.vae = compile_vae(self.params, steps_per_execution=min(train.steps_per_execution, steps_per_epoch),
+                               steps_per_epoch=steps_per_epoch)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.train_ds, self.test_ds = make_datasets(x_train, x_test, train.batch_size, train.seed,
                                                     self.params.evaluate.batch_size, epoch=epoch,

@@ -61,7 +61,7 @@ def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, se
 
     params = parse_params({"train": {"batch_size": BATCH, "jit_compile": jit, "seed": seed},
                            "data": {"binarize": binarize}})
-    vae = compile_vae(params, steps_per_execution=stack)
+    vae = compile_vae(params, steps_per_execution=stack, steps_per_epoch=-(-len(x_train) // BATCH))
     assert vae.stack_steps == stack
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     train_ds, test_ds = make_datasets(x_train, x_test, BATCH, seed, params.evaluate.batch_size, epoch=epoch,

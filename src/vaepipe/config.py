@@ -54,13 +54,30 @@ class TrainParams(_Section):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=0.001, gt=0, le=1)
+    # constant | cosine (decay to 0 over the run) | iwae (Burda et al.'s 8 stages, compressed to the run)
+    lr_schedule: Literal["constant", "cosine", "iwae"] = "constant"
     beta: float = Field(default=0.5, ge=0)
     seed: int = Field(default=42, ge=0)
-    # Speed only, never the math: how many batches run per compiled call, and XLA.
+    # Speed only, never the math: how many batches run per compiled call, and XLA (auto: on except
+    # for conv, whose convolutions run faster in TensorFlow's oneDNN kernels than under XLA on CPU).
     steps_per_execution: int = Field(default=100, ge=1)
-    jit_compile: bool = True
+    jit_compile: Literal["auto", True, False] = "auto"
     # Data parallelism (tf.distribute): none | mirrored (local devices) | multi_worker (TF_CONFIG).
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+
+    @field_validator("jit_compile", mode="before")
+    @classmethod
+    def _jit_is_bool_or_auto(cls, value: Any) -> Any:
+        if not isinstance(value, bool) and value != "auto":  # a Literal alone would take 1 for True
+            raise ValueError("must be auto, true or false")
+        return value
+
+
+def uses_xla(params: Params) -> bool:
+    """train.jit_compile resolved: `auto` means XLA for the dense models, not for conv."""
+    if params.train.jit_compile == "auto":
+        return params.model.arch != "conv"
+    return params.train.jit_compile
 
 
 class EvaluateParams(_Section):

@@ -115,7 +115,7 @@ def derived_seed(seed: int, epoch: int, index: int, replica: int) -> int:
 class DistributedTrainer:
     """The VAE, its optimizer and the compiled per-step functions, all under one strategy."""
 
-    def __init__(self, params: Params, strategy: tf.distribute.Strategy):
+    def __init__(self, params: Params, strategy: tf.distribute.Strategy, steps_per_epoch: int):
         self.params = params
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
@@ -124,7 +124,7 @@ class DistributedTrainer:
             keras.utils.set_random_seed(params.train.seed)
             self.vae: VAE = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize,
                                       seed=params.train.seed)
-            self.optimizer = keras.optimizers.Adam(learning_rate=params.train.learning_rate)
+            self.optimizer = training.make_optimizer(params.train, steps_per_epoch)
             # compile only attaches the optimizer: checkpoints then hold its state (fit is never called).
             self.vae.compile(optimizer=self.optimizer)
             self.optimizer.build(self.vae.trainable_variables)
@@ -259,7 +259,7 @@ def train(params: Params) -> None:
           f"({workers} worker{'s' if workers > 1 else ''}); this process is "
           f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
     x_train, x_test, dataset_sha = training.load_inputs(params.data.binarize)
-    trainer = DistributedTrainer(params, strategy)
+    trainer = DistributedTrainer(params, strategy, steps_per_epoch=-(-len(x_train) // params.train.batch_size))
     test_data, n_test_batches = test_batches(strategy, x_test, params.evaluate.batch_size)
 
     key = training_key(params)

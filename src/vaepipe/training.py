@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from vaepipe import data, paths, tracking
-from vaepipe.config import Params, flat_params, training_key
+from vaepipe.config import Params, TrainParams, flat_params, training_key, uses_xla
 from vaepipe.errors import DataError, VaepipeError, deferred_signals
 from vaepipe.model import VAE, build_vae
 
@@ -102,22 +102,49 @@ def _epoch_orders(n: int, seed: int, epoch: tf.Variable) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensors(0).map(lambda _: epoch_permutation(n, seed, epoch.read_value()))
 
 
-def compile_vae(params: Params, steps_per_execution: int) -> VAE:
+def learning_rate(train: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """train.learning_rate, or a schedule of it over the whole run, keyed on the optimizer's step count.
+
+    The step count is optimizer state and is checkpointed, so a resumed run continues the schedule
+    exactly. `iwae` is Burda et al.'s: stage i (0..7) runs at learning_rate * 10^(-i/7) for 3^i of
+    3280 epochs; here the stages keep those proportions of `train.epochs`.
+    """
+    total_steps = train.epochs * steps_per_epoch
+    if train.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=total_steps)
+    if train.lr_schedule == "iwae":
+        stage_ends = np.cumsum([3**i for i in range(8)]) / 3280
+        # PiecewiseConstantDecay gives values[i] while step <= boundaries[i]; the optimizer's step
+        # count before update n is n - 1, so a stage ending after update n has boundary n - 1.
+        boundaries = [int(round(fraction * total_steps)) - 1 for fraction in stage_ends[:-1]]
+        values = [train.learning_rate * 10 ** (-i / 7) for i in range(8)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return train.learning_rate
+
+
+def make_optimizer(train: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam with default settings apart from the learning rate (the tutorial's optimizer)."""
+    return keras.optimizers.Adam(learning_rate=learning_rate(train, steps_per_epoch))
+
+
+def compile_vae(params: Params, steps_per_execution: int, steps_per_epoch: int) -> VAE:
     """The VAE, compiled to run `steps_per_execution` batches per compiled call.
 
     Where the model allows it, those batches come stacked from
     `make_datasets(..., steps_per_execution=vae.stack_steps)` and VAE.train_step loops over them
     inside one XLA program (Keras runs one stack per call): about 2x faster per step than Keras's
     own multi-step loop for small models. Convolutions inside that loop run very slowly under XLA
-    on CPU (75x in bench/NOTES.md), so the conv model keeps Keras's loop (`vae.stack_steps` = 1).
+    on CPU (75x in bench/NOTES.md), so the conv model keeps Keras's loop (`vae.stack_steps` = 1),
+    and by default (`jit_compile: auto`) runs without XLA at all: TensorFlow's oneDNN convolutions
+    are about 1.6x faster here (NOTES.md run 20).
     """
     keras.utils.set_random_seed(params.train.seed)
     vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
     stack_steps = steps_per_execution if params.model.arch != "conv" else 1
     vae.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=params.train.learning_rate),
+        optimizer=make_optimizer(params.train, steps_per_epoch),
         steps_per_execution=1 if stack_steps > 1 else steps_per_execution,
-        jit_compile=params.train.jit_compile,
+        jit_compile=uses_xla(params),
     )
     vae.stack_steps = stack_steps
     return vae
@@ -291,7 +318,8 @@ def train(params: Params) -> None:
     checkpoint = Checkpoint(checkpoint_dir, key)
 
     steps_per_epoch = -(-len(x_train) // params.train.batch_size)
-    vae = compile_vae(params, steps_per_execution=min(params.train.steps_per_execution, steps_per_epoch))
+    vae = compile_vae(params, steps_per_execution=min(params.train.steps_per_execution, steps_per_epoch),
+                      steps_per_epoch=steps_per_epoch)
     start_epoch = checkpoint.restore(vae)
     keep_epochs_before(epoch_log, start_epoch)
     # The run of an interrupted attempt with these params (even one killed before its first

@@ -34,7 +34,7 @@ PARAM_CASES = [
     ("train", "train.learning_rate", "1e-3", "decimal point"),
     ("train", "train.beta", -0.5, "greater than or equal to 0"),
     ("train", "train.seed", -1, "greater than or equal to 0"),
-    ("train", "train.jit_compile", "yes", "valid boolean"),
+    ("train", "train.jit_compile", "yes", "auto, true or false"),
     ("train", "trian", {"epochs": 3}, "unknown key"),  # a misspelt section
     ("evaluate", "evaluate.iw_samples", 0, "greater than or equal to 1"),
     ("evaluate", "evaluate.mc_samples", None, "valid integer"),
