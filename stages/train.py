@@ -14,9 +14,11 @@ def main() -> None:
     if params.train.distribute == "multi_worker" and "TF_CONFIG" not in os.environ:
         # One machine (e.g. under `dvc repro`): become the launcher of $VAEPIPE_WORKERS local workers
         # (default 2), each running this script with its own TF_CONFIG; task 0 writes the outputs.
+        from vaepipe import paths
+        from vaepipe.config import training_key
         from vaepipe.launcher import run_local_workers
 
-        run_local_workers()
+        run_local_workers(run_id_file=paths.CHECKPOINTS_DIR / training_key(params) / "mlflow_run_id")
         return
     from vaepipe.training import train
 

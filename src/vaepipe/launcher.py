@@ -122,9 +122,22 @@ def _watch(processes: list[subprocess.Popen]) -> int:
         time.sleep(POLL_S)
 
 
-def run_local_workers() -> None:
-    """What stages/train.py does for multi_worker without TF_CONFIG: this script on N local workers."""
-    code = launch(worker_count(), [sys.executable, *sys.argv])
+def run_local_workers(run_id_file: Path) -> None:
+    """What stages/train.py does for multi_worker without TF_CONFIG: this script on N local workers.
+
+    If the run ends early (a worker died, Ctrl-C, SIGTERM), the chief's MLflow run (its id in
+    `run_id_file`) is closed here, FAILED or KILLED, since a chief stopped mid-collective cannot.
+    """
+    from vaepipe import tracking
+
+    try:
+        code = launch(worker_count(), [sys.executable, *sys.argv])
+    except WorkerFailed as error:
+        tracking.close_abandoned_run(run_id_file, "FAILED", str(error))
+        raise
+    except (KeyboardInterrupt, SystemExit) as error:
+        tracking.close_abandoned_run(run_id_file, "KILLED", f"launcher interrupted ({type(error).__name__})")
+        raise
     if code:
         raise WorkerFailed(f"the chief exited with code {code}", code)
 

@@ -133,15 +133,25 @@ def end_run(error: BaseException | None) -> None:
         status = RunStatus.KILLED
     else:
         status = RunStatus.FAILED
+    run_id = mlflow.active_run().info.run_id
     with deferred_signals():  # a second Ctrl-C must not leave the run RUNNING
         for attempt in range(3):
             try:
-                mlflow.end_run(RunStatus.to_string(status))
+                if mlflow.active_run() is not None:
+                    mlflow.end_run(RunStatus.to_string(status))  # pops the run, then writes the status
+                else:  # a failed end_run already popped it: retry the write alone
+                    mlflow.MlflowClient().set_terminated(run_id, RunStatus.to_string(status))
                 return
-            except mlflow.exceptions.MlflowException:  # e.g. SQLite "database is locked"
-                if attempt == 2:
-                    raise
-                time.sleep(1.0)
+            except mlflow.exceptions.MlflowException as store_error:  # e.g. SQLite "database is locked"
+                if attempt < 2:
+                    time.sleep(1.0)
+                    continue
+                message = (f"could not mark MLflow run {run_id} {RunStatus.to_string(status)} in "
+                           f"{tracking_uri()} (store gone or read-only?): {store_error}")
+                if error is not None:  # keep the stage's own error as the one reported
+                    print(f"warning: {message}", file=sys.stderr, flush=True)
+                    return
+                raise TrackingError(message) from None
 
 
 def _is_clean_exit(error: BaseException) -> bool:
@@ -166,6 +176,24 @@ def active_run(run_id: str | None = None, start: dict[str, Any] | None = None) -
         end_run(error)
         raise
     end_run(None)
+
+
+def close_abandoned_run(run_id_file: Path, status: str, reason: str) -> None:
+    """Mark the run in `run_id_file` as `status` if it is still RUNNING.
+
+    For the multi-worker launcher: a chief blocked in a collective with a dead worker cannot close
+    its own run before it is killed, so its parent does it. The next `dvc repro` resumes that run.
+    """
+    if not run_id_file.exists():
+        return  # the chief died before it started a run
+    run_id = run_id_file.read_text().strip()
+    try:
+        client = mlflow.MlflowClient(tracking_uri())
+        if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_tag(run_id, "vaepipe.stopped_because", reason[:4000])
+            client.set_terminated(run_id, status)
+    except mlflow.exceptions.MlflowException as error:
+        print(f"warning: could not mark MLflow run {run_id} {status}: {error}", file=sys.stderr, flush=True)
 
 
 def read_run_id(path: Path) -> str:

@@ -153,6 +153,7 @@ def test_a_killed_worker_fails_the_run_fast_and_the_rerun_resumes(tmp_path):
     print(f"\nkilled worker 1: dvc repro exited {code} after {elapsed:.1f} s")
     assert not (repo / "models" / "vae.keras").exists()
     assert epoch_rows(logs()[0]) >= 1, "the checkpoint of the finished epoch is kept"
+    assert [status for _, status in mlflow_runs(repo)] == ["FAILED"], "the launcher closes the stopped chief's run"
 
     result = dvc(repo, "repro", "train")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -4,15 +4,20 @@ API, an unreachable server, a failing stage, and queued DVC experiments run in p
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import VENV_BIN, dvc_repro, make_repo, mlflow_runs, run_stage, stage_env, wait_for
+from pipeline_repo import PROJECT, VENV_BIN, dvc_repro, make_repo, mlflow_runs, run_stage, stage_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +61,9 @@ def test_failing_stage_leaves_its_run_failed(tmp_path):
     assert [status for _, status in mlflow_runs(repo)] == ["FAILED"]
 
 
-def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
+@contextmanager
+def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -73,6 +80,15 @@ def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
                 return False
 
         wait_for(healthy, timeout=120, interval=1, what="mlflow server /health")
+        yield base, server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
+    with mlflow_server(tmp_path) as (base, _):
         repo = make_repo(tmp_path / "repo", QUICK)
         result = subprocess.run(["dvc", "repro"], cwd=repo, env=stage_env(MLFLOW_TRACKING_URI=base),
                                 capture_output=True, text=True, timeout=600)
@@ -92,9 +108,32 @@ def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
         assert sorted(m["step"] for m in history) == [1, 2]
         plots = rest(base, f"artifacts/list?run_id={run_id}&path=plots")["files"]
         assert {Path(f["path"]).name for f in plots} >= {"reconstructions.png", "loss_curves.png"}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+# A stage body that loses its tracking server while its run is open (the server's process group is
+# argv[1]): the run cannot be closed, and that must be one clear error line, not a traceback.
+LOSES_SERVER = """
+import os, signal, socket, sys, time
+from vaepipe import tracking
+from vaepipe.errors import run_stage
+
+def main():
+    with tracking.active_run(None, start=dict(run_name="lost", params={"a": 1}, tags={})):
+        os.killpg(int(sys.argv[1]), signal.SIGKILL)
+        time.sleep(1.0)
+
+run_stage(main)
+"""
+
+
+def test_a_server_lost_before_the_run_closes_is_one_clear_error(tmp_path):
+    with mlflow_server(tmp_path) as (base, server):
+        result = subprocess.run([str(VENV_BIN / "python"), "-c", LOSES_SERVER, str(server.pid)], cwd=PROJECT,
+                                env=stage_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=base),
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.search(rf"could not mark MLflow run \w+ FINISHED in {re.escape(base)}", result.stderr), result.stderr[-3000:]
 
 
 def test_queued_experiments_land_in_the_main_store(tmp_path):
