@@ -158,3 +158,15 @@ def test_xla_trains_to_the_same_losses_as_tensorflow_kernels(mnist_subset):
         assert abs(np.mean(a - b)) < MEAN_RTOL * np.mean(b), (key, a, b)
     # The runs really trained (seed 1 starts slowly: 535 -> 468 in 4 epochs; 42 and 2 halve).
     assert all(plain[seed]["loss"][-1] < 0.9 * plain[seed]["loss"][0] for seed in SEEDS)
+
+
+@pytest.mark.parametrize("steps_per_epoch, expected", [(469, 67), (6, 6), (467, 1)])
+def test_keras_multi_step_loop_divides_the_epoch(steps_per_epoch, expected):
+    """conv runs Keras's own multi-step loop, which counts whole calls: a call size that divides the
+    epoch keeps the progress bar at N/N (100 per call on 469 steps showed 500/469)."""
+    from vaepipe.training import compile_vae
+
+    params = parse_params({"model": {"arch": "conv"}, "train": {"batch_size": 128}})
+    vae = compile_vae(params, steps_per_execution=min(100, steps_per_epoch), steps_per_epoch=steps_per_epoch)
+    assert vae.stack_steps == 1
+    assert vae.steps_per_execution == expected

@@ -141,9 +141,13 @@ def compile_vae(params: Params, steps_per_execution: int, steps_per_epoch: int) 
     keras.utils.set_random_seed(params.train.seed)
     vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
     stack_steps = steps_per_execution if params.model.arch != "conv" else 1
+    if stack_steps > 1:
+        keras_steps = 1  # one stack per call
+    else:  # Keras's own loop counts whole calls: a divisor of the epoch keeps its progress bar at N/N
+        keras_steps = max(d for d in range(1, steps_per_execution + 1) if steps_per_epoch % d == 0)
     vae.compile(
         optimizer=make_optimizer(params.train, steps_per_epoch),
-        steps_per_execution=1 if stack_steps > 1 else steps_per_execution,
+        steps_per_execution=keras_steps,
         jit_compile=uses_xla(params),
     )
     vae.stack_steps = stack_steps
