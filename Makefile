@@ -31,7 +31,7 @@ test: setup
 	python -m pytest
 
 train-multiworker: setup
-	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"
+	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (README: Scaling out)"
 	VAEPIPE_WORKERS=$(WORKERS) dvc exp run -S train.distribute=multi_worker
 
 bench: setup
