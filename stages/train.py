@@ -18,7 +18,7 @@ def main() -> None:
         from vaepipe.config import training_key
         from vaepipe.launcher import run_local_workers
 
-        run_local_workers(run_id_file=paths.CHECKPOINTS_DIR / training_key(params) / "mlflow_run_id")
+        run_local_workers(run_id_file=paths.checkpoint_run_id_file(training_key(params)))
         return
     from vaepipe.training import train
 

@@ -170,3 +170,4 @@ def test_keras_multi_step_loop_divides_the_epoch(steps_per_epoch, expected):
     vae = compile_vae(params, steps_per_execution=min(100, steps_per_epoch), steps_per_epoch=steps_per_epoch)
     assert vae.stack_steps == 1
     assert vae.steps_per_execution == expected
+    assert vae.jit_compile is False  # jit_compile: auto leaves convolutions to TensorFlow's kernels

@@ -73,13 +73,6 @@ class TrainParams(_Section):
         return value
 
 
-def uses_xla(params: Params) -> bool:
-    """train.jit_compile resolved: `auto` means XLA for the dense models, not for conv."""
-    if params.train.jit_compile == "auto":
-        return params.model.arch != "conv"
-    return params.train.jit_compile
-
-
 class EvaluateParams(_Section):
     mc_samples: int = Field(default=10, ge=1, description="z samples per image for the ELBO terms")
     iw_samples: int = Field(default=1000, ge=1, description="importance samples per image for test_nll_iw")

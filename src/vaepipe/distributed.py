@@ -263,7 +263,7 @@ def train(params: Params) -> None:
     test_data, n_test_batches = test_batches(strategy, x_test, params.evaluate.batch_size)
 
     key = training_key(params)
-    checkpoint_dir = paths.CHECKPOINTS_DIR / key
+    checkpoint_dir = paths.checkpoint_dir(key)
     start_epoch = 0
     checkpoint = None
     if chief:
@@ -280,7 +280,7 @@ def train(params: Params) -> None:
         return
 
     epoch_log = checkpoint_dir / "train_log.csv"
-    run_id_file = checkpoint_dir / "mlflow_run_id"
+    run_id_file = paths.checkpoint_run_id_file(key)
     training.keep_epochs_before(epoch_log, start_epoch)
     previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
     with tracking.active_run(previous_run, start=training.run_start(params, dataset_sha)) as run_id:

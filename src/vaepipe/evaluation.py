@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from vaepipe import data, objectives, paths
 from vaepipe.config import Params
-from vaepipe.model import VAE, load_vae
+from vaepipe.model import VAE, has_convolutions, load_vae
 
 
 def _batches(x: np.ndarray, batch_size: int):
@@ -25,12 +24,6 @@ def encode_means(vae: VAE, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
     return np.concatenate([np.asarray(vae.encoder(batch)[0]) for batch in _batches(x, batch_size)])
 
 
-def suits_xla(vae: VAE) -> bool:
-    """XLA for the dense models; convolutions run faster in TensorFlow's oneDNN kernels on CPU (bench/NOTES.md run 20)."""
-    conv_layers = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
-    return not any(isinstance(layer, conv_layers) for part in (vae.encoder, vae.decoder) for layer in part.layers)
-
-
 def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int) -> dict[str, float]:
     """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
 
@@ -40,7 +33,7 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
     generator = tf.random.Generator.from_seed(seed)
     totals = {"test_recon": 0.0, "test_kl": 0.0, "test_seed_loss": 0.0}
 
-    @tf.function(jit_compile=suits_xla(vae), reduce_retracing=True)
+    @tf.function(jit_compile=not has_convolutions(vae), reduce_retracing=True)
     def batch_terms(images, eps):  # eps: (samples, batch, latent), all samples decoded in one call
         mean, log_var = vae.encoder(images)
         z = mean + ops.exp(0.5 * log_var) * eps
@@ -73,7 +66,7 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
     generator = tf.random.Generator.from_seed(seed)
     latent_dim = vae.decoder.inputs[0].shape[-1]
 
-    @tf.function(jit_compile=suits_xla(vae), reduce_retracing=True)
+    @tf.function(jit_compile=not has_convolutions(vae), reduce_retracing=True)
     def log_weights(images, mean, log_var, eps):  # eps: (samples, batch, latent)
         z = mean + ops.exp(0.5 * log_var) * eps
         samples = ops.shape(eps)[0]

@@ -202,6 +202,14 @@ class VAE(keras.Model):
         return cls(**config)
 
 
+def has_convolutions(vae: VAE) -> bool:
+    """The one test for the conv model's speed choices: on CPU its convolutions run faster in
+    TensorFlow's oneDNN kernels than under XLA, and very slowly inside an XLA while loop (bench/NOTES.md
+    runs 17 and 20), so it is neither stacked nor, by default, XLA-compiled."""
+    conv_layers = (layers.Conv2D, layers.Conv2DTranspose)
+    return any(isinstance(layer, conv_layers) for part in (vae.encoder, vae.decoder) for layer in part.layers)
+
+
 def build_vae(params: ModelParams, beta: float, binarize: str, seed: int) -> VAE:
     vae = VAE(build_encoder(params), build_decoder(params), beta=beta, binarize=binarize, seed=seed, name="vae")
     vae.build((None, IMAGE_PIXELS))

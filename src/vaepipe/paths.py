@@ -54,6 +54,16 @@ METRICS_FILE = ROOT / "metrics.json"
 PLOTS_DIR = ROOT / "plots"
 
 
+
+def checkpoint_dir(training_key: str) -> Path:
+    """Resumable state of one set of training params (config.training_key)."""
+    return CHECKPOINTS_DIR / training_key
+
+
+def checkpoint_run_id_file(training_key: str) -> Path:
+    """The MLflow run id of an unfinished run of those params, which a restart continues."""
+    return checkpoint_dir(training_key) / "mlflow_run_id"
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from vaepipe import data, paths, tracking
-from vaepipe.config import Params, TrainParams, flat_params, training_key, uses_xla
+from vaepipe.config import Params, TrainParams, flat_params, training_key
 from vaepipe.errors import DataError, VaepipeError, deferred_signals
-from vaepipe.model import VAE, build_vae
+from vaepipe.model import VAE, build_vae, has_convolutions
 
 
 class NonFiniteLossError(VaepipeError):
@@ -140,7 +140,8 @@ def compile_vae(params: Params, steps_per_execution: int, steps_per_epoch: int) 
     """
     keras.utils.set_random_seed(params.train.seed)
     vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
-    stack_steps = steps_per_execution if params.model.arch != "conv" else 1
+    conv = has_convolutions(vae)
+    stack_steps = 1 if conv else steps_per_execution
     if stack_steps > 1:
         keras_steps = 1  # one stack per call
     else:  # Keras's own loop counts whole calls: a divisor of the epoch keeps its progress bar at N/N
@@ -148,7 +149,7 @@ def compile_vae(params: Params, steps_per_execution: int, steps_per_epoch: int) 
     vae.compile(
         optimizer=make_optimizer(params.train, steps_per_epoch),
         steps_per_execution=keras_steps,
-        jit_compile=uses_xla(params),
+        jit_compile=not conv if params.train.jit_compile == "auto" else params.train.jit_compile,
     )
     vae.stack_steps = stack_steps
     return vae
@@ -314,11 +315,11 @@ def train(params: Params) -> None:
         return distributed.train(params)
     x_train, x_test, dataset_sha = load_inputs(params.data.binarize)
     key = training_key(params)
-    checkpoint_dir = paths.CHECKPOINTS_DIR / key
+    checkpoint_dir = paths.checkpoint_dir(key)
     _drop_other_checkpoints(keep=checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     epoch_log = checkpoint_dir / "train_log.csv"
-    run_id_file = checkpoint_dir / "mlflow_run_id"
+    run_id_file = paths.checkpoint_run_id_file(key)
     checkpoint = Checkpoint(checkpoint_dir, key)
 
     steps_per_epoch = -(-len(x_train) // params.train.batch_size)
