@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"  # scratch, git-ignored
 RESULTS = ROOT / "bench" / "results.json"
 VENV_BIN = ROOT / ".venv" / "bin"
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -90,10 +89,10 @@ def mlp_train_flops_per_example(hidden: int = 512, latent: int = 2, pixels: int 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """Train and test images as float32 in [0, 1], from data/prepared (run `dvc repro prepare` first)."""
-    from vaepipe import data
+    from vaepipe import prepared
 
-    arrays = [data.load_split(ROOT / "data" / "prepared" / f"{split}.npz") for split in ("train", "test")]
-    return tuple(data.to_unit_interval(split.images) for split in arrays)  # type: ignore[return-value]
+    arrays = [prepared.load_verified(split) for split in ("train", "test")]
+    return tuple(prepared.to_unit_interval(split.images) for split in arrays)  # type: ignore[return-value]
 
 
 class VaepipeTrainer:
@@ -103,8 +102,10 @@ class VaepipeTrainer:
         import tensorflow as tf
         from reference_tutorial import EpochClock
 
+        from vaepipe.batches import make_datasets
+        from vaepipe.callbacks import EpochRandomState
         from vaepipe.config import parse_params
-        from vaepipe.training import EpochRandomState, compile_vae, make_datasets
+        from vaepipe.training import compile_vae
 
         self.params = parse_params(overrides)
         train = self.params.train

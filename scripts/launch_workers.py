@@ -9,11 +9,8 @@ with the chief's exit code; if any worker dies, it stops the others and exits no
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run without installing
-
-from vaepipe.launcher import main  # noqa: E402
+from vaepipe.launcher import main  # the editable install (make setup) provides the package
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,24 +5,24 @@ Does not import TensorFlow.
 
 import json
 
-from vaepipe import data, paths
+from vaepipe import data, paths, prepared
 from vaepipe.config import load_params
 from vaepipe.errors import run_stage
 
 
 def main() -> None:
     params = load_params().data
-    dataset = data.subset(data.load_dataset(params.dataset, params.source, paths.cache_dir()), params.limit)
+    dataset = prepared.subset(data.load_dataset(params.dataset, params.source, paths.cache_dir()), params.limit)
     paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)
-    for split, target in ((dataset.train, paths.TRAIN_NPZ), (dataset.test, paths.TEST_NPZ)):
-        with paths.atomic_path(target) as tmp:
-            data.save_split(split, tmp)
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        with paths.atomic_path(paths.prepared_split(name)) as tmp:
+            prepared.save_split(split, tmp)
     meta = {
         "dataset": params.dataset,
         "source": dataset.source,
         "n_train": len(dataset.train.labels),
         "n_test": len(dataset.test.labels),
-        "sha256": {"train": data.arrays_sha256(dataset.train), "test": data.arrays_sha256(dataset.test)},
+        "sha256": {"train": prepared.arrays_sha256(dataset.train), "test": prepared.arrays_sha256(dataset.test)},
     }
     with paths.atomic_path(paths.PREPARED_META) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")

@@ -20,8 +20,10 @@ def main() -> None:
 
         run_local_workers(run_id_file=paths.checkpoint_run_id_file(training_key(params)))
         return
-    from vaepipe.training import train
-
+    if params.train.distribute == "none":
+        from vaepipe.training import train
+    else:  # tf.distribute needs its own loop (Keras 3's fit fails under MultiWorkerMirroredStrategy)
+        from vaepipe.distributed import train
     train(params)
 
 

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from vaepipe import data
+from vaepipe import data, prepared
 from vaepipe.errors import DataError
 
 
@@ -98,70 +98,70 @@ def test_truncated_idx_is_refused():
 
 
 @pytest.fixture
-def prepared(tmp_path):
+def saved_split(tmp_path):
     rng = np.random.default_rng(1)
     split = data.Split(rng.integers(0, 256, (50, 784)).astype(np.uint8), rng.integers(0, 10, 50))
     path = tmp_path / "train.npz"
-    data.save_split(split, path)
+    prepared.save_split(split, path)
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"sha256": {"train": data.arrays_sha256(split)}}))
+    meta.write_text(json.dumps({"sha256": {"train": prepared.arrays_sha256(split)}}))
     return split, path, meta
 
 
-def test_prepared_split_roundtrip_and_checksum(prepared):
-    split, path, meta = prepared
-    loaded = data.load_split(path)
+def test_prepared_split_roundtrip_and_checksum(saved_split):
+    split, path, meta = saved_split
+    loaded = prepared.load_split(path)
     np.testing.assert_array_equal(loaded.images, split.images)
-    data.verify_prepared(loaded, path, meta)  # does not raise
+    prepared.verify_prepared(loaded, path, meta)  # does not raise
 
 
-def test_truncated_prepared_file_is_refused(prepared):
-    _, path, _ = prepared
+def test_truncated_prepared_file_is_refused(saved_split):
+    _, path, _ = saved_split
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match="train.npz: not a readable prepared split"):
-        data.load_split(path)
+        prepared.load_split(path)
 
 
-def test_changed_prepared_file_fails_checksum(prepared):
-    split, path, meta = prepared
+def test_changed_prepared_file_fails_checksum(saved_split):
+    split, path, meta = saved_split
     images = split.images.copy()
     images[0, 0] ^= 1
-    data.save_split(data.Split(images, split.labels), path)
+    prepared.save_split(data.Split(images, split.labels), path)
     with pytest.raises(DataError, match="do not match the sha256"):
-        data.verify_prepared(data.load_split(path), path, meta)
+        prepared.verify_prepared(prepared.load_split(path), path, meta)
 
 
 def test_prepared_file_with_wrong_dtype_is_refused(tmp_path):
     path = tmp_path / "test.npz"
     np.savez(path, images=np.zeros((4, 784), np.float32), labels=np.zeros(4, np.int64))
     with pytest.raises(DataError, match="expected \\(N, 784\\) uint8"):
-        data.load_split(path)
+        prepared.load_split(path)
 
 
 def test_static_binarization_thresholds_at_half():
     x = np.array([[0.0, 0.49, 0.5, 0.51, 1.0]], np.float32)
-    np.testing.assert_array_equal(data.binarize(x, "static", seed=0), [[0, 0, 0, 1, 1]])
+    np.testing.assert_array_equal(prepared.binarize(x, "static", seed=0), [[0, 0, 0, 1, 1]])
 
 
 def test_dynamic_binarization_is_bernoulli_with_the_pixel_mean():
     x = np.full((200, 784), 0.3, np.float32)
-    binary = data.binarize(x, "dynamic", seed=0)
+    binary = prepared.binarize(x, "dynamic", seed=0)
     assert set(np.unique(binary)) == {0.0, 1.0}
     # 156,800 draws of Bernoulli(0.3): the standard error of the mean is 0.0012.
     assert abs(binary.mean() - 0.3) < 0.005
-    np.testing.assert_array_equal(binary, data.binarize(x, "dynamic", seed=0))  # fixed by the seed
-    assert not np.array_equal(binary, data.binarize(x, "dynamic", seed=1))
+    np.testing.assert_array_equal(binary, prepared.binarize(x, "dynamic", seed=0))  # fixed by the seed
+    assert not np.array_equal(binary, prepared.binarize(x, "dynamic", seed=1))
 
 
 def test_dynamic_training_data_stays_continuous_but_test_data_is_binary():
     split = data.Split(np.full((10, 784), 128, np.uint8), np.zeros(10, np.int64))
-    assert np.allclose(data.model_inputs(split, "dynamic", training=True), 128 / 255)
-    assert set(np.unique(data.model_inputs(split, "dynamic", training=False))) <= {0.0, 1.0}
+    assert np.allclose(prepared.model_inputs(split, "dynamic", training=True), 128 / 255)
+    assert set(np.unique(prepared.model_inputs(split, "dynamic", training=False))) <= {0.0, 1.0}
 
 
 def test_subset_takes_the_first_images():
     split = data.Split(np.arange(20 * 784).reshape(20, 784).astype(np.uint8), np.arange(20) % 10)
-    small = data.subset(data.Dataset(split, split, "x"), 5)
+    small = prepared.subset(data.Dataset(split, split, "x"), 5)
     np.testing.assert_array_equal(small.train.labels, np.arange(5))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaepipe import data, paths
+from vaepipe import data, paths, prepared
 from vaepipe.config import parse_params
 from vaepipe.errors import DataError
 
@@ -42,14 +42,14 @@ EXACT_RTOL = 1e-5  # stacked vs per-step: the same arithmetic (float32 tolerance
 def mnist_subset() -> tuple[np.ndarray, np.ndarray]:
     """The first N_IMAGES train and test images as float32 in [0,1]: prepared data, else the cached download."""
     try:
-        train, test = data.load_split(paths.TRAIN_NPZ), data.load_split(paths.TEST_NPZ)
+        train, test = prepared.load_split(paths.prepared_split("train")), prepared.load_split(paths.prepared_split("test"))
     except DataError:
         try:
             dataset = data.load_dataset("mnist", "auto", paths.cache_dir())
         except DataError as error:
             pytest.skip(f"MNIST not available offline: {error}")
         train, test = dataset.train, dataset.test
-    return (data.to_unit_interval(train.images[:N_IMAGES]), data.to_unit_interval(test.images[:N_IMAGES]))
+    return (prepared.to_unit_interval(train.images[:N_IMAGES]), prepared.to_unit_interval(test.images[:N_IMAGES]))
 
 
 def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, seed: int = 42,
@@ -57,7 +57,9 @@ def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, se
     """Per-epoch history and final weights, set up as training.train() does (stack=1: per-step)."""
     import tensorflow as tf
 
-    from vaepipe.training import EpochRandomState, compile_vae, make_datasets
+    from vaepipe.batches import make_datasets
+    from vaepipe.callbacks import EpochRandomState
+    from vaepipe.training import compile_vae
 
     params = parse_params({"train": {"batch_size": BATCH, "jit_compile": jit, "seed": seed},
                            "data": {"binarize": binarize}})
@@ -74,7 +76,7 @@ def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, se
 def test_stacked_datasets_hold_the_per_step_batches(mnist_subset):
     import tensorflow as tf
 
-    from vaepipe.training import make_datasets
+    from vaepipe.batches import make_datasets
 
     x_train, x_test = mnist_subset
     n, n_test = 1000, 1100  # 31 full batches + 8; test: 2 batches of 500 + 100

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from vaepipe.batches import make_datasets
 from vaepipe.config import parse_params
-from vaepipe.training import compile_vae, learning_rate, make_datasets
+from vaepipe.schedules import learning_rate
+from vaepipe.training import compile_vae
 
 LR = 1e-3
 

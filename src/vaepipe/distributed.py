@@ -5,7 +5,7 @@ issue 20585: "Invalid reduction dimension 0 for input with 0 dimensions" in the 
 loop runs the VAE's own `loss_terms` under the strategy instead, with the same Adam settings:
 
 - The global batch is `train.batch_size`, the same consecutive slice of the epoch's permutation as in
-  the single-process path (training.make_datasets), split evenly across the replicas.
+  the single-process path (batches.make_datasets), split evenly across the replicas.
 - Each replica sums its per-example losses and divides by the *global* batch size; the optimizer
   sums the replicas' gradients. So each step's gradient is the one-device gradient of the batch mean.
 - Epoch metrics (loss, recon, kl, val_*) are per-example means over the epoch, as Keras's Mean
@@ -19,61 +19,26 @@ loop runs the VAE's own `loss_terms` under the strategy instead, with the same A
 Only the chief (task 0; the only task of `mirrored`) writes: checkpoints, the CSV log, the model and
 the MLflow run. Other workers write nothing: on resume they receive the chief's restored weights
 and optimizer state over the strategy's collectives, so they need no shared disk.
-
-Devices: `mirrored` uses every local GPU, else the CPU; `VAEPIPE_LOGICAL_CPUS=N` splits the CPU into
-N logical devices first (for testing data parallelism without GPUs).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from vaepipe import paths, tracking, training
-from vaepipe.config import Params, training_key
+from vaepipe import prepared, tracking
+from vaepipe.batches import epoch_permutation, epoch_seed
+from vaepipe.callbacks import StopOnNonFiniteLoss
+from vaepipe.config import Params
 from vaepipe.model import VAE, build_vae
+from vaepipe.schedules import make_optimizer
+from vaepipe.session import TrainingSession
+from vaepipe.strategy import is_chief, make_strategy, num_workers
 
-LOGICAL_CPUS_ENV = "VAEPIPE_LOGICAL_CPUS"
 METRICS = ("loss", "recon", "kl")  # per-example sums accumulated in this order, then the count
-
-
-def make_strategy(kind: str) -> tf.distribute.Strategy:
-    """The strategy for `train.distribute`. Must run before TensorFlow executes anything."""
-    logical = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
-    if logical > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
-    if kind == "mirrored":
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
-                  [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    if kind == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            from vaepipe.errors import ConfigError
-
-            raise ConfigError("train.distribute = 'multi_worker' needs TF_CONFIG in the environment; run "
-                              "`dvc repro` (which starts the local workers) or scripts/launch_workers.py")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown train.distribute {kind!r}")
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True for the one process that writes (task 0 of multi_worker; always true for mirrored)."""
-    return strategy.extended.should_checkpoint
-
-
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1
-    return sum(len(tasks) for job, tasks in resolver.cluster_spec().as_dict().items() if job in ("chief", "worker"))
-
-
 
 
 def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order: np.ndarray,
@@ -106,12 +71,6 @@ def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order:
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def derived_seed(seed: int, epoch: int, index: int, replica: int) -> int:
-    """Seed of SeedGenerator `index` in `epoch` on `replica`; replica 0 = training.EpochRandomState's."""
-    entropy = [seed, epoch, index] + ([replica] if replica else [])
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0]) >> 1
-
-
 class DistributedTrainer:
     """The VAE, its optimizer and the compiled per-step functions, all under one strategy."""
 
@@ -124,7 +83,7 @@ class DistributedTrainer:
             keras.utils.set_random_seed(params.train.seed)
             self.vae: VAE = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize,
                                       seed=params.train.seed)
-            self.optimizer = training.make_optimizer(params.train, steps_per_epoch)
+            self.optimizer = make_optimizer(params.train, steps_per_epoch)
             # compile only attaches the optimizer: checkpoints then hold its state (fit is never called).
             self.vae.compile(optimizer=self.optimizer)
             self.optimizer.build(self.vae.trainable_variables)
@@ -145,16 +104,7 @@ class DistributedTrainer:
                                       + [count]))
 
     def _train_replica(self, x, global_size) -> None:
-        vae = self.vae
-        if vae.binarize == "dynamic":  # as VAE.train_step: redraw Bernoulli(pixel) every batch
-            x = vae.redraw_binary(x)
-        with tf.GradientTape() as tape:
-            recon, kl = vae.loss_terms(x, training=True)
-            # Sum over this replica's examples / the global batch size: summed over replicas (which
-            # the optimizer does to the gradients) this is the mean over the global batch.
-            loss = tf.reduce_sum(recon + vae.beta * kl) / tf.cast(global_size, recon.dtype)
-        gradients = tape.gradient(loss, vae.trainable_weights)
-        self.optimizer.apply(gradients, vae.trainable_weights)
+        recon, kl = self.vae.apply_step(x, global_batch_size=global_size)
         self._accumulate(recon, kl)
 
     def _eval_replica(self, x, _global_size) -> None:
@@ -176,7 +126,7 @@ class DistributedTrainer:
 
     def seed_epoch(self, epoch: int) -> None:
         """Set every SeedGenerator on every replica from (seed, epoch, replica) before the epoch."""
-        table = np.array([[[derived_seed(self.params.train.seed, epoch, index, replica), 0]
+        table = np.array([[[epoch_seed(self.params.train.seed, epoch, index, replica), 0]
                            for index in range(len(self.seed_states))] for replica in range(self.replicas)],
                          dtype=np.int64)
 
@@ -209,7 +159,7 @@ class DistributedTrainer:
         batch = self.params.train.batch_size
         start = time.perf_counter()
         self.seed_epoch(epoch)
-        order = training.epoch_permutation(len(x_train), self.params.train.seed, epoch).numpy()
+        order = epoch_permutation(len(x_train), self.params.train.seed, epoch).numpy()
         train_data = replica_batches(self.strategy, x_train, order, batch)
         logs = self._pass(self._train_steps, train_data, -(-len(x_train) // batch))
         val = self._pass(self._eval_steps, test_data, n_test_batches)
@@ -258,49 +208,27 @@ def train(params: Params) -> None:
     print(f"train: {params.train.distribute} over {strategy.num_replicas_in_sync} replicas "
           f"({workers} worker{'s' if workers > 1 else ''}); this process is "
           f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
-    x_train, x_test, dataset_sha = training.load_inputs(params.data.binarize)
+    x_train, x_test, dataset_sha = prepared.training_inputs(params.data.binarize)
     trainer = DistributedTrainer(params, strategy, steps_per_epoch=-(-len(x_train) // params.train.batch_size))
     test_data, n_test_batches = test_batches(strategy, x_test, params.evaluate.batch_size)
 
-    key = training_key(params)
-    checkpoint_dir = paths.checkpoint_dir(key)
-    start_epoch = 0
-    checkpoint = None
-    if chief:
-        training._drop_other_checkpoints(keep=checkpoint_dir)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = training.Checkpoint(checkpoint_dir, key)
-        checkpoint.set_model(trainer.vae)
-        start_epoch = checkpoint.restore(trainer.vae)
+    # Only the chief has a session (checkpoint, log, MLflow run); the others get its restored state.
+    session = TrainingSession(params, dataset_sha) if chief else None
+    start_epoch = session.restore(trainer.vae) if session else 0
     if workers > 1:
         start_epoch = trainer.broadcast_from_chief(start_epoch)
-
-    if not chief:
+    if session is None:
         _train_epochs(trainer, params, start_epoch, x_train, test_data, n_test_batches, callbacks=[])
         return
-
-    epoch_log = checkpoint_dir / "train_log.csv"
-    run_id_file = paths.checkpoint_run_id_file(key)
-    training.keep_epochs_before(epoch_log, start_epoch)
-    previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
-    with tracking.active_run(previous_run, start=training.run_start(params, dataset_sha)) as run_id:
-        training.announce_run(params, run_id, run_id_file, start_epoch, checkpoint_dir)
-        training.log_model_summary(trainer.vae)
+    with session.run(trainer.vae, start_epoch) as callbacks:
         tracking.log_metrics({"replicas": strategy.num_replicas_in_sync, "workers": workers})
-        # As in training.train: check the loss, log it, then checkpoint.
-        callbacks = [training.StopOnNonFiniteLoss(), training.EpochLog(epoch_log),
-                     training.EpochMetricsLogger(), checkpoint]
         _train_epochs(trainer, params, start_epoch, x_train, test_data, n_test_batches, callbacks)
-        training.write_outputs(trainer.vae, epoch_log, run_id)
-    # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int, x_train: np.ndarray,
                   test_data, n_test_batches: int, callbacks: list[keras.callbacks.Callback]) -> None:
     # Every worker checks the (all-reduced, hence identical) loss, so all stop together on a NaN.
-    guard = [] if any(isinstance(c, training.StopOnNonFiniteLoss) for c in callbacks) else \
-        [training.StopOnNonFiniteLoss()]
+    guard = [] if any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks) else [StopOnNonFiniteLoss()]
     for epoch in range(start_epoch, params.train.epochs):
         logs = trainer.run_epoch(epoch, x_train, test_data, n_test_batches)
         for callback in guard + callbacks:

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from vaepipe import data, objectives, paths
+from vaepipe import objectives, paths, prepared
 from vaepipe.config import Params
 from vaepipe.model import VAE, has_convolutions, load_vae
 
@@ -127,13 +127,11 @@ def load_inputs(params: Params) -> EvaluationInputs:
     Loaded before the MLflow run is reopened, so a missing or corrupt input leaves the run untouched.
     """
     vae = load_vae(paths.MODEL_FILE)
-    test = data.load_split(paths.TEST_NPZ)
-    train = data.load_split(paths.TRAIN_NPZ)
-    data.verify_prepared(test, paths.TEST_NPZ, paths.PREPARED_META)
-    data.verify_prepared(train, paths.TRAIN_NPZ, paths.PREPARED_META)
+    test = prepared.load_verified("test")
+    train = prepared.load_verified("train")
     # The probe's training features: the deterministic view of the training images.
-    return EvaluationInputs(vae, data.model_inputs(test, params.data.binarize, training=False), test.labels,
-                            data.model_inputs(train, params.data.binarize, training=False), train.labels)
+    return EvaluationInputs(vae, prepared.model_inputs(test, params.data.binarize, training=False), test.labels,
+                            prepared.model_inputs(train, params.data.binarize, training=False), train.labels)
 
 
 def score(inputs: EvaluationInputs, params: Params) -> dict:

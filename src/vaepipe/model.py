@@ -161,14 +161,28 @@ class VAE(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def _train_batch(self, x):
-        if self.binarize == "dynamic":
+        recon, kl = self.apply_step(x)
+        self._update_metrics(recon, kl)
+
+    def apply_step(self, x, global_batch_size=None):
+        """The one per-batch optimizer step of every training path; returns per-example (recon, kl).
+
+        The loss is the mean of recon + beta * KL over the batch; under tf.distribute, where x is one
+        replica's share, it is this share's sum over `global_batch_size`, so the gradients the
+        optimizer sums over replicas are those of the mean over the whole global batch.
+        """
+        if self.binarize == "dynamic":  # a fresh Bernoulli(pixel) draw for every batch
             x = self.redraw_binary(x)
         with tf.GradientTape() as tape:
             recon, kl = self.loss_terms(x, training=True)
-            loss = ops.mean(recon + self.beta * kl)
+            per_example = recon + self.beta * kl
+            if global_batch_size is None:
+                loss = ops.mean(per_example)
+            else:
+                loss = ops.sum(per_example) / ops.cast(global_batch_size, per_example.dtype)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
-        self._update_metrics(recon, kl)
+        return recon, kl
 
     def test_step(self, data):
         """Metrics of a batch, or of each batch of a stack (in order, as train_step)."""

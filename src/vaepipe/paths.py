@@ -42,8 +42,6 @@ def main_repo_root() -> Path:
 ROOT = repo_root()
 PARAMS_FILE = ROOT / "params.yaml"
 PREPARED_DIR = ROOT / "data" / "prepared"
-TRAIN_NPZ = PREPARED_DIR / "train.npz"
-TEST_NPZ = PREPARED_DIR / "test.npz"
 PREPARED_META = PREPARED_DIR / "meta.json"
 MODELS_DIR = ROOT / "models"
 MODEL_FILE = MODELS_DIR / "vae.keras"
@@ -53,6 +51,10 @@ CHECKPOINTS_DIR = ROOT / "checkpoints"
 METRICS_FILE = ROOT / "metrics.json"
 PLOTS_DIR = ROOT / "plots"
 
+
+def prepared_split(name: str) -> Path:
+    """The prepared arrays of split `name` (train, test)."""
+    return PREPARED_DIR / f"{name}.npz"
 
 
 def checkpoint_dir(training_key: str) -> Path:

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from keras import ops
 
-from vaepipe import data, paths, plots
+from vaepipe import paths, plots, prepared
 from vaepipe.config import Params
+from vaepipe.data import Split
 from vaepipe.errors import DataError
 from vaepipe.evaluation import encode_means
 from vaepipe.model import VAE, load_vae
@@ -25,19 +26,18 @@ def _read_log(path: Path) -> dict[str, np.ndarray]:
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
 
 
-def load_inputs(params: Params) -> tuple[VAE, data.Split, np.ndarray, dict[str, np.ndarray]]:
+def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray]]:
     """Model, test split, its model inputs and the epoch log; read before the MLflow run is reopened."""
     vae = load_vae(paths.MODEL_FILE)
-    test = data.load_split(paths.TEST_NPZ)
-    data.verify_prepared(test, paths.TEST_NPZ, paths.PREPARED_META)
+    test = prepared.load_verified("test")
     try:
         log = _read_log(paths.TRAIN_LOG)
     except (OSError, ValueError) as error:
         raise DataError(f"{paths.TRAIN_LOG}: unreadable epoch log ({error}); rerun `dvc repro train`") from None
-    return vae, test, data.model_inputs(test, params.data.binarize, training=False), log
+    return vae, test, prepared.model_inputs(test, params.data.binarize, training=False), log
 
 
-def draw_all(vae: VAE, test: data.Split, x_test: np.ndarray, log: dict[str, np.ndarray]) -> list[Path]:
+def draw_all(vae: VAE, test: Split, x_test: np.ndarray, log: dict[str, np.ndarray]) -> list[Path]:
     """Write every figure into plots/ (each atomically) and return their paths."""
     z_test = encode_means(vae, x_test)
     rng = np.random.default_rng(FIGURE_SEED)

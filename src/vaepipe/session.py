@@ -1,0 +1,94 @@
+"""The run session both training paths share: checkpoint, MLflow run, callbacks and the stage's outputs.
+
+    session = TrainingSession(params, dataset_sha)   # this key's checkpoint dir, others removed
+    start_epoch = session.restore(vae)               # epochs already done (0 for a fresh run)
+    with session.run(vae, start_epoch) as callbacks: # the MLflow run, opened or continued
+        ... train, calling the callbacks at each epoch's end ...
+    # here the outputs are written and the checkpoint is gone
+
+Resuming is exact: every epoch's randomness is a function of (train.seed, epoch) alone
+(vaepipe.batches), and the checkpoint written at the end of each epoch holds the weights and the
+optimizer state. A run interrupted after epoch k and resumed computes bit for bit what the
+uninterrupted run computes, and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import keras
+
+from vaepipe import paths, tracking
+from vaepipe.callbacks import EpochLog, EpochMetricsLogger, StopOnNonFiniteLoss, keep_epochs_before
+from vaepipe.checkpoint import Checkpoint, drop_other_checkpoints
+from vaepipe.config import Params, flat_params, training_key
+
+
+class TrainingSession:
+    """One training run's state on disk (checkpoint, epoch log, run id) and its MLflow run."""
+
+    def __init__(self, params: Params, dataset_sha: str):
+        self.params = params
+        self.dataset_sha = dataset_sha
+        key = training_key(params)
+        self.directory = paths.checkpoint_dir(key)
+        drop_other_checkpoints(keep=self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = Checkpoint(self.directory, key)
+        self.epoch_log = self.directory / "train_log.csv"
+        self.run_id_file = paths.checkpoint_run_id_file(key)
+
+    def restore(self, vae: keras.Model) -> int:
+        """Load the last checkpoint into the compiled model; return the number of epochs it holds."""
+        self.checkpoint.set_model(vae)
+        start_epoch = self.checkpoint.restore(vae)
+        keep_epochs_before(self.epoch_log, start_epoch)
+        return start_epoch
+
+    @contextmanager
+    def run(self, vae: keras.Model, start_epoch: int) -> Iterator[list[keras.callbacks.Callback]]:
+        """Open (or continue) the MLflow run and yield the end-of-epoch callbacks, in their order:
+        check the loss, log it, then checkpoint, so a checkpoint always follows its logs and a NaN
+        epoch is never checkpointed. On success, write the outputs and remove the checkpoint."""
+        # The run of an interrupted attempt with these params (even one killed before its first
+        # checkpoint) is continued, so the store never holds an abandoned run for these params.
+        previous_run = self.run_id_file.read_text().strip() if self.run_id_file.exists() else None
+        start = {"run_name": tracking.run_name(self.params), "params": flat_params(self.params),
+                 "tags": tracking.run_tags(self.dataset_sha)}
+        with tracking.active_run(previous_run, start=start) as run_id:
+            self._announce(run_id, start_epoch)
+            log_model_summary(vae)
+            yield [StopOnNonFiniteLoss(), EpochLog(self.epoch_log), EpochMetricsLogger(), self.checkpoint]
+            write_outputs(vae, self.epoch_log, run_id)
+        # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _announce(self, run_id: str, start_epoch: int) -> None:
+        """Remember the run id beside the checkpoint (so a restart continues this run) and say what runs."""
+        with paths.atomic_path(self.run_id_file) as tmp_id:
+            tmp_id.write_text(run_id)
+        tracking.print_run_link(run_id)
+        if start_epoch:
+            print(f"train: resuming after epoch {start_epoch} of {self.params.train.epochs} "
+                  f"from {self.directory.relative_to(paths.ROOT)}", flush=True)
+
+
+def log_model_summary(vae: keras.Model) -> None:
+    tracking.log_metrics({"parameter_count": vae.count_params()})
+    summary: list[str] = []
+    vae.encoder.summary(print_fn=summary.append)
+    vae.decoder.summary(print_fn=summary.append)
+    tracking.log_text("\n".join(summary), "model_summary.txt")
+
+
+def write_outputs(vae: keras.Model, epoch_log, run_id: str) -> None:
+    """The stage's outputs, each renamed into place only when complete, and the model in MLflow."""
+    with paths.atomic_path(paths.MODEL_FILE) as tmp_model:
+        vae.save(tmp_model)
+    with paths.atomic_path(paths.TRAIN_LOG) as tmp_log:
+        shutil.copyfile(epoch_log, tmp_log)
+    tracking.log_model(paths.MODEL_FILE)
+    with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
+        tmp_id.write_text(run_id + "\n")
