@@ -1,23 +1,56 @@
 # The two commands: `make run` (set up and run the whole pipeline) and `make test`.
 # Both create .venv with the pinned dependencies first; rerunning them is safe and quick.
-PYTHON ?= python3.11
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+# Python: the first of python3.11, 3.12, 3.13 that runs (3.11 first: the lock was made and the suite run on it;
+# pip resolves the same lock on 3.12 and 3.13, docs/install.md). Running it, not `command -v`, skips pyenv
+# shims of versions that are installed but not selected. `make setup PYTHON=/path/to/python3.12` overrides.
+PYTHON_VERSIONS := 3.11 3.12 3.13
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for v in $(PYTHON_VERSIONS); do python$$v -c '' 2>/dev/null && { echo python$$v; break; }; done)
+endif
+# TensorFlow distribution installed at requirements.txt's tensorflow-cpu version: tensorflow-cpu by default,
+# `make setup TF_PACKAGE='tensorflow[and-cuda]'` on an NVIDIA GPU machine. The choice is remembered in the venv,
+# so later `make test`/`make run` keep it; TF_PACKAGE=tensorflow-cpu switches back.
+TF_CHOICE := $(VENV)/.tf-package
+TF_PACKAGE ?= $(or $(shell cat $(TF_CHOICE) 2>/dev/null),tensorflow-cpu)
+ifeq ($(TF_PACKAGE),tensorflow-cpu)
+REQUIREMENTS := requirements.txt
+else
+REQUIREMENTS := $(VENV)/requirements.txt
+endif
+STAMP := $(VENV)/.installed-$(shell (cat requirements.txt requirements.lock pyproject.toml; echo '$(TF_PACKAGE)') | sha256sum | cut -c1-12)
 export PATH := $(abspath $(VENV)/bin):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test bench server ui serve clean train-multiworker
+.PHONY: setup run test bench server ui serve compare clean train-multiworker
 
 setup: $(STAMP)
 
 $(STAMP):
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
-	@echo ">> creating $(VENV) with $(PYTHON) and installing the pinned dependencies (requirements.lock)"
+	@test -n "$(PYTHON)" || { echo "error: none of python3.11, python3.12, python3.13 runs here; install one or set PYTHON=/path/to/python3.X (3.11 to 3.13)" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null || { echo "error: PYTHON=$(PYTHON) is not a working Python 3.11, 3.12 or 3.13" >&2; exit 1; }
+	@echo '$(TF_PACKAGE)' | grep -Eqx '[A-Za-z0-9._-]+(\[[A-Za-z0-9._,-]+\])?' || { echo "error: TF_PACKAGE='$(TF_PACKAGE)' is not a distribution name such as tensorflow-cpu, tensorflow or 'tensorflow[and-cuda]' (no version: it comes from requirements.txt)" >&2; exit 1; }
+	@echo ">> creating $(VENV) with $(PYTHON) and installing the pinned dependencies (requirements.lock, $(TF_PACKAGE))"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
+	@want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	 have=$$($(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	 test "$$want" = "$$have" || { echo "error: $(VENV) has Python $$have but PYTHON=$(PYTHON) is $$want: remove $(VENV) to rebuild it, or set PYTHON=python$$have" >&2; exit 1; }
+ifneq ($(TF_PACKAGE),tensorflow-cpu)
+	@grep -q '^tensorflow-cpu==' requirements.txt || { echo "error: requirements.txt has no tensorflow-cpu==VERSION line to swap for $(TF_PACKAGE)" >&2; exit 1; }
+	sed 's/^tensorflow-cpu==/$(TF_PACKAGE)==/' requirements.txt > $(REQUIREMENTS).tmp && mv $(REQUIREMENTS).tmp $(REQUIREMENTS)
+endif
+	@# Two TensorFlow distributions would share site-packages/tensorflow: remove the one not chosen first.
+	@for dist in tensorflow tensorflow-cpu; do \
+	   if [ "$$dist" != "$(firstword $(subst [, ,$(TF_PACKAGE)))" ] && $(VENV)/bin/python -m pip show -q $$dist 2>/dev/null; then \
+	     echo ">> removing $$dist (TF_PACKAGE=$(TF_PACKAGE))"; $(VENV)/bin/python -m pip uninstall -q -y $$dist; fi; \
+	 done
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(REQUIREMENTS) -c requirements.lock
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# vega, vega-lite and vega-embed from the npm registry (pinned sha512) for offline `dvc plots show`.
+	$(VENV)/bin/python scripts/vendor_vega.py
+	@echo '$(TF_PACKAGE)' > $(TF_CHOICE).tmp && mv $(TF_CHOICE).tmp $(TF_CHOICE)
 	@rm -f $(VENV)/.installed-* && touch $@
 	@echo ">> environment ready: $(VENV)"
 
@@ -31,23 +64,23 @@ test: setup
 	python -m pytest
 
 train-multiworker: setup
-	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (README: Scaling out)"
+	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"
 	VAEPIPE_WORKERS=$(WORKERS) dvc exp run -S train.distribute=multi_worker
 
 bench: setup
 	python bench/run.py
 
+# The store's URI and artifact location come from vaepipe.tracking, as the stages' do.
 server: setup
-	@echo ">> mlflow server on http://$(HOST):$(PORT) (SQLite backend store, artifacts in mlartifacts/)"
-	mlflow server --host $(HOST) --port $(PORT) --workers 1 \
-		--backend-store-uri sqlite:///$(abspath mlflow.db) --artifacts-destination $(abspath mlartifacts)
+	python -m vaepipe.tracking server --host $(HOST) --port $(PORT)
 
 ui: setup
-	@echo ">> mlflow ui on http://$(HOST):$(PORT)"
-	mlflow ui --host $(HOST) --port $(PORT) --workers 1 \
-		--backend-store-uri sqlite:///$(abspath mlflow.db) --default-artifact-root $(abspath mlartifacts)
+	python -m vaepipe.tracking ui --host $(HOST) --port $(PORT)
 
 serve: setup
-	@echo ">> serving the latest registered model vaepipe-vae on http://$(HOST):5001"
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)} \
-		mlflow models serve -m models:/vaepipe-vae/latest --host $(HOST) --port 5001 --env-manager local
+	python -m vaepipe.tracking serve --host $(HOST) --port 5001
+
+# reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric
+compare: setup
+	python -m vaepipe.compare --ui-host $(HOST) --ui-port $(PORT) $(if $(SWEEP),--sweep '$(SWEEP)') \
+		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER")

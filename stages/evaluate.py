@@ -12,9 +12,10 @@ def main() -> None:
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
     inputs = evaluation.load_inputs(params)  # a bad input stops here, before the run is touched
-    with tracking.active_run(run_id):
+    # The run logged into: the train run, or in a store without it (another clone) a run linked to it.
+    with tracking.active_run(run_id) as logged_run_id:
         metrics = evaluation.score(inputs, params)
-        metrics["mlflow_run_id"] = run_id
+        metrics["mlflow_run_id"] = logged_run_id
         with paths.atomic_path(paths.METRICS_FILE) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -15,10 +15,10 @@ def main() -> None:
         # One machine (e.g. under `dvc repro`): become the launcher of $VAEPIPE_WORKERS local workers
         # (default 2), each running this script with its own TF_CONFIG; task 0 writes the outputs.
         from vaepipe import paths
-        from vaepipe.config import training_key
         from vaepipe.launcher import run_local_workers
+        from vaepipe.provenance import checkpoint_key
 
-        run_local_workers(run_id_file=paths.checkpoint_run_id_file(training_key(params)))
+        run_local_workers(run_id_file=paths.checkpoint_run_id_file(checkpoint_key(params)))
         return
     if params.train.distribute == "none":
         from vaepipe.training import train
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, on_rerun="train resumes from its last completed epoch on the next `dvc repro`")

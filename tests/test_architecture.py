@@ -9,8 +9,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaepipe"
 MAX_LINES = 260  # "about 250"
 
 
+def _name(path: Path) -> str:
+    """src/vaepipe/tracking/runs.py -> tracking.runs; a package's __init__ is the package."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
 def _modules() -> dict[str, ast.Module]:
-    return {path.stem: ast.parse(path.read_text(), filename=str(path)) for path in PACKAGE.glob("*.py")}
+    return {_name(path): ast.parse(path.read_text(), filename=str(path)) for path in PACKAGE.rglob("*.py")}
 
 
 def _vaepipe_imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
@@ -21,9 +27,9 @@ def _vaepipe_imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
             if node.module == "vaepipe":  # from vaepipe import data, paths
                 found += [(alias.name, []) for alias in node.names]
             else:
-                found.append((node.module.split(".")[1], [alias.name for alias in node.names]))
+                found.append((node.module.split(".", 1)[1], [alias.name for alias in node.names]))
         elif isinstance(node, ast.Import):
-            found += [(alias.name.split(".")[1], []) for alias in node.names
+            found += [(alias.name.split(".", 1)[1], []) for alias in node.names
                       if alias.name.startswith("vaepipe.")]
     return found
 
@@ -46,19 +52,19 @@ def test_no_import_cycles():
 
 
 def test_no_module_is_too_long_to_read():
-    long = {path.name: n for path in PACKAGE.glob("*.py") if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {_name(path): n for path in PACKAGE.rglob("*.py") if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
 def test_no_private_name_is_imported_from_another_module():
     offenders = []
-    for name, tree in _modules().items():
+    modules = _modules()
+    for name, tree in modules.items():
         for module, names in _vaepipe_imports(tree):
             offenders += [f"{name} imports {module}.{item}" for item in names if item.startswith("_")]
         for node in ast.walk(tree):  # module._name attribute access, e.g. training._drop_other_checkpoints
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and (PACKAGE / f"{node.value.id}.py").exists()
-                    and node.value.id != name):
+                    and isinstance(node.value, ast.Name) and node.value.id in modules and node.value.id != name):
                 offenders.append(f"{name} uses {node.value.id}.{node.attr}")
     assert not offenders, offenders
 

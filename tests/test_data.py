@@ -4,6 +4,7 @@ import gzip
 import json
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,39 @@ def test_subset_takes_the_first_images():
 def test_unknown_source_for_dataset_is_refused(tmp_path):
     with pytest.raises(DataError, match="data.source='debian' does not provide mnist"):
         data.load_dataset("mnist", "debian", tmp_path)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def test_in_training_dynamic_binarization_draws_each_pixel_with_its_own_mean(jit):
+    """VAE.redraw_binary, what train_step applies to every batch (inside XLA on the fast path)."""
+    import tensorflow as tf
+
+    from vaepipe.config import ModelParams
+    from vaepipe.model import build_vae
+
+    vae = build_vae(ModelParams(), beta=1.0, binarize="dynamic", seed=3)
+    draw = tf.function(vae.redraw_binary, jit_compile=True) if jit else vae.redraw_binary
+
+    constant = np.full((200, 784), 0.3, np.float32)
+    first, second = np.asarray(draw(constant)), np.asarray(draw(constant))
+    assert set(np.unique(first)) == {0.0, 1.0} and first.dtype == np.float32
+    # 156,800 draws of Bernoulli(0.3): standard error 0.0012; allow 5 of them.
+    standard_error = np.sqrt(0.3 * 0.7 / first.size)
+    assert abs(first.mean() - 0.3) < 5 * standard_error, first.mean()
+    assert abs(second.mean() - 0.3) < 5 * standard_error, second.mean()
+    assert not np.array_equal(first, second), "two batches got the same draw"
+
+    # Each pixel with its own probability (0 and 1 included): per-pixel means over 2000 draws.
+    ramp = np.tile(np.linspace(0.0, 1.0, 784, dtype=np.float32), (2000, 1))
+    means = np.asarray(draw(ramp)).mean(axis=0)
+    assert means[0] == 0.0 and means[-1] == 1.0
+    per_pixel_error = np.sqrt(ramp[0] * (1 - ramp[0]) / 2000) + 1e-9
+    assert np.all(np.abs(means - ramp[0]) < 5 * per_pixel_error + 1e-6), np.abs(means - ramp[0]).max()
+
+
+def test_the_test_session_has_its_own_data_cache(session_cache):
+    """tests/conftest.py points VAEPIPE_CACHE (and so every stage process) away from ~/.cache/vaepipe."""
+    from vaepipe import paths
+
+    assert paths.cache_dir() == session_cache
+    assert not paths.cache_dir().resolve().is_relative_to((Path.home() / ".cache" / "vaepipe").resolve())

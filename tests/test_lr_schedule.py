@@ -57,12 +57,12 @@ def test_training_advances_the_schedule_once_per_batch(stack):
     import tensorflow as tf
 
     params = parse_params({"train": {"batch_size": 32, "epochs": 2, "lr_schedule": "cosine", "learning_rate": LR},
-                           "data": {"limit": 320}})
+                           "data": {"limit": 320, "val_size": 64}})
     rng = np.random.default_rng(0)
     x = rng.random((320, 784), dtype=np.float32)
     vae = compile_vae(params, steps_per_execution=stack, steps_per_epoch=10)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    train_ds, test_ds = make_datasets(x, x[:64], 32, 0, 64, epoch=epoch, steps_per_execution=vae.stack_steps)
+    train_ds, test_ds = make_datasets(x, x[:64], 32, 0, eval_batch_size=64, epoch=epoch, steps_per_execution=vae.stack_steps)
     vae.fit(train_ds, epochs=1, shuffle=False, verbose=0)
     assert int(vae.optimizer.iterations) == 10
     # Halfway through a 20-update cosine run: half the initial rate.

@@ -27,10 +27,15 @@ def epoch_seed(seed: int, epoch: int, index: int, replica: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0]) >> 1
 
 
-def make_datasets(x_train: np.ndarray, x_val: np.ndarray, batch_size: int, seed: int,
-                  eval_batch_size: int, epoch: tf.Variable,
-                  steps_per_execution: int = 1) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Shuffled training batches (a new order each epoch) and fixed validation batches.
+# Validation images are only read: a batch this large gives the same mean in fewer steps. A constant,
+# not evaluate.batch_size, so that evaluation settings never retrain the model.
+VAL_BATCH_SIZE = 500
+
+
+def make_datasets(x_train: np.ndarray, x_val: np.ndarray | None, batch_size: int, seed: int,
+                  epoch: tf.Variable, steps_per_execution: int = 1,
+                  eval_batch_size: int = VAL_BATCH_SIZE) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    """Shuffled training batches (a new order each epoch) and fixed validation batches (None without x_val).
 
     `epoch` is a tf.Variable that callbacks.EpochRandomState sets before each epoch: the order is a
     pure function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
@@ -47,6 +52,8 @@ def make_datasets(x_train: np.ndarray, x_val: np.ndarray, batch_size: int, seed:
         train = (_epoch_orders(n, seed, epoch)
                  .flat_map(lambda order: _stacks(order, n, batch_size, steps_per_execution))
                  .map(lambda index: tf.gather(images, index)))
+        if x_val is None:
+            return train.prefetch(tf.data.AUTOTUNE), None
         val_images = tf.constant(x_val)
         val = (tf.data.Dataset.from_tensors(tf.range(len(x_val)))
                .flat_map(lambda order: _stacks(order, len(x_val), eval_batch_size, steps_per_execution))
@@ -57,7 +64,8 @@ def make_datasets(x_train: np.ndarray, x_val: np.ndarray, batch_size: int, seed:
              .batch(batch_size)
              .map(lambda index: tf.gather(images, index))
              .prefetch(tf.data.AUTOTUNE))
-    # Validation images are only read: a larger batch gives the same mean and fewer steps.
+    if x_val is None:
+        return train, None
     val = tf.data.Dataset.from_tensor_slices(x_val).batch(eval_batch_size).cache().prefetch(tf.data.AUTOTUNE)
     return train, val
 

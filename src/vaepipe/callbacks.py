@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 
@@ -47,8 +46,12 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs:
-            tracking.log_metrics(logs, step=epoch + 1)
+        self.write([(epoch, logs or {})])
+
+    def write(self, epochs: list[tuple[int, dict]]) -> None:
+        for epoch, logs in epochs:
+            if logs:
+                tracking.log_metrics(logs, step=epoch + 1)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -78,23 +81,90 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Append one CSV row per finished epoch (the columns of keras.callbacks.CSVLogger), flushed."""
+    """Append one CSV row per finished epoch (the columns of keras.callbacks.CSVLogger)."""
 
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        keys = sorted(logs)
+        self.write([(epoch, logs or {})])
+
+    def write(self, epochs: list[tuple[int, dict]]) -> None:
+        """Append one row per (epoch, logs). Flushed, not fsynced: a killed process loses nothing the
+        kernel has, and the checkpoint beside it is not fsynced either (an fsync cost 29 ms per
+        epoch under load, bench/NOTES.md run 27)."""
+        if not epochs:
+            return
+        keys = sorted(epochs[0][1])
         new = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a", newline="") as handle:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(["epoch", *keys])
-            writer.writerow([epoch, *(float(logs[key]) for key in keys)])
+            writer.writerows([epoch, *(float(logs[key]) for key in keys)] for epoch, logs in epochs)
             handle.flush()
-            os.fsync(handle.fileno())
+
+
+class EpochBookkeeping(keras.callbacks.Callback):
+    """The end-of-epoch writes with MLflow batched: the CSV row and the checkpoint after every epoch,
+    the MLflow metrics of several epochs at a time, so that MLflow (the costly write: about 0.1 s per
+    call to a SQLite store under load, bench/NOTES.md run 27) costs at most about 1/FLUSH_RATIO of
+    the training time however short an epoch is.
+
+    MLflow is flushed after the first epoch, after the last, on any error or signal (`flush`, called
+    by the training loop), and otherwise once the time since the last flush exceeds FLUSH_RATIO
+    times what that flush took. Each checkpoint records how many epochs MLflow had then
+    (`logged`); after a SIGKILL the resumed run logs the epochs between that and the checkpoint
+    from the checkpoint's CSV log (`log_missed`), with the values the killed run computed. So
+    nothing a finished epoch logged is lost; an epoch logged twice has identical values.
+    """
+
+    FLUSH_RATIO = 20
+
+    def __init__(self, log: EpochLog, metrics: EpochMetricsLogger, checkpoint, final_epoch: int):
+        super().__init__()
+        self.log, self.metrics, self.checkpoint = log, metrics, checkpoint
+        self.final_epoch = final_epoch  # 0-based index of the run's last epoch
+        self.unlogged: list[tuple[int, dict]] = []  # finished epochs not yet in MLflow
+        self.logged = 0  # epochs of this run in MLflow
+        self.last_flush_end = time.perf_counter()
+        self.last_flush_seconds = 0.0
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self.checkpoint.set_model(model)
+
+    def log_missed(self, start_epoch: int) -> None:
+        """Log to MLflow the checkpointed epochs a killed run had not logged yet (from the CSV log)."""
+        logged = min(self.checkpoint.logged_epochs(), start_epoch)
+        if logged < start_epoch:
+            rows = list(csv.DictReader(io.StringIO(self.log.path.read_text())))
+            self.metrics.write([(int(row.pop("epoch")), {key: float(value) for key, value in row.items()})
+                                for row in rows if logged <= int(row["epoch"]) < start_epoch])
+        self.logged = start_epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        self.log.write([(epoch, logs)])
+        self.unlogged.append((epoch, logs))
+        due = (not self.last_flush_seconds or epoch >= self.final_epoch
+               or time.perf_counter() - self.last_flush_end >= self.FLUSH_RATIO * self.last_flush_seconds)
+        if due:
+            self.flush()
+        self.checkpoint.write(epoch + 1, self.checkpoint.snapshot(), logged=self.logged)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Log the epochs MLflow does not have yet; safe to call again after an interrupted flush."""
+        start = time.perf_counter()
+        while self.unlogged:  # one epoch at a time, so a retried flush never logs an epoch twice
+            self.metrics.write(self.unlogged[:1])
+            self.logged = self.unlogged.pop(0)[0] + 1
+        self.last_flush_end = time.perf_counter()
+        self.last_flush_seconds = self.last_flush_end - start
 
 
 def keep_epochs_before(log: Path, start_epoch: int) -> None:

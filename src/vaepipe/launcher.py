@@ -8,6 +8,11 @@ blocked in a collective that will never complete.
 
 Used two ways: `stages/train.py` calls `launch()` itself when params say multi_worker and no
 TF_CONFIG is set (so `dvc repro` just works), and `scripts/launch_workers.py` is the same as a script.
+
+Network exposure: TF_CONFIG names `localhost`, but TensorFlow's gRPC server binds every worker's port
+on all interfaces whatever host TF_CONFIG gives (grpc_server_lib.cc builds its listening address as
+"0.0.0.0:" + port, and ServerDef has a port field but no host field), and it serves unauthenticated
+gRPC. Run workers on a private network or behind a firewall that closes their ports to others.
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ def launch(workers: int, command: list[str], cwd: Path | None = None) -> int:
         for index in range(workers):
             env = {**os.environ, "TF_CONFIG": tf_config(ports, index)}
             processes.append(subprocess.Popen(command, cwd=cwd, env=env))
-            print(f"launch: worker {index} pid {processes[-1].pid} on localhost:{ports[index]}"
+            print(f"launch: worker {index} pid {processes[-1].pid} on port {ports[index]} (all interfaces)"
                   f"{' (chief)' if index == 0 else ''}", file=sys.stderr, flush=True)
         return _watch(processes)
     finally:

@@ -12,9 +12,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 from vaepipe import objectives
+from vaepipe.architectures import ARCHITECTURES, IMAGE_PIXELS
 from vaepipe.config import ModelParams
-
-IMAGE_PIXELS = 784
 
 
 @keras.saving.register_keras_serializable(package="vaepipe")
@@ -42,44 +41,17 @@ def _heads(hidden, latent_dim: int, inputs) -> keras.Model:
 
 
 def build_encoder(params: ModelParams) -> keras.Model:
-    """Image (784 values) -> (z_mean, z_log_var)."""
+    """Image (784 values) -> (z_mean, z_log_var): the architecture's body, then the two latent heads."""
     inputs = keras.Input(shape=(IMAGE_PIXELS,), name="image")
-    if params.arch == "seed":  # the tutorial: one ReLU layer as wide as the latent space
-        hidden = layers.Dense(params.latent_dim, activation="relu", name="enc_dense")(inputs)
-    elif params.arch == "mlp":
-        hidden = inputs
-        for i, units in enumerate(params.hidden):
-            hidden = layers.Dense(units, activation=params.activation, name=f"enc_dense_{i}")(hidden)
-    else:  # conv, after keras-io's conv VAE
-        small, large = params.conv_filters
-        hidden = layers.Reshape((28, 28, 1))(inputs)
-        hidden = layers.Conv2D(small, 3, strides=2, padding="same", activation="relu", name="enc_conv_0")(hidden)
-        hidden = layers.Conv2D(large, 3, strides=2, padding="same", activation="relu", name="enc_conv_1")(hidden)
-        hidden = layers.Flatten()(hidden)
-        hidden = layers.Dense(params.conv_dense, activation="relu", name="enc_dense")(hidden)
-    return _heads(hidden, params.latent_dim, inputs)
+    body, _ = ARCHITECTURES[params.arch]
+    return _heads(body(params, inputs), params.latent_dim, inputs)
 
 
 def build_decoder(params: ModelParams) -> keras.Model:
     """Latent vector -> 784 Bernoulli logits (apply a sigmoid for pixel intensities)."""
     z = keras.Input(shape=(params.latent_dim,), name="z")
-    if params.arch == "seed":  # the tutorial: straight to the pixels
-        hidden = z
-    elif params.arch == "mlp":
-        hidden = z
-        for i, units in enumerate(reversed(params.hidden)):
-            hidden = layers.Dense(units, activation=params.activation, name=f"dec_dense_{i}")(hidden)
-    else:
-        small, large = params.conv_filters
-        hidden = layers.Dense(7 * 7 * large, activation="relu", name="dec_dense")(z)
-        hidden = layers.Reshape((7, 7, large))(hidden)
-        hidden = layers.Conv2DTranspose(large, 3, strides=2, padding="same", activation="relu", name="dec_deconv_0")(hidden)
-        hidden = layers.Conv2DTranspose(small, 3, strides=2, padding="same", activation="relu", name="dec_deconv_1")(hidden)
-        hidden = layers.Conv2DTranspose(1, 3, padding="same", name="dec_deconv_out")(hidden)
-        logits = layers.Flatten(name="logits")(hidden)
-        return keras.Model(z, logits, name="decoder")
-    logits = layers.Dense(IMAGE_PIXELS, name="logits")(hidden)
-    return keras.Model(z, logits, name="decoder")
+    _, decoder = ARCHITECTURES[params.arch]
+    return keras.Model(z, decoder(params, z), name="decoder")
 
 
 @keras.saving.register_keras_serializable(package="vaepipe")

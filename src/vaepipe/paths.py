@@ -52,13 +52,18 @@ METRICS_FILE = ROOT / "metrics.json"
 PLOTS_DIR = ROOT / "plots"
 
 
+def stage_script(name: str) -> Path:
+    """stages/<name>.py, the script DVC runs for stage `name`."""
+    return ROOT / "stages" / f"{name}.py"
+
+
 def prepared_split(name: str) -> Path:
-    """The prepared arrays of split `name` (train, test)."""
+    """The prepared arrays of split `name` (train, validation, test)."""
     return PREPARED_DIR / f"{name}.npz"
 
 
 def checkpoint_dir(training_key: str) -> Path:
-    """Resumable state of one set of training params (config.training_key)."""
+    """Resumable state of one training key (params, code and data: session.TrainingSession)."""
     return CHECKPOINTS_DIR / training_key
 
 

@@ -17,7 +17,7 @@ def _image(ax, pixels: np.ndarray) -> None:
 
 
 def reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> Figure:
-    """The tutorial's figure: test digits (top row) over their reconstructions (bottom row)."""
+    """The tutorial's figure: held-out digits (top row) over their reconstructions (bottom row)."""
     n = len(originals)
     fig, axes = plt.subplots(2, n, figsize=(n * 1.2, 2.6))
     for i in range(n):
@@ -34,7 +34,8 @@ def loss_curves(log: dict[str, np.ndarray]) -> Figure:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, term in zip(axes, ("loss", "recon", "kl"), strict=True):
         ax.plot(log["epoch"] + 1, log[term], label="train")
-        ax.plot(log["epoch"] + 1, log[f"val_{term}"], label="test")
+        if f"val_{term}" in log:  # absent when data.val_size = 0
+            ax.plot(log["epoch"] + 1, log[f"val_{term}"], label="validation")
         ax.set_xlabel("epoch")
         ax.set_title(term)
         ax.legend()
@@ -53,15 +54,15 @@ def project_2d(z: np.ndarray) -> tuple[np.ndarray, str]:
     return centred @ components[:2].T, "principal component"
 
 
-def latent_scatter(z_means: np.ndarray, labels: np.ndarray) -> Figure:
-    """Test-set latent means coloured by label (a PCA projection when latent_dim > 2)."""
+def latent_scatter(z_means: np.ndarray, labels: np.ndarray, split: str = "validation") -> Figure:
+    """Latent means of a split's images coloured by label (a PCA projection when latent_dim > 2)."""
     points, axis_name = project_2d(z_means)
     fig, ax = plt.subplots(figsize=(7, 6))
     scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=2, vmin=-0.5, vmax=9.5)
     fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
     ax.set_xlabel(f"{axis_name} 1")
     ax.set_ylabel(f"{axis_name} 2")
-    ax.set_title(f"test-set latent means (latent_dim={z_means.shape[1]})")
+    ax.set_title(f"{split}-set latent means (latent_dim={z_means.shape[1]})")
     fig.tight_layout()
     return fig
 

@@ -1,13 +1,16 @@
 """Prepared arrays: what prepare writes to data/prepared and the one loader every later stage uses.
 
-No TensorFlow here (prepare must start fast). Each split is an uncompressed .npz of uint8 images and
-int64 labels; meta.json records each split's sha256, checked on every load.
+No TensorFlow here (prepare must start fast). Splits: `train`, `validation` (held out of the training
+images, absent when data.val_size = 0) and `test`, each an uncompressed .npz of uint8 images and
+int64 labels; meta.json records each split's sha256, checked on every load. Train fits on `train` and
+validates on `validation`; only evaluate reads `test`.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,21 @@ def subset(dataset: Dataset, limit: int | None) -> Dataset:
         return dataset
     cut = lambda s: Split(s.images[:limit], s.labels[:limit])  # noqa: E731
     return Dataset(cut(dataset.train), cut(dataset.test), dataset.source)
+
+
+def split_off_validation(train: Split, size: int, seed: int) -> tuple[Split, Split | None]:
+    """Hold `size` training images out for validation: (the rest, the held-out ones), both in file order.
+
+    The held-out images are the first `size` of a permutation drawn by numpy's default_rng(seed), so
+    they are a uniformly random subset (MNIST-style files are not shuffled by class, but nothing here
+    assumes it), the same on every machine for the same seed; labels are kept.
+    """
+    if size == 0:
+        return train, None
+    held_out = np.zeros(len(train.labels), dtype=bool)
+    held_out[np.random.default_rng(seed).permutation(len(train.labels))[:size]] = True
+    pick = lambda mask: Split(np.ascontiguousarray(train.images[mask]), train.labels[mask])  # noqa: E731
+    return pick(~held_out), pick(held_out)
 
 
 def arrays_sha256(split: Split) -> str:
@@ -97,7 +115,7 @@ def model_inputs(split: Split, mode: str, training: bool) -> np.ndarray:
 
 
 def load_verified(name: str) -> Split:
-    """Prepared split `name` ('train' or 'test'), checked against the sha256 prepare recorded."""
+    """Prepared split `name` ('train', 'validation' or 'test'), checked against the sha256 prepare recorded."""
     path = paths.prepared_split(name)
     split = load_split(path)
     verify_prepared(split, path, paths.PREPARED_META)
@@ -112,8 +130,31 @@ def read_meta() -> dict:
         raise DataError(f"{paths.PREPARED_META}: missing or unreadable ({error}); rerun `dvc repro prepare`") from None
 
 
-def training_inputs(binarize: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Training and test arrays as the model sees them in training, and the training data's sha256."""
-    train, test = load_verified("train"), load_verified("test")
-    return (model_inputs(train, binarize, training=True), model_inputs(test, binarize, training=False),
-            read_meta()["sha256"]["train"])
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What the train stage reads: never the test split."""
+
+    x_train: np.ndarray
+    x_val: np.ndarray | None  # None when data.val_size = 0
+    train_sha256: str  # the training images' sha256 (the run's data tag)
+
+
+def has_validation() -> bool:
+    return read_meta().get("n_validation", 0) > 0
+
+
+def training_inputs(binarize: str) -> TrainingInputs:
+    """Training and validation arrays as the model sees them in training, with their checksums."""
+    train = load_verified("train")
+    validation = load_verified("validation") if has_validation() else None
+    return TrainingInputs(
+        x_train=model_inputs(train, binarize, training=True),
+        x_val=None if validation is None else model_inputs(validation, binarize, training=False),
+        train_sha256=read_meta()["sha256"]["train"],
+    )
+
+
+def training_data_sha256() -> str:
+    """One hash of every split training reads (train, validation: never test), from meta.json."""
+    hashes = {name: digest for name, digest in read_meta()["sha256"].items() if name != "test"}
+    return sha256_bytes(json.dumps(hashes, sort_keys=True).encode())

@@ -1,4 +1,8 @@
-"""The plot stage's work: run the trained model over test images and the prior, draw every figure."""
+"""The plot stage's work: run the trained model over held-out images and the prior, draw every figure.
+
+The images are the validation split's (the training split's when data.val_size = 0): never the test
+split, which only evaluate reads, so looking at figures while tuning does not peek at the test set.
+"""
 
 from __future__ import annotations
 
@@ -26,34 +30,36 @@ def _read_log(path: Path) -> dict[str, np.ndarray]:
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
 
 
-def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray]]:
-    """Model, test split, its model inputs and the epoch log; read before the MLflow run is reopened."""
+def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray], str]:
+    """Model, the images to draw, their model inputs, the epoch log and the split's name; read before
+    the MLflow run is reopened, so a bad input leaves the run untouched."""
     vae = load_vae(paths.MODEL_FILE)
-    test = prepared.load_verified("test")
+    split = "validation" if prepared.has_validation() else "train"
+    images = prepared.load_verified(split)
     try:
         log = _read_log(paths.TRAIN_LOG)
     except (OSError, ValueError) as error:
         raise DataError(f"{paths.TRAIN_LOG}: unreadable epoch log ({error}); rerun `dvc repro train`") from None
-    return vae, test, prepared.model_inputs(test, params.data.binarize, training=False), log
+    return vae, images, prepared.model_inputs(images, params.data.binarize, training=False), log, split
 
 
-def draw_all(vae: VAE, test: Split, x_test: np.ndarray, log: dict[str, np.ndarray]) -> list[Path]:
+def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray], split: str) -> list[Path]:
     """Write every figure into plots/ (each atomically) and return their paths."""
-    z_test = encode_means(vae, x_test)
+    z = encode_means(vae, x)
     rng = np.random.default_rng(FIGURE_SEED)
-    latent_dim = z_test.shape[1]
+    latent_dim = z.shape[1]
 
     figures = {
-        "reconstructions.png": plots.reconstructions(x_test[:10], _decode(vae, z_test[:10])),
+        "reconstructions.png": plots.reconstructions(x[:10], _decode(vae, z[:10])),
         "loss_curves.png": plots.loss_curves(log),
-        "latent_space.png": plots.latent_scatter(z_test, test.labels),
+        "latent_space.png": plots.latent_scatter(z, images.labels, split),
         "prior_samples.png": plots.image_grid(
             _decode(vae, rng.standard_normal((100, latent_dim))), 10, 10, "decoded samples from the prior N(0, I)"),
     }
-    pairs = rng.choice(len(x_test), size=(6, 2), replace=len(x_test) < 12)
+    pairs = rng.choice(len(x), size=(6, 2), replace=len(x) < 12)
     figures["interpolation.png"] = plots.image_grid(
-        _decode(vae, plots.interpolation_points(z_test[pairs[:, 0]], z_test[pairs[:, 1]], 10)), 6, 10,
-        "linear interpolation in latent space between pairs of test digits")
+        _decode(vae, plots.interpolation_points(z[pairs[:, 0]], z[pairs[:, 1]], 10)), 6, 10,
+        f"linear interpolation in latent space between pairs of {split} images")
     if latent_dim == 2:
         figures["manifold.png"] = plots.image_grid(
             _decode(vae, plots.manifold_grid_points(20, 2.0)), 20, 20, "decoded latent grid over [-2, 2]^2")

@@ -23,20 +23,24 @@ import keras
 from vaepipe import paths, tracking
 from vaepipe.callbacks import EpochLog, EpochMetricsLogger, StopOnNonFiniteLoss, keep_epochs_before
 from vaepipe.checkpoint import Checkpoint, drop_other_checkpoints
-from vaepipe.config import Params, flat_params, training_key
+from vaepipe.config import Params, flat_params
+from vaepipe.prepared import TrainingInputs
+from vaepipe.provenance import checkpoint_key, key_parts
+from vaepipe.tracking import model_logging
 
 
 class TrainingSession:
     """One training run's state on disk (checkpoint, epoch log, run id) and its MLflow run."""
 
-    def __init__(self, params: Params, dataset_sha: str):
+    def __init__(self, params: Params, inputs: TrainingInputs):
         self.params = params
-        self.dataset_sha = dataset_sha
-        key = training_key(params)
+        self.dataset_sha = inputs.train_sha256
+        provenance = key_parts(params)
+        key = checkpoint_key(params)
         self.directory = paths.checkpoint_dir(key)
-        drop_other_checkpoints(keep=self.directory)
+        drop_other_checkpoints(keep=self.directory, provenance=provenance)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.checkpoint = Checkpoint(self.directory, key)
+        self.checkpoint = Checkpoint(self.directory, key, provenance)
         self.epoch_log = self.directory / "train_log.csv"
         self.run_id_file = paths.checkpoint_run_id_file(key)
 
@@ -89,6 +93,6 @@ def write_outputs(vae: keras.Model, epoch_log, run_id: str) -> None:
         vae.save(tmp_model)
     with paths.atomic_path(paths.TRAIN_LOG) as tmp_log:
         shutil.copyfile(epoch_log, tmp_log)
-    tracking.log_model(paths.MODEL_FILE)
+    model_logging.log_model(paths.MODEL_FILE)
     with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
         tmp_id.write_text(run_id + "\n")

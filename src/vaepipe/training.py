@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from vaepipe import prepared
 from vaepipe.batches import make_datasets
-from vaepipe.callbacks import EpochRandomState, EpochTimer
+from vaepipe.callbacks import EpochBookkeeping, EpochLog, EpochMetricsLogger, EpochRandomState, EpochTimer
+from vaepipe.checkpoint import Checkpoint
 from vaepipe.config import Params
 from vaepipe.model import VAE, build_vae, has_convolutions
 from vaepipe.schedules import make_optimizer
@@ -49,21 +50,51 @@ def compile_vae(params: Params, steps_per_execution: int, steps_per_epoch: int) 
 
 def train(params: Params) -> None:
     """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
-    x_train, x_test, dataset_sha = prepared.training_inputs(params.data.binarize)
-    session = TrainingSession(params, dataset_sha)
-    steps_per_epoch = -(-len(x_train) // params.train.batch_size)
+    inputs = prepared.training_inputs(params.data.binarize)
+    session = TrainingSession(params, inputs)
+    steps_per_epoch = -(-len(inputs.x_train) // params.train.batch_size)
     vae = compile_vae(params, steps_per_execution=min(params.train.steps_per_execution, steps_per_epoch),
                       steps_per_epoch=steps_per_epoch)
     start_epoch = session.restore(vae)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    train_ds, test_ds = make_datasets(x_train, x_test, params.train.batch_size, params.train.seed,
-                                      params.evaluate.batch_size, epoch=epoch,
-                                      steps_per_execution=vae.stack_steps)  # stacked batches: see compile_vae
+    train_ds, val_ds = make_datasets(inputs.x_train, inputs.x_val, params.train.batch_size, params.train.seed,
+                                     epoch=epoch, steps_per_execution=vae.stack_steps)  # stacked: see compile_vae
     with session.run(vae, start_epoch) as end_of_epoch:
+        end_of_epoch, bookkeeping = batch_bookkeeping(end_of_epoch, final_epoch=params.train.epochs - 1)
+        if bookkeeping is not None:
+            bookkeeping.log_missed(start_epoch)
         callbacks = [EpochRandomState(params.train.seed, epoch), EpochTimer(), *end_of_epoch]
         if start_epoch < params.train.epochs:
-            vae.fit(train_ds, validation_data=test_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
-                    callbacks=callbacks, shuffle=False, verbose=2 if _quiet() else 1)
+            try:
+                vae.fit(train_ds, validation_data=val_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
+                        callbacks=callbacks, shuffle=False, verbose=2 if _quiet() else 1)
+            except BaseException:
+                _flush_after_error(bookkeeping)
+                raise
+
+
+def batch_bookkeeping(callbacks: list[keras.callbacks.Callback],
+                      final_epoch: int) -> tuple[list[keras.callbacks.Callback], EpochBookkeeping | None]:
+    """The session's end-of-epoch callbacks with its CSV log, MLflow logger and checkpoint replaced by
+    one EpochBookkeeping that batches the MLflow writes (the others, e.g. the NaN guard, run first)."""
+    writers = {type(callback): callback for callback in callbacks
+               if isinstance(callback, (EpochLog, EpochMetricsLogger, Checkpoint))}
+    if len(writers) != 3:
+        return callbacks, None
+    bookkeeping = EpochBookkeeping(writers[EpochLog], writers[EpochMetricsLogger], writers[Checkpoint], final_epoch)
+    return [callback for callback in callbacks if type(callback) not in writers] + [bookkeeping], bookkeeping
+
+
+def _flush_after_error(bookkeeping: EpochBookkeeping | None) -> None:
+    """After an error or a signal, log the finished epochs to MLflow; a failure here (e.g. the tracking
+    store is gone) must not hide the original error, and the resumed run logs them instead."""
+    if bookkeeping is None:
+        return
+    try:
+        bookkeeping.flush()
+    except Exception as error:  # noqa: BLE001
+        print(f"train: could not log the last finished epochs to MLflow ({error}); the resumed run logs them",
+              flush=True)
 
 
 def _quiet() -> bool:

@@ -19,7 +19,7 @@ VENV_BIN = Path(sys.executable).parent
 
 # Small but not trivial: ~2000 images, epochs long enough (~0.5 s) to be interrupted in the middle.
 SMALL_PARAMS = {
-    "data": {"source": "pypi", "limit": 2000},
+    "data": {"source": "pypi", "limit": 2000, "val_size": 200},
     "train": {"epochs": 6, "batch_size": 8, "steps_per_execution": 1, "jit_compile": False},
     "evaluate": {"iw_samples": 10, "mc_samples": 2},
 }
@@ -117,7 +117,8 @@ class Snapshot:
     runs: list[tuple[str, str]] = field(default_factory=list)
 
     OUTPUTS = ("models/vae.keras", "models/mlflow_run_id", "metrics.json", "train_log.csv",
-               "data/prepared/train.npz", "data/prepared/test.npz", "data/prepared/meta.json", "dvc.lock")
+               "data/prepared/train.npz", "data/prepared/validation.npz", "data/prepared/test.npz",
+               "data/prepared/meta.json", "dvc.lock")
 
     @classmethod
     def take(cls, repo: Path) -> Snapshot:

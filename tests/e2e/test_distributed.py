@@ -33,7 +33,7 @@ from pipeline_repo import PROJECT, VENV_BIN, epoch_rows, make_repo, mlflow_runs,
 pytestmark = pytest.mark.e2e
 
 # Small: 512 images, 8 global batches of 64 per epoch (32 per replica), 2 epochs.
-DIST_PARAMS = {"data": {"limit": 512}, "train": {"epochs": 2, "batch_size": 64, "steps_per_execution": 4}}
+DIST_PARAMS = {"data": {"limit": 512, "val_size": 128}, "train": {"epochs": 2, "batch_size": 64, "steps_per_execution": 4}}
 NOISE_STD = {"loss": [0.046, 0.479], "val_loss": [0.191, 0.779]}  # see the module docstring
 LAUNCHER = PROJECT / "scripts" / "launch_workers.py"
 
@@ -123,7 +123,7 @@ def test_mirrored_on_two_logical_cpus_matches_single_process(single, tmp_path):
 def test_a_killed_worker_fails_the_run_fast_and_the_rerun_resumes(tmp_path):
     """`dvc repro` with multi_worker (the train stage starts the launcher); SIGKILL worker 1 during
     epoch 2: the stage must fail within 60 s naming the worker; the next `dvc repro` resumes."""
-    params = {"data": {"limit": 512}, "train": {"epochs": 3, "batch_size": 16, "steps_per_execution": 4,
+    params = {"data": {"limit": 512, "val_size": 128}, "train": {"epochs": 3, "batch_size": 16, "steps_per_execution": 4,
                                                 "distribute": "multi_worker"}}
     repo = make_repo(tmp_path / "repo", params)
     process = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=stage_env(), stdout=subprocess.PIPE,

@@ -1,6 +1,8 @@
 """Fault injection with real processes and real signals: train is interrupted by SIGINT (Ctrl-C to the
 whole `dvc repro` process group), SIGTERM or SIGKILL (to the train process) at a random point after
-epoch 2; a second `dvc repro` must resume and end exactly where an uninterrupted run ends."""
+epoch 2; a second `dvc repro` must resume and end exactly where an uninterrupted run of the same params
+ends. Each way of training is stopped: per-step without XLA, the default fast path and the cosine schedule.
+A stopped stage says which stage stopped and what the next `dvc repro` does."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pipeline_repo import (
     dvc_repro,
     epoch_rows,
     make_repo,
+    merge,
     metric_history,
     mlflow_runs,
     read_metrics,
@@ -34,7 +37,17 @@ from pipeline_repo import (
 )
 
 pytestmark = pytest.mark.e2e
-EPOCHS = SMALL_PARAMS["train"]["epochs"]
+
+# Overrides of the small params. per-step: one batch per call, no XLA. fast-path: the default speed
+# settings (stacks of 100 batches in one XLA-compiled call), so resuming must restore the state the
+# stacked loop draws from; its epochs are ~5x shorter, so it runs more of them to be stopped mid-run.
+# cosine: the learning rate depends on the step count, which the resumed optimizer must restore.
+VARIANTS = {
+    "per-step": {},
+    "fast-path": {"train": {"steps_per_execution": 100, "jit_compile": True, "epochs": 20}},
+    "cosine": {"train": {"lr_schedule": "cosine"}},
+}
+SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 
 
 def train_process(repo: Path) -> psutil.Process | None:
@@ -52,9 +65,13 @@ def checkpoint_log(repo: Path) -> Path | None:
     return logs[0] if logs else None
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_interrupted_training_resumes_to_the_same_result(baseline, tmp_path, signum):
-    repo = make_repo(tmp_path / "repo")
+@pytest.mark.parametrize("variant,signum", [(v, s) for v in VARIANTS for s in SIGNALS],
+                         ids=[f"{v}-{s.name}" for v in VARIANTS for s in SIGNALS])
+def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path, variant, signum):
+    overrides = VARIANTS[variant]
+    baseline = reference_run(variant, overrides)  # the same params, never interrupted
+    epochs = merge(SMALL_PARAMS, overrides)["train"]["epochs"]
+    repo = make_repo(tmp_path / "repo", overrides)
     rng = random.Random()
     delay = rng.uniform(0.0, 1.0)
     log_file = (tmp_path / "first.log").open("w")
@@ -79,8 +96,9 @@ def test_interrupted_training_resumes_to_the_same_result(baseline, tmp_path, sig
             dvc.wait()
         log_file.close()
     first_output = (tmp_path / "first.log").read_text()
-    context = f"signal {signum.name} after {delay:.2f}s past epoch 2 ({epochs_before} epochs logged)\n{first_output[-3000:]}"
-    assert epochs_before < EPOCHS, "training ended before the signal: " + context
+    context = (f"{variant}: signal {signum.name} after {delay:.2f}s past epoch 2 ({epochs_before} epochs logged)\n"
+               f"{first_output[-3000:]}")
+    assert epochs_before < epochs, "training ended before the signal: " + context
     assert dvc.returncode != 0, context
     # dvc reports the stage's exit code: 128 + signal for the handled ones, -9 for SIGKILL.
     codes = re.findall(r"stages/train.py, exited with (-?\d+)", first_output)
@@ -96,7 +114,7 @@ def test_interrupted_training_resumes_to_the_same_result(baseline, tmp_path, sig
 
     second = dvc_repro(repo)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"resuming after epoch {state['epoch']} of {EPOCHS}" in second.stdout + second.stderr
+    assert f"resuming after epoch {state['epoch']} of {epochs}" in second.stdout + second.stderr
 
     # The same result as the uninterrupted run: the random state is restored, so exactly.
     metrics = read_metrics(repo)
@@ -117,7 +135,7 @@ def test_interrupted_training_resumes_to_the_same_result(baseline, tmp_path, sig
             continue
         for step, values in steps.items():
             assert len(values) == 1, f"{key} step {step} logged with different values {values}"
-    assert sorted(history["loss"]) == list(range(1, EPOCHS + 1))
+    assert sorted(history["loss"]) == list(range(1, epochs + 1))
     for key in ("loss", "kl", "val_loss", "test_loss"):
         assert history[key] == baseline.history[key], key
 
@@ -132,16 +150,16 @@ def test_interrupted_training_resumes_to_the_same_result(baseline, tmp_path, sig
 
 POISON_EPOCH_3 = """
 import math, runpy, sys
-from vaepipe import training
+from vaepipe import callbacks
 
-original = training.StopOnNonFiniteLoss.on_epoch_end
+original = callbacks.StopOnNonFiniteLoss.on_epoch_end
 
 def poisoned(self, epoch, logs=None):  # test-only: epoch 3 reports a NaN loss
     if epoch == 2:
         logs["loss"] = math.nan
     return original(self, epoch, logs)
 
-training.StopOnNonFiniteLoss.on_epoch_end = poisoned
+callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
 sys.argv = ["stages/train.py"]
 runpy.run_path("stages/train.py", run_name="__main__")
 """
@@ -182,3 +200,36 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(basel
     assert "resuming after epoch 2" in result.stdout + result.stderr
     assert dict(mlflow_runs(repo))[run_id] == "FINISHED"
     assert metric_history(repo, run_id)["loss"] == baseline.history["loss"]
+
+
+def handles_sigterm(pid: int) -> bool:
+    """True once the process catches SIGTERM: run_stage has installed its handler (Python does not)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.parametrize("stage,next_run", [
+    ("evaluate", "the next `dvc repro` runs evaluate again"),
+    ("plot", "the next `dvc repro` runs plot again"),
+    ("train", "train resumes from its last completed epoch"),
+])
+def test_a_stopped_stage_speaks_of_itself(baseline, tmp_path, stage, next_run):
+    repo = tmp_path / "repo"
+    shutil.copytree(baseline.repo, repo, symlinks=True)  # a copy: SIGTERM marks the reopened run KILLED
+    process = subprocess.Popen([sys.executable, f"stages/{stage}.py"], cwd=repo, env=stage_env(PYTHONPATH="src"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: handles_sigterm(process.pid), timeout=60, what=f"{stage} to handle SIGTERM")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("interrupted by SIGTERM")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert f"stage {stage} stopped" in lines[0] and next_run in lines[0], lines
+    others = {"prepare", "train", "evaluate", "plot"} - {stage}
+    assert not [name for name in others if re.search(rf"\b{name}\b", lines[0])], lines  # no other stage

@@ -14,7 +14,7 @@ from pipeline_repo import dvc_repro, make_repo, mlflow_runs, read_metrics, write
 pytestmark = pytest.mark.e2e
 
 # Fast: 512 images, 2 epochs at the default batch 32 with the default fast path.
-QUICK = {"data": {"limit": 512}, "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100,
+QUICK = {"data": {"limit": 512, "val_size": 128}, "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100,
                                            "jit_compile": True}}
 FIGURES = {"reconstructions.png", "loss_curves.png", "latent_space.png", "prior_samples.png",
            "interpolation.png", "manifold.png"}
@@ -45,7 +45,13 @@ def test_repro_writes_every_output(pipeline):
     assert log_lines[0].split(",")[:2] == ["epoch", "epoch_time"] and len(log_lines) == 1 + 2
     assert {p.name for p in (pipeline / "plots").glob("*.png")} == FIGURES
     meta = json.loads((pipeline / "data/prepared/meta.json").read_text())
-    assert meta["source"].startswith("pypi:") and meta["n_train"] == 512
+    # The first 512 training images, 128 of them held out for validation; the first 512 test images.
+    assert meta["source"].startswith("pypi:")
+    assert (meta["n_train"], meta["n_validation"], meta["n_test"]) == (384, 128, 512)
+    assert {p.name for p in (pipeline / "data/prepared").glob("*.npz")} == {"train.npz", "validation.npz", "test.npz"}
+    # Train validated on the validation split: val_* in the log are its numbers, not the test set's.
+    header = log_lines[0].split(",")
+    assert {"val_loss", "val_recon", "val_kl"} <= set(header)
 
 
 def test_saved_model_loads_safely_and_matches_the_metrics(pipeline):
@@ -63,8 +69,10 @@ def test_one_finished_run_holds_params_histories_metrics_and_figures(pipeline):
     assert [status for _, status in runs] == ["FINISHED"]
     run = client.get_run(runs[0][0])
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
-    expected = {f"{section}.{key}": value for section, values in params.items() for key, value in values.items()}
+    expected = {f"{section}.{key}": value for section, values in params.items() for key, value in values.items()
+                if section != "tracking"}  # bookkeeping (the sweep's name) is a tag, not a param
     assert set(run.data.params) == set(expected)
+    assert "tracking.sweep" not in run.data.params and "mlflow.note.content" in run.data.tags
     assert run.data.params["train.epochs"] == "2" and run.data.params["data.limit"] == "512"
     for key in ("loss", "recon", "kl", "val_loss", "val_recon", "val_kl", "epoch_time"):
         history = client.get_metric_history(run.info.run_id, key)

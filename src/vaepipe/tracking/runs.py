@@ -1,8 +1,5 @@
-"""Everything that talks to MLflow: where the store is, one run per pipeline run, reopening it by id.
-
-Store: `MLFLOW_TRACKING_URI` if set (e.g. a team's `mlflow server`), else `mlflow.db` (SQLite) with
-artifacts in `mlartifacts/`, both at the *main* repository root, also when DVC runs a queued
-experiment in a temporary copy (which is deleted afterwards, and would take relative paths with it).
+"""The pipeline's MLflow run: started by train, continued after an interruption, reopened by evaluate
+and plot (or linked to, in a store that lacks it), always closed with a status, and what is logged to it.
 """
 
 from __future__ import annotations
@@ -11,57 +8,34 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-# Fail fast against an unreachable server instead of MLflow's default ~4 minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+import mlflow
+from mlflow.entities import RunStatus
 
-import mlflow  # noqa: E402
-from mlflow.entities import RunStatus  # noqa: E402
+from vaepipe.errors import TrackingError, deferred_signals
+from vaepipe.tracking.details import (
+    EXPERIMENT_TAGS,
+    SYSTEM_METRICS_INTERVAL_S,
+    describe_experiment,
+    log_prepared_inputs,
+    run_description_tags,
+)
+from vaepipe.tracking.store import (
+    EXPERIMENT_NAME,
+    TrackingUnavailable,
+    artifact_location,
+    check_reachable,
+    is_http,
+    single_try,
+    store_call,
+    tracking_uri,
+)
 
-from vaepipe.errors import TrackingError, deferred_signals  # noqa: E402
-from vaepipe.paths import main_repo_root  # noqa: E402
-
-EXPERIMENT_NAME = os.environ.get("VAEPIPE_EXPERIMENT", "vaepipe")
-REGISTERED_MODEL = "vaepipe-vae"
-HEALTH_TIMEOUT_S = 5
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{main_repo_root() / 'mlflow.db'}"
-
-
-def artifact_location() -> str | None:
-    """Local stores get an explicit artifact root at the main repo; a server decides its own."""
-    if tracking_uri().startswith(("http://", "https://")):
-        return None
-    return (main_repo_root() / "mlartifacts").as_uri()
-
-
-def check_reachable(uri: str) -> None:
-    """Raise TrackingError at once if an HTTP tracking server does not answer /health."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as error:
-        problem = str(getattr(error, "reason", error))
-    raise TrackingError(
-        f"MLflow tracking server {uri} is unreachable ({problem}); start it (`make server`) "
-        "or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
-    )
+TRAIN_RUN_TAG = "vaepipe.train_run_id"  # on a run that evaluate/plot opened for a train run this store lacks
 
 
 def connect() -> str:
@@ -72,9 +46,11 @@ def connect() -> str:
     try:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is not None:
+            describe_experiment(experiment)
             return experiment.experiment_id
         try:
-            return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location())
+            return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location(),
+                                            tags=EXPERIMENT_TAGS)
         except mlflow.exceptions.MlflowException:
             # Another pipeline (a parallel queued experiment) created it first.
             return mlflow.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
@@ -105,15 +81,18 @@ def start_or_resume_run(run_id: str | None, run_name: str, params: dict[str, Any
     """Start a new run (or continue `run_id` after an interruption) and log params and tags."""
     experiment_id = connect()
     try:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         if run_id:
             try:
-                run = mlflow.start_run(run_id=run_id)
+                run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
             except mlflow.exceptions.MlflowException:
                 run_id = None  # the old run is gone (e.g. a fresh store): start anew
         if not run_id:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-            mlflow.log_params({key: _param_value(value) for key, value in params.items()})
-        mlflow.set_tags(tags)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, log_system_metrics=True)
+            mlflow.log_params({key: _param_value(value) for key, value in params.items()
+                               if not key.startswith("tracking.")})  # bookkeeping, a tag: not a param
+            log_prepared_inputs()
+        mlflow.set_tags({**tags, **run_description_tags(params)})
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(f"MLflow store {tracking_uri()}: {error}") from None
     return run.info.run_id
@@ -134,20 +113,29 @@ def end_run(error: BaseException | None) -> None:
     else:
         status = RunStatus.FAILED
     run_id = mlflow.active_run().info.run_id
-    with deferred_signals():  # a second Ctrl-C must not leave the run RUNNING
-        for attempt in range(3):
+    http = is_http(tracking_uri())
+    # SQLite: up to 3 tries ("database is locked"), Ctrl-C held so a second one cannot leave the run
+    # RUNNING. HTTP: MLflow retries inside the call for a clean finish; a failing stage makes one
+    # quick try (the next `dvc repro` reopens a run left RUNNING anyway).
+    attempts = 1 if http else 3
+    guard = nullcontext() if http and error is None else deferred_signals()
+    with guard, (single_try() if http and error is not None else nullcontext()):
+        for attempt in range(attempts):
             try:
                 if mlflow.active_run() is not None:
                     mlflow.end_run(RunStatus.to_string(status))  # pops the run, then writes the status
                 else:  # a failed end_run already popped it: retry the write alone
                     mlflow.MlflowClient().set_terminated(run_id, RunStatus.to_string(status))
                 return
-            except mlflow.exceptions.MlflowException as store_error:  # e.g. SQLite "database is locked"
-                if attempt < 2:
+            except mlflow.exceptions.MlflowException as store_error:
+                if attempt < attempts - 1:
                     time.sleep(1.0)
                     continue
+                if isinstance(error, TrackingUnavailable):
+                    return  # the stage's one error line already says the server is gone and the run open
+                reason = (str(store_error).splitlines() or [""])[0]
                 message = (f"could not mark MLflow run {run_id} {RunStatus.to_string(status)} in "
-                           f"{tracking_uri()} (store gone or read-only?): {store_error}")
+                           f"{tracking_uri()} (store gone or read-only?): {reason}")
                 if error is not None:  # keep the stage's own error as the one reported
                     print(f"warning: {message}", file=sys.stderr, flush=True)
                     return
@@ -161,21 +149,44 @@ def _is_clean_exit(error: BaseException) -> bool:
 @contextmanager
 def active_run(run_id: str | None = None, start: dict[str, Any] | None = None) -> Iterator[str]:
     """Reopen run `run_id` (evaluate, plot) or start one (train, with `start` = kwargs of
-    start_or_resume_run); whatever happens inside, the run does not stay RUNNING."""
+    start_or_resume_run); yield the id of the run logged into. Whatever happens inside, the run does
+    not stay RUNNING."""
     if start is not None:
         run_id = start_or_resume_run(run_id, **start)
     else:
-        connect()
-        try:
-            mlflow.start_run(run_id=run_id)
-        except mlflow.exceptions.MlflowException as error:
-            raise TrackingError(f"cannot reopen MLflow run {run_id} in {tracking_uri()}: {error}") from None
+        run_id = _reopen_or_link(run_id)
     try:
         yield run_id
     except BaseException as error:
         end_run(error)
         raise
     end_run(None)
+
+
+def _reopen_or_link(train_run_id: str) -> str:
+    """Reopen the train run. A store without it (a second clone, a new server) gets a run linked to
+    it by the tag TRAIN_RUN_TAG instead, one per train run: plot continues the run evaluate opened."""
+    experiment_id = connect()
+    try:
+        try:
+            return mlflow.start_run(run_id=train_run_id).info.run_id
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        linked = mlflow.search_runs([experiment_id], filter_string=f"tags.`{TRAIN_RUN_TAG}` = '{train_run_id}'",
+                                    order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if linked:
+            run = mlflow.start_run(run_id=linked[0].info.run_id)
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=f"linked to train run {train_run_id}",
+                                   tags={TRAIN_RUN_TAG: train_run_id, **run_tags("")})
+    except mlflow.exceptions.MlflowException as error:
+        raise TrackingError(f"cannot reopen MLflow run {train_run_id} in {tracking_uri()}: "
+                            f"{(str(error).splitlines() or [''])[0]}") from None
+    print(f"mlflow: train run {train_run_id} is not in {tracking_uri()}; logging to run {run.info.run_id} "
+          f"({'opened' if not linked else 'continued'}, tag {TRAIN_RUN_TAG}={train_run_id})",
+          file=sys.stderr, flush=True)
+    return run.info.run_id
 
 
 def close_abandoned_run(run_id_file: Path, status: str, reason: str) -> None:
@@ -204,44 +215,18 @@ def read_run_id(path: Path) -> str:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    # A Ctrl-C inside an SQLite write would leave the store locked for the KILLED status update.
-    with deferred_signals():
+    with store_call("logging metrics" + (f" of step {step}" if step is not None else "")):
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    with deferred_signals():
+    with store_call(f"logging {path.name}"):
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
-
-
-def log_model(model_file: Path, register: bool = True) -> None:
-    """Log the saved .keras file as an MLflow pyfunc model ("models from code": nothing pickled).
-
-    `vaepipe/serving.py` is the model's code; the .keras file is its artifact; the vaepipe package
-    travels with it so `mlflow models serve` can load the registered custom layers.
-    """
-    package_dir = Path(__file__).resolve().parent
-    try:
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package_dir / "serving.py"),
-            artifacts={"keras_model": str(model_file)},
-            code_paths=[str(package_dir)],
-            pip_requirements=_serving_requirements(),
-            registered_model_name=REGISTERED_MODEL if register else None,
-        )
-    except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"cannot log the model to {tracking_uri()}: {error}") from None
-
-
-def _serving_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("tensorflow-cpu", "keras", "numpy", "pandas")]
+    with store_call(f"logging {artifact_file}"):
+        mlflow.log_text(text, artifact_file)
 
 
 def print_run_link(run_id: str) -> None:

@@ -1,0 +1,48 @@
+"""Everything that talks to MLflow, one idea a module; import the public names from here.
+
+- store: where the store is (MLFLOW_TRACKING_URI or the main repo's mlflow.db), the fail-fast
+  check before any work, and MLflow's retries for every later call
+- runs: the pipeline's one run: start, continue, reopen (or link), close with a status, log to it
+- details: what the UI shows: the experiment's kind, the run's datasets, description and sweep tag
+- model_logging: the pyfunc model (from code, no pickles), its requirements, signature and example
+  (imported from there by train's session only: serving.py is train's code, not evaluate's)
+- search: reading runs back for `make compare` (imported from there, so no stage depends on it)
+- __main__: `python -m vaepipe.tracking ui|server|serve|store` for the Makefile
+"""
+
+from vaepipe.tracking.details import SWEEP_TAG, SYSTEM_METRICS_INTERVAL_S, prepared_datasets, run_description_tags
+from vaepipe.tracking.runs import (
+    TRAIN_RUN_TAG,
+    active_run,
+    close_abandoned_run,
+    connect,
+    end_run,
+    log_artifact,
+    log_metrics,
+    log_text,
+    print_run_link,
+    read_run_id,
+    run_name,
+    run_tags,
+    start_or_resume_run,
+)
+from vaepipe.tracking.store import (
+    EXPERIMENT_NAME,
+    TrackingUnavailable,
+    artifact_location,
+    check_reachable,
+    experiment_url,
+    retry_budget_s,
+    run_url,
+    tracking_uri,
+    ui_base_url,
+)
+
+__all__ = [
+    "EXPERIMENT_NAME", "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S",
+    "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_reachable",
+    "close_abandoned_run", "connect", "end_run", "experiment_url", "log_artifact", "log_metrics",
+    "log_text", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
+    "run_description_tags", "run_name", "run_tags", "run_url",
+    "start_or_resume_run", "tracking_uri", "ui_base_url",
+]

@@ -1,0 +1,139 @@
+"""Where the MLflow store is and how a stage reaches it: the URI, the fail-fast check, the retries.
+
+Store: `MLFLOW_TRACKING_URI` if set (e.g. a team's `mlflow server`), else `mlflow.db` (SQLite) with
+artifacts in `mlartifacts/`, both at the *main* repository root, also when DVC runs a queued
+experiment in a temporary copy (which is deleted afterwards, and would take relative paths with it).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+# A server that is down at the start fails the stage at once: check_reachable probes /health once,
+# without retries, before any work. Every later call rides out a blip with MLflow's own retries,
+# which it reads from the environment on each request (mlflow/utils/rest_utils.py): 5 retries with
+# urllib3's backoff of 0, 2f, 4f, 8f, 16f s, f = 4, about 2 minutes in all (see retry_budget_s).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "4")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+import mlflow  # noqa: E402
+
+from vaepipe.errors import TrackingError, deferred_signals  # noqa: E402
+from vaepipe.paths import main_repo_root  # noqa: E402
+
+EXPERIMENT_NAME = os.environ.get("VAEPIPE_EXPERIMENT", "vaepipe")
+HEALTH_TIMEOUT_S = 5
+
+
+class TrackingUnavailable(TrackingError):
+    """The tracking server stopped answering mid-stage and did not come back within the retries."""
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def retry_budget_s() -> float:
+    """Seconds MLflow waits in all between the tries of one HTTP call (request timeouts come on top)."""
+    retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    # urllib3: no wait before the first retry, then factor * 2**(n-1), each wait capped at 120 s.
+    return sum(min(120.0, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
+
+
+@contextmanager
+def single_try() -> Iterator[None]:
+    """MLflow calls in the block get no retries (MLflow reads the variable on each request)."""
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+
+
+@contextmanager
+def store_call(what: str) -> Iterator[None]:
+    """One MLflow call of a running stage: its final error (after MLflow's retries) becomes one line
+    naming the store. SQLite writes hold Ctrl-C (an interrupted write leaves the database locked);
+    HTTP calls do not, so Ctrl-C during a 2-minute retry still stops the stage at once."""
+    uri = tracking_uri()
+    try:
+        with (nullcontext() if is_http(uri) else deferred_signals()):
+            yield
+    except mlflow.exceptions.MlflowException as error:
+        if is_http(uri) and "API request to" in str(error):  # MLflow's wording once retries ran out
+            run = mlflow.active_run()
+            resume = f"; once it is up, `dvc repro` continues run {run.info.run_id}" if run else ""
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} stopped answering while {what} and was not back after "
+                f"{retry_budget_s():.0f} s of retries{resume}"
+            ) from None
+        raise TrackingError(f"MLflow store {uri}: {what}: {(str(error).splitlines() or [''])[0]}") from None
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{main_repo_root() / 'mlflow.db'}"
+
+
+def artifact_location() -> str | None:
+    """Local stores get an explicit artifact root at the main repo; a server decides its own."""
+    if is_http(tracking_uri()):
+        return None
+    return (main_repo_root() / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str) -> None:
+    """Raise TrackingError at once if an HTTP tracking server does not answer /health."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        problem = str(getattr(error, "reason", error))
+    raise TrackingError(
+        f"MLflow tracking server {uri} is unreachable ({problem}); start it (`make server`) "
+        "or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+    )
+
+
+def local_store() -> tuple[str, Path]:
+    """The project's own store: SQLite at the main repository root, artifacts beside it."""
+    root = main_repo_root()
+    return f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
+
+
+def local_store_exists() -> bool:
+    """False for a local SQLite store whose file is not there yet (reading must not create it)."""
+    uri = tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+
+
+def ui_base_url(host: str = "127.0.0.1", port: int = 5000) -> str:
+    """Where the MLflow UI of this store answers: the server itself, or `make ui` on host:port."""
+    uri = tracking_uri()
+    return uri.rstrip("/") if is_http(uri) else f"http://{host}:{port}"
+
+
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow 3's model-training view (its default view is the GenAI one)."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    return f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}"

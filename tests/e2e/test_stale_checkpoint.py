@@ -1,0 +1,102 @@
+"""A checkpoint is resumed only by the same params, code and data: one written before an edit to train's
+code, or over other prepared data, is not resumed, and train says so in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pipeline_repo import make_repo, metric_history, mlflow_runs, run_stage, stage_env
+
+pytestmark = pytest.mark.e2e
+
+# Test-only: epoch 3 reports a NaN loss, so train stops with a checkpoint of 2 epochs (exit code 5).
+POISON_EPOCH_3 = """
+import math, runpy, sys
+from vaepipe import callbacks
+
+original = callbacks.StopOnNonFiniteLoss.on_epoch_end
+
+def poisoned(self, epoch, logs=None):
+    if epoch == 2:
+        logs["loss"] = math.nan
+    return original(self, epoch, logs)
+
+callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
+sys.argv = ["stages/train.py"]
+runpy.run_path("stages/train.py", run_name="__main__")
+"""
+
+
+def interrupted_after_two_epochs(repo) -> str:
+    """Leave a checkpoint of 2 epochs (and its FAILED run) behind; return that run's id."""
+    result = subprocess.run([sys.executable, "-c", POISON_EPOCH_3], cwd=repo, env=stage_env(PYTHONPATH="src"),
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 5, result.stderr[-3000:]
+    state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
+    assert state["epoch"] == 2
+    return next((repo / "checkpoints").glob("*/mlflow_run_id")).read_text().strip()
+
+
+@pytest.fixture
+def repo(baseline, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    shutil.copytree(baseline.repo / "data" / "prepared", repo / "data" / "prepared")
+    return repo
+
+
+def test_unchanged_code_and_data_resume(repo):
+    old_run = interrupted_after_two_epochs(repo)
+    result = run_stage(repo, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch 2" in result.stdout + result.stderr
+    assert dict(mlflow_runs(repo))[old_run] == "FINISHED"
+
+
+def test_checkpoint_of_other_code_is_not_resumed(repo, baseline):
+    old_run = interrupted_after_two_epochs(repo)
+    module = repo / "src" / "vaepipe" / "schedules.py"  # in train's import closure
+    module.write_text(module.read_text() + "\n# an edit to the code train runs\n")
+
+    result = run_stage(repo, "train")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    notices = [line for line in output.splitlines() if line.startswith("train: not resuming")]
+    assert len(notices) == 1 and "written with other code;" in notices[0], output[-3000:]
+    assert "resuming after epoch" not in output
+    new_run = (repo / "models" / "mlflow_run_id").read_text().strip()
+    assert new_run != old_run
+    # Trained from scratch: every epoch logged once, the same numbers as an uninterrupted run.
+    assert metric_history(repo, new_run)["loss"] == baseline.history["loss"]
+    assert list((repo / "checkpoints").iterdir()) == []
+
+
+def test_checkpoint_over_other_data_is_not_resumed(repo):
+    interrupted_after_two_epochs(repo)
+    # Other prepared data under the same params: one training image changed, meta.json updated to match.
+    prepared = repo / "data" / "prepared"
+    with np.load(prepared / "train.npz") as arrays:
+        images, labels = arrays["images"].copy(), arrays["labels"]
+    images[0] = 255 - images[0]
+    with (prepared / "train.npz").open("wb") as handle:
+        np.savez(handle, images=images, labels=labels)
+    sys.path.insert(0, str(repo / "src"))
+    try:
+        from vaepipe.data import Split
+        from vaepipe.prepared import arrays_sha256
+    finally:
+        sys.path.pop(0)
+    meta = json.loads((prepared / "meta.json").read_text())
+    meta["sha256"]["train"] = arrays_sha256(Split(images, labels))
+    (prepared / "meta.json").write_text(json.dumps(meta))
+
+    result = run_stage(repo, "train")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    notices = [line for line in output.splitlines() if line.startswith("train: not resuming")]
+    assert len(notices) == 1 and "written with other data;" in notices[0], output[-3000:]
+    assert "resuming after epoch" not in output

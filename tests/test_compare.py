@@ -1,0 +1,184 @@
+"""`make compare` against a real SQLite MLflow store filled through MLflow's tracking API: the runs it
+selects, the params that differ, the table, the figures and the self-contained HTML page."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import Metric, Param
+
+from vaepipe import compare, compare_rows, tracking
+
+
+class Store:
+    """A fresh store for one test, reached the way the stages reach theirs (MLFLOW_TRACKING_URI)."""
+
+    def __init__(self, path: Path):
+        self.client = mlflow.MlflowClient(f"sqlite:///{path}")
+        self.experiment_id = self.client.create_experiment(tracking.EXPERIMENT_NAME)
+
+    def add(self, name: str, params: dict, metrics: dict | None = None, status: str = "FINISHED",
+            curve: list[float] = (), epoch_times: list[float] = (), sweep: str | None = None) -> str:
+        tags = {"dvc.exp_name": f"exp-{name}", **({tracking.SWEEP_TAG: sweep} if sweep else {})}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        history = [Metric("val_loss", value, 0, step) for step, value in enumerate(curve, start=1)]
+        history += [Metric("epoch_time", value, 0, step) for step, value in enumerate(epoch_times, start=1)]
+        history += [Metric(key, value, 0, 0) for key, value in (metrics or {}).items()]
+        self.client.log_batch(run.info.run_id, metrics=history,
+                              params=[Param(key, str(value)) for key, value in params.items()])
+        self.client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Store:
+    path = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
+    return Store(path)
+
+
+def result(kl: float, recon: float, **extra: float) -> dict:
+    return {"test_kl": kl, "test_recon": recon, "test_loss": kl + recon, "test_nll_iw": kl + recon - 1,
+            "active_units": 2, "knn_accuracy": 0.5, **extra}
+
+
+BASE = {"model.arch": "seed", "train.epochs": 3, "evaluate.iw_samples": 10, "model.hidden": "[512]"}
+
+
+def read_csv(out: Path) -> list[dict]:
+    with (out / "compare.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_table_has_the_differing_params_sorted_runs_blank_cells_and_counts_the_unfinished(store, tmp_path, capsys):
+    store.add("z2", {**BASE, "model.latent_dim": 2, "train.beta": 0.5}, result(5.0, 170.0),
+              curve=[200, 190, 185], epoch_times=[3.0, 1.0, 2.0])
+    store.add("z8", {**BASE, "model.latent_dim": 8, "train.beta": 0.5}, result(20.0, 120.0),
+              curve=[180, 150, 140], epoch_times=[2.0, 1.5, 1.5])
+    no_nll = result(10.0, 150.0)
+    del no_nll["test_nll_iw"]
+    store.add("z4", {**BASE, "model.latent_dim": 4, "train.beta": 0.5}, no_nll, curve=[190, 170, 160])
+    store.add("failed", {**BASE, "model.latent_dim": 16, "train.beta": 0.5}, status="FAILED")
+    store.add("killed", {**BASE, "model.latent_dim": 32, "train.beta": 2.0}, status="KILLED")
+    out = tmp_path / "reports"
+
+    assert compare.main(["--out", str(out), "--sort", "test_loss"]) == 0
+
+    printed = capsys.readouterr().out
+    assert "left out 1 FAILED, 1 KILLED run(s)" in printed
+    rows = read_csv(out)
+    assert [row["run"] for row in rows] == ["z8", "z4", "z2"]  # by test_loss, ascending
+    # Only latent_dim differs among the finished runs (beta differed only in a killed one).
+    assert "model.latent_dim" in rows[0] and "train.beta" not in rows[0] and "model.arch" not in rows[0]
+    assert [row["model.latent_dim"] for row in rows] == ["8", "4", "2"]
+    assert rows[1]["test_nll_iw"] == "" and rows[0]["test_nll_iw"] == "139"
+    assert rows[2]["median_s_per_epoch"] == "2" and rows[2]["epochs"] == "3"
+    assert rows[1]["median_s_per_epoch"] == "" and rows[1]["epochs"] == "3"  # no epoch_time: the param
+    assert rows[0]["dvc_experiment"] == "exp-z8" and rows[0]["iw_k"] == "10"
+    # The markdown table is printed and written, one line per run.
+    md = (out / "compare.md").read_text()
+    assert md.count("\n| z") == 3 and "| z8 |" in printed
+    assert {p.name for p in out.glob("*.png")} == {"val_loss_curves.png", "rate_distortion.png",
+                                                   "metrics_vs_model.latent_dim.png"}
+
+
+def test_sort_by_another_metric_puts_runs_lacking_it_last(store, tmp_path):
+    store.add("a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0, knn_accuracy=0.9))
+    store.add("b", {**BASE, "model.latent_dim": 3}, result(6.0, 150.0, knn_accuracy=0.4))
+    store.add("c", {**BASE, "model.latent_dim": 4}, {"test_kl": 1.0})
+    assert compare.main(["--out", str(tmp_path), "--sort", "knn_accuracy"]) == 0
+    assert [row["run"] for row in read_csv(tmp_path)] == ["b", "a", "c"]
+
+
+def test_no_runs_is_one_clear_line_and_a_failure(store, tmp_path, capsys):
+    store.add("failed", BASE, status="FAILED")
+    assert compare.main(["--out", str(tmp_path / "reports")]) == 1
+    captured = capsys.readouterr()
+    assert "left out 1 FAILED" in captured.out
+    assert captured.err.count("\n") == 1 and "no FINISHED runs of experiment vaepipe" in captured.err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_missing_store_is_not_created(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "absent.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    assert compare.main(["--out", str(tmp_path / "r")]) == 1
+    assert not db.exists() and "no FINISHED runs" in capsys.readouterr().err
+
+
+def test_one_run_gets_no_figure_that_needs_two(store, tmp_path):
+    store.add("only", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0), curve=[3.0, 2.0])
+    assert compare.main(["--out", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.glob("*.png")] == ["val_loss_curves.png"]
+    assert [row["run"] for row in read_csv(tmp_path)] == ["only"]
+
+
+def test_more_than_a_page_of_runs_and_the_last_n(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking.search, "SEARCH_PAGE_SIZE", 10)  # the real paging path, with fewer runs to make
+    for index in range(23):
+        store.add(f"r{index:02d}", {**BASE, "train.seed": index}, result(float(index), 100.0))
+    assert compare.main(["--out", str(tmp_path / "all")]) == 0
+    assert len(read_csv(tmp_path / "all")) == 23
+    assert compare.main(["--out", str(tmp_path / "last"), "--last", "5"]) == 0
+    assert sorted(row["run"] for row in read_csv(tmp_path / "last")) == [f"r{i}" for i in range(18, 23)]
+
+
+def test_default_page_size_reads_more_than_100_runs(store, tmp_path):
+    assert tracking.search.SEARCH_PAGE_SIZE <= 100
+    for index in range(105):
+        store.add(f"r{index:03d}", {**BASE, "train.seed": index}, {"test_loss": float(index)})
+    assert len(tracking.search.search_runs()) == 105
+    assert compare.main(["--out", str(tmp_path)]) == 0
+    assert len(read_csv(tmp_path)) == 105
+
+
+def test_sweep_and_filter_select_runs(store, tmp_path):
+    store.add("s1-a", {**BASE, "model.latent_dim": 2}, result(1.0, 2.0), sweep="s1")
+    store.add("s1-b", {**BASE, "model.latent_dim": 4}, result(1.0, 3.0), sweep="s1")
+    store.add("other", {**BASE, "model.latent_dim": 8, "model.arch": "mlp"}, result(1.0, 4.0), sweep="s2")
+    assert compare.main(["--out", str(tmp_path / "s"), "--sweep", "s1"]) == 0
+    assert sorted(row["run"] for row in read_csv(tmp_path / "s")) == ["s1-a", "s1-b"]
+    assert compare.main(["--out", str(tmp_path / "f"), "--filter", "params.`model.arch` = 'mlp'"]) == 0
+    assert [row["run"] for row in read_csv(tmp_path / "f")] == ["other"]
+    assert compare.main(["--out", str(tmp_path / "n"), "--sweep", "nope"]) == 1
+
+
+def test_bad_filter_is_a_clear_error(store, tmp_path, capsys):
+    store.add("a", BASE, result(1.0, 2.0))
+    assert compare.main(["--out", str(tmp_path), "--filter", "params.x ==== 1"]) == 1
+    assert "cannot search runs" in capsys.readouterr().err
+
+
+def test_html_is_self_contained_and_links_every_run_to_the_ui(store, tmp_path):
+    ids = [store.add(f"z{d}", {**BASE, "model.latent_dim": d}, result(d, 100.0 / d), curve=[2.0, 1.0]) for d in (2, 4)]
+    assert compare.main(["--out", str(tmp_path), "--ui-url", "http://127.0.0.1:5999"]) == 0
+    page = (tmp_path / "compare.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 3 and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "<script" not in page and "<link" not in page  # nothing fetched: opens offline
+    for run_id in ids:
+        assert f'href="http://127.0.0.1:5999/#/experiments/{store.experiment_id}/runs/{run_id}"' in page
+
+
+def test_rate_distortion_joins_runs_that_differ_only_in_beta(store):
+    for dim in (2, 8):
+        for beta in (0.5, 1.0, 2.0):
+            store.add(f"z{dim}-b{beta}", {**BASE, "model.latent_dim": dim, "train.beta": beta}, result(beta * dim, 100 / beta))
+    store.add("mlp", {**BASE, "model.latent_dim": 2, "train.beta": 1.0, "model.arch": "mlp"}, result(3.0, 90.0))
+    from vaepipe.compare_figures import beta_lines, numeric_differing
+
+    rows = compare_rows.build_rows(tracking.search.search_runs(), "test_loss")
+    lines = beta_lines(rows)
+    assert sorted(tuple(row.run.name for row in line) for line in lines) == [
+        ("z2-b0.5", "z2-b1.0", "z2-b2.0"), ("z8-b0.5", "z8-b1.0", "z8-b2.0")]
+    assert numeric_differing(rows) == ["model.latent_dim", "train.beta"]
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--last", "0"])
+    assert exit_info.value.code != 0 and "--last must be at least 1, got 0" in capsys.readouterr().err

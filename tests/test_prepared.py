@@ -1,0 +1,85 @@
+"""The validation split (held out of the training images, seeded, labels kept) and the checkpoint's
+provenance (the code train runs, the data it reads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vaepipe import paths, prepared, provenance
+from vaepipe.config import parse_params
+from vaepipe.data import Split
+from vaepipe.errors import ConfigError
+
+
+def numbered_split(n: int) -> Split:
+    """Image i (n <= 256) has every pixel = i and label i % 10, so any image says where it came from."""
+    index = np.arange(n)
+    return Split(np.repeat(index.astype(np.uint8)[:, None], 784, axis=1), index % 10)
+
+
+def test_validation_is_a_seeded_disjoint_subset_in_file_order_with_labels():
+    source = numbered_split(250)
+    train, validation = prepared.split_off_validation(source, 50, seed=0)
+    assert len(train.labels) == 200 and len(validation.labels) == 50
+    # Every image lands in exactly one split, with its own label.
+    combined = np.concatenate([train.images[:, 0].astype(int), validation.images[:, 0].astype(int)])
+    assert sorted(np.concatenate([train.labels, validation.labels])) == sorted(source.labels)
+    assert sorted(combined) == sorted(source.images[:, 0].astype(int))
+    assert np.all(validation.labels == (validation.images[:, 0] % 10))
+    # Spread over the file (a random subset, not its tail) and the same for the same seed only.
+    for split in (train, validation):  # each keeps the file's order
+        assert np.all(np.diff(split.images[:, 0].astype(int)) > 0)
+    assert validation.images[:, 0].min() < 50 and validation.images[:, 0].max() > 200
+    again = prepared.split_off_validation(source, 50, seed=0)[1]
+    np.testing.assert_array_equal(again.images, validation.images)
+    other = prepared.split_off_validation(source, 50, seed=1)[1]
+    assert not np.array_equal(other.images, validation.images)
+
+
+def test_val_size_zero_keeps_every_training_image():
+    source = numbered_split(50)
+    train, validation = prepared.split_off_validation(source, 0, seed=0)
+    assert validation is None and train is source
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"val_size": 60000}, "data.val_size = 60000: must be less than the 60000 training images"),
+    ({"limit": 1000}, "data.val_size = 10000: must be less than the 1000 training images (data.limit = 1000)"),
+    ({"val_size": -1}, "data.val_size = -1"),
+])
+def test_val_size_must_leave_images_to_train_on(data, message):
+    with pytest.raises(ConfigError) as error:
+        parse_params({"data": data})
+    assert message in str(error.value)
+
+
+def test_default_split_is_50k_10k_10k():
+    assert parse_params({}).data.val_size == 10000
+
+
+def test_train_code_closure_is_what_train_runs():
+    package = provenance.PACKAGE_DIR
+    closure = {path.relative_to(package).as_posix() if path.is_relative_to(package) else path.name
+               for path in provenance.import_closure(paths.stage_script("train"))}
+    # The training core, both paths, and serving.py (tracking logs it as the model's code).
+    assert {"train.py", "training.py", "distributed.py", "session.py", "model.py", "batches.py",
+            "prepared.py", "serving.py", "tracking/__init__.py", "tracking/runs.py"} <= closure
+    # Modules only other stages run are not part of it: editing them keeps a checkpoint resumable.
+    assert not {"evaluation.py", "report.py", "plots.py", "compare.py"} & closure
+
+
+def test_code_hash_follows_the_source(tmp_path, monkeypatch):
+    package = tmp_path / "vaepipe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "used.py").write_text("X = 1\n")
+    (package / "unused.py").write_text("Y = 1\n")
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from vaepipe import used  # a lazy import counts too\n")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    before = provenance.code_sha256(script)
+    (package / "unused.py").write_text("Y = 2\n")
+    assert provenance.code_sha256(script) == before
+    (package / "used.py").write_text("X = 2\n")
+    assert provenance.code_sha256(script) != before
