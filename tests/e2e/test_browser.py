@@ -181,7 +181,8 @@ def test_dvc_plots_page_draws_the_curves_offline(two_runs, page, tmp_path):
             box = drawn.bounding_box()
             assert box and box["width"] > 100 and box["height"] > 50, (plot_id, box)
         widths = page.evaluate("[...document.images].map(image => image.complete ? image.naturalWidth : 0)")
-        assert len(widths) == 6 and all(width > 0 for width in widths), widths
+        figures = len(list((two_runs / "plots").glob("*.png")))  # the plot stage's PNGs, each shown once
+        assert figures >= 4 and len(widths) == figures and all(width > 0 for width in widths), widths
         shot(page, tmp_path, "dvc_plots")
     except Exception:
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
