@@ -142,10 +142,12 @@ DATA_CASES = [
     ("train", "data/prepared/train.npz", truncate, "train.npz"),
     ("train", "data/prepared/meta.json", wrong_checksum, "train.npz"),
     ("train", "data/prepared/train.npz", lambda p: rewrite_npz(p, images=lambda a: a.reshape(-1, 28, 28)), "shape"),
-    ("train", "data/prepared/test.npz", lambda p: rewrite_npz(p, images=lambda a: a.astype(np.float32)), "dtype"),
-    ("train", "data/prepared/test.npz", Path.unlink, "test.npz"),
+    # train reads the train and validation splits (never test.npz: only evaluate does)
+    ("train", "data/prepared/validation.npz", lambda p: rewrite_npz(p, images=lambda a: a.astype(np.float32)), "dtype"),
+    ("train", "data/prepared/validation.npz", Path.unlink, "validation.npz"),
     ("train", "data/prepared/meta.json", Path.unlink, "meta.json"),
     ("evaluate", "data/prepared/test.npz", truncate, "test.npz"),
+    ("evaluate", "data/prepared/test.npz", lambda p: rewrite_npz(p, images=lambda a: a.astype(np.float32)), "dtype"),
 ]
 
 
