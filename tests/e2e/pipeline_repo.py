@@ -125,6 +125,11 @@ class Snapshot:
         files = {name: (repo / name).read_bytes() if (repo / name).exists() else None for name in cls.OUTPUTS}
         return cls(files=files, runs=mlflow_runs(repo))
 
+    def differences(self, other: Snapshot) -> list[str]:
+        """Names of the outputs (and "MLflow runs") that differ: short, unlike a diff of the bytes."""
+        changed = [name for name in self.OUTPUTS if self.files.get(name) != other.files.get(name)]
+        return changed + (["MLflow runs"] if self.runs != other.runs else [])
+
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
