@@ -85,7 +85,7 @@ def main() -> int:
         print(f"vendor_vega: wrote {TEMPLATE.relative_to(ROOT)} (" +
               ", ".join(f"{name} {version}" for name, version, _, _ in PACKAGES) + ")")
     # Relative to .dvc/, as DVC resolves it; config.local is this clone's, not committed.
-    subprocess.run(["dvc", "config", "--local", "plots.html_template", "../vendor/dvc_plots.html"],
+    subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "plots.html_template", "../vendor/dvc_plots.html"],
                    cwd=ROOT, check=True)
     return 0
 
