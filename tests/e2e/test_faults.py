@@ -60,6 +60,16 @@ def train_process(repo: Path) -> psutil.Process | None:
     return None
 
 
+def checkpointed_epochs(repo: Path) -> int:
+    """The epoch count in the checkpoint's state.json (0 before the first; it is renamed into place whole)."""
+    for state in (repo / "checkpoints").glob("*/state.json"):
+        try:
+            return json.loads(state.read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            return 0
+    return 0
+
+
 def checkpoint_log(repo: Path) -> Path | None:
     logs = list((repo / "checkpoints").glob("*/train_log.csv"))
     return logs[0] if logs else None
@@ -78,9 +88,9 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     dvc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repo, env=stage_env(), stdout=log_file,
                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # A random point after epoch 2: two epochs logged, then up to ~2 epochs more.
-        wait_for(lambda: epoch_rows(checkpoint_log(repo) or Path("/nonexistent")) >= 2, timeout=120,
-                 what="epoch 2 of train")
+        # A random point after epoch 2: two epochs checkpointed, then up to ~2 epochs more. (Waiting for the
+        # log's rows instead raced the checkpoint written just after them: under load a kill could land first.)
+        wait_for(lambda: checkpointed_epochs(repo) >= 2, timeout=120, what="epoch 2 of train")
         time.sleep(delay)
         trainer = wait_for(lambda: train_process(repo), timeout=5, what="the train process")
         epochs_before = epoch_rows(checkpoint_log(repo))
