@@ -143,3 +143,22 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
 
 def read_metrics(repo: Path) -> dict:
     return json.loads((repo / "metrics.json").read_text())
+
+
+# Test-only, run as `python -c` in a test repo: train's epoch 3 reports a NaN loss, so train stops with a
+# checkpoint of 2 epochs (exit code 5).
+POISON_EPOCH_3 = """
+import math, runpy, sys
+from vaepipe import callbacks
+
+original = callbacks.StopOnNonFiniteLoss.on_epoch_end
+
+def poisoned(self, epoch, logs=None):
+    if epoch == 2:
+        logs["loss"] = math.nan
+    return original(self, epoch, logs)
+
+callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
+sys.argv = ["stages/train.py"]
+runpy.run_path("stages/train.py", run_name="__main__")
+"""

@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 from pipeline_repo import (
+    POISON_EPOCH_3,
     SMALL_PARAMS,
     dvc_repro,
     epoch_rows,
@@ -157,22 +158,6 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     # A finished run leaves no checkpoint that could be mistaken for a resumable one.
     assert not any((repo / "checkpoints").iterdir())
 
-
-POISON_EPOCH_3 = """
-import math, runpy, sys
-from vaepipe import callbacks
-
-original = callbacks.StopOnNonFiniteLoss.on_epoch_end
-
-def poisoned(self, epoch, logs=None):  # test-only: epoch 3 reports a NaN loss
-    if epoch == 2:
-        logs["loss"] = math.nan
-    return original(self, epoch, logs)
-
-callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
-sys.argv = ["stages/train.py"]
-runpy.run_path("stages/train.py", run_name="__main__")
-"""
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(baseline, tmp_path):

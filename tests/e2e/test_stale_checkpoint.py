@@ -10,26 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from pipeline_repo import make_repo, metric_history, mlflow_runs, run_stage, stage_env
+from pipeline_repo import POISON_EPOCH_3, make_repo, metric_history, mlflow_runs, run_stage, stage_env
 
 pytestmark = pytest.mark.e2e
 
-# Test-only: epoch 3 reports a NaN loss, so train stops with a checkpoint of 2 epochs (exit code 5).
-POISON_EPOCH_3 = """
-import math, runpy, sys
-from vaepipe import callbacks
-
-original = callbacks.StopOnNonFiniteLoss.on_epoch_end
-
-def poisoned(self, epoch, logs=None):
-    if epoch == 2:
-        logs["loss"] = math.nan
-    return original(self, epoch, logs)
-
-callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
-sys.argv = ["stages/train.py"]
-runpy.run_path("stages/train.py", run_name="__main__")
-"""
 
 
 def interrupted_after_two_epochs(repo) -> str:
