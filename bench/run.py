@@ -28,11 +28,13 @@ import argparse
 import json
 import os
 import platform
+import queue
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -138,10 +140,15 @@ def load_mnist(prepared_dir: Path) -> dict[str, np.ndarray]:
 
 
 class VaepipeTrainer:
-    """vaepipe's own training path (compile_vae + make_datasets + fit, validation included), one epoch per call."""
+    """vaepipe's own training path (compile_vae + make_datasets + fit, validation included), one epoch per call.
 
-    def __init__(self, overrides: dict, x_train: np.ndarray, x_val: np.ndarray) -> None:
-        import tensorflow as tf
+    As in the train stage, one `fit` runs all `epochs` over one input iterator. It runs in a thread
+    that waits before each epoch until run_epoch() lets it go, so its epochs can alternate with the
+    reference's (or a matmul measurement) while nothing of vaepipe runs during theirs.
+    """
+
+    def __init__(self, overrides: dict, x_train: np.ndarray, x_val: np.ndarray, epochs: int) -> None:
+        import keras
         from reference_tutorial import EpochClock
 
         from vaepipe.batches import make_datasets
@@ -150,24 +157,48 @@ class VaepipeTrainer:
         from vaepipe.training import compile_vae
 
         self.params = parse_params(overrides)
+        self.epochs, self.epochs_run = epochs, 0
         train = self.params.train
         steps_per_epoch = -(-len(x_train) // train.batch_size)
-        # As training.train(): the epoch order is a function of (seed, epoch), and the dataset stacks
-        # the batches of one compiled call where compile_vae says so (vae.stack_steps).
+        # As training.train(): the dataset stacks the batches of one compiled call where compile_vae
+        # says so (vae.stack_steps), and each epoch's order is a function of (seed, epoch).
         self.vae = compile_vae(self.params, steps_per_execution=min(train.steps_per_execution, steps_per_epoch),
                                steps_per_epoch=steps_per_epoch)
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.train_ds, self.test_ds = make_datasets(x_train, x_val, train.batch_size, train.seed, epoch=epoch,
-                                                    steps_per_execution=self.vae.stack_steps)
-        self.random_state = EpochRandomState(train.seed, epoch)
+        batches = make_datasets(x_train, x_val, train.batch_size, train.seed, epochs=range(epochs),
+                                steps_per_execution=self.vae.stack_steps)
         self.clock = EpochClock()
-        self.epoch = 0
+        self._go = threading.Semaphore(0)
+        self._done: queue.Queue = queue.Queue()
+        trainer = self
+
+        class Gate(keras.callbacks.Callback):  # first callback: wait before the epoch's clock starts
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                trainer._go.acquire()
+
+        class Report(keras.callbacks.Callback):  # last callback: after the clock stopped
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                trainer._done.put(trainer.clock.seconds[-1])
+
+        def fit() -> None:
+            try:
+                self.vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, validation_data=batches.val,
+                             epochs=epochs, callbacks=[Gate(), EpochRandomState(train.seed), self.clock, Report()],
+                             shuffle=False, verbose=0)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller of run_epoch
+                self._done.put(error)
+
+        self._thread = threading.Thread(target=fit, name="vaepipe-fit", daemon=True)
+        self._thread.start()
 
     def run_epoch(self) -> float:
-        self.vae.fit(self.train_ds, validation_data=self.test_ds, epochs=self.epoch + 1, initial_epoch=self.epoch,
-                     callbacks=[self.random_state, self.clock], shuffle=False, verbose=0)
-        self.epoch += 1
-        return self.clock.seconds[-1]
+        self._go.release()
+        result = self._done.get()
+        if isinstance(result, BaseException):
+            raise result
+        self.epochs_run += 1
+        if self.epochs_run == self.epochs:
+            self._thread.join()  # fit has returned: the model is free for part c
+        return result
 
 
 class ReferenceTrainer:
@@ -195,7 +226,7 @@ def steady(seconds: list[float]) -> float:
 
 def part_a(epochs: int, x_train: np.ndarray, x_val: np.ndarray) -> dict:
     reference = ReferenceTrainer(x_train)
-    vaepipe = VaepipeTrainer({}, x_train, x_val)  # params.yaml defaults: the tutorial's model, batch 32
+    vaepipe = VaepipeTrainer({}, x_train, x_val, epochs)  # params.yaml defaults: the tutorial's model, batch 32
     times: dict[str, list[float]] = {"reference": [], "vaepipe": []}
     for epoch in range(epochs):
         # Swap the order every epoch so neither variant always runs first after the other.
@@ -216,7 +247,7 @@ MLP_PARAMS = {"model": {"arch": "mlp", "hidden": [512], "latent_dim": 2},
 
 
 def part_b(epochs: int, x_train: np.ndarray, x_val: np.ndarray) -> tuple[dict, VaepipeTrainer]:
-    trainer = VaepipeTrainer(MLP_PARAMS, x_train, x_val)
+    trainer = VaepipeTrainer(MLP_PARAMS, x_train, x_val, epochs)
     flops = mlp_train_flops_per_example()
     # The timed epoch is what the train stage runs: the training steps and the validation pass
     # (one forward per validation image), so the floor counts the arithmetic of both.
@@ -483,7 +514,7 @@ def main() -> None:
         print("c. importance-sampled NLL, k=1000", flush=True)
         results["c"] = part_c(mlp, arrays["test"])
         del mlp
-        tutorial = VaepipeTrainer({}, arrays["train"], arrays["validation"])
+        tutorial = VaepipeTrainer({}, arrays["train"], arrays["validation"], epochs=1)
         tutorial.run_epoch()
         results["c_tutorial"] = part_c_tutorial(tutorial, arrays["test"])
         del tutorial

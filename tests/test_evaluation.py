@@ -93,3 +93,23 @@ def test_knn_probe_separable_and_random_labels():
     assert evaluation.knn_accuracy(train_z, train_labels, test_z, test_labels) == 1.0
     shuffled = rng.permutation(train_labels)
     assert evaluation.knn_accuracy(train_z, shuffled, test_z, test_labels) < 0.25
+
+
+def test_knn_probe_equals_a_stable_sort_reference_and_breaks_ties_by_training_order():
+    """The k nearest by a stable argsort (equal distances in training-set order), majority vote with
+    the lowest label winning a tied vote: the probe must give exactly that accuracy."""
+    rng = np.random.default_rng(1)
+    train_z = np.round(rng.normal(0, 1, (3000, 2)), 1)  # rounded: many exact duplicates, so many ties
+    train_labels = rng.integers(0, 10, 3000)
+    test_z = np.round(rng.normal(0, 1, (700, 2)), 1)
+    test_labels = rng.integers(0, 10, 700)
+    train_sq = np.sum(train_z.astype(np.float32) ** 2, axis=1)
+    distances = train_sq[None, :] - 2.0 * test_z.astype(np.float32) @ train_z.astype(np.float32).T
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :5]
+    predicted = np.array([np.bincount(row, minlength=10).argmax() for row in train_labels[nearest]])
+    expected = float(np.mean(predicted == test_labels))
+    assert evaluation.knn_accuracy(train_z, train_labels, test_z, test_labels, chunk=128) == expected
+    # Six training points at the query's own position: the first three in training order are its neighbours.
+    same = np.zeros((6, 2))
+    assert evaluation.knn_accuracy(same, np.array([3, 3, 3, 7, 7, 7]), np.zeros((1, 2)), np.array([3]), k=3) == 1.0
+    assert evaluation.knn_accuracy(same, np.array([7, 7, 7, 3, 3, 3]), np.zeros((1, 2)), np.array([3]), k=3) == 0.0

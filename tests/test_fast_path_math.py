@@ -53,8 +53,6 @@ def mnist_subset(request) -> tuple[np.ndarray, np.ndarray]:
 def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, seed: int = 42,
               binarize: str = "none", epochs: int = EPOCHS) -> tuple[dict[str, list], list[np.ndarray]]:
     """Per-epoch history and final weights, set up as training.train() does (stack=1: per-step)."""
-    import tensorflow as tf
-
     from vaepipe.batches import make_datasets
     from vaepipe.callbacks import EpochRandomState
     from vaepipe.training import compile_vae
@@ -63,42 +61,46 @@ def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, se
                            "data": {"binarize": binarize}})
     vae = compile_vae(params, steps_per_execution=stack, steps_per_epoch=-(-len(x_train) // BATCH))
     assert vae.stack_steps == stack
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    train_ds, test_ds = make_datasets(x_train, x_test, BATCH, seed, epoch=epoch,
-                                      steps_per_execution=vae.stack_steps)
-    history = vae.fit(train_ds, validation_data=test_ds, epochs=epochs, shuffle=False, verbose=0,
-                      callbacks=[EpochRandomState(seed, epoch)])
+    batches = make_datasets(x_train, x_test, BATCH, seed, epochs=range(epochs), steps_per_execution=vae.stack_steps)
+    history = vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, validation_data=batches.val,
+                      epochs=epochs, shuffle=False, verbose=0, callbacks=[EpochRandomState(seed)])
     return history.history, [np.array(weight) for weight in vae.weights]
 
 
 def test_stacked_datasets_hold_the_per_step_batches(mnist_subset):
-    import tensorflow as tf
 
     from vaepipe.batches import make_datasets
 
     x_train, x_test = mnist_subset
     n, n_test = 1000, 1100  # 31 full batches + 8; test: 2 batches of 500 + 100
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    plain_train, plain_test = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epoch=epoch)
-    stacked_train, stacked_test = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epoch=epoch,
-                                                steps_per_execution=10)
-    for value in (0, 3):
-        epoch.assign(value)
-        plain = [batch.numpy() for batch in plain_train]
-        stacks = [stack.numpy() for stack in stacked_train]
+    plain = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epochs=range(4))
+    stacked = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epochs=range(4),
+                            steps_per_execution=10)
+    assert (plain.steps_per_epoch, stacked.steps_per_epoch) == (32, 5)
+    plain_epochs = _epochs([batch.numpy() for batch in plain.train], plain.steps_per_epoch, 4)
+    stacked_epochs = _epochs([stack.numpy() for stack in stacked.train], stacked.steps_per_epoch, 4)
+    for plain_batches, stacks in zip(plain_epochs, stacked_epochs, strict=True):
         assert [stack.shape for stack in stacks] == [(10, BATCH, 784)] * 3 + [(1, BATCH, 784), (1, 8, 784)]
         unstacked = [batch for stack in stacks for batch in stack]
-        assert len(unstacked) == len(plain)
-        for a, b in zip(unstacked, plain, strict=True):
+        assert len(unstacked) == len(plain_batches) == 32
+        for a, b in zip(unstacked, plain_batches, strict=True):
             np.testing.assert_array_equal(a, b)
-    epoch.assign(0)
-    first = np.concatenate([batch.numpy() for batch in plain_train])
-    epoch.assign(1)
-    assert not np.array_equal(first, np.concatenate([batch.numpy() for batch in plain_train]))
-    test_stacks = [stack.numpy() for stack in stacked_test]
+        # Every epoch is a permutation of the training images.
+        np.testing.assert_array_equal(np.sort(np.concatenate(plain_batches), axis=0), np.sort(x_train[:n], axis=0))
+    assert not np.array_equal(np.concatenate(plain_epochs[0]), np.concatenate(plain_epochs[1]))
+    # A run resumed at epoch 3 sees epoch 3's batches: the order is keyed by the epoch number alone.
+    resumed = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epochs=range(3, 4))
+    for a, b in zip([batch.numpy() for batch in resumed.train], plain_epochs[3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    test_stacks = [stack.numpy() for stack in stacked.val]
     assert [stack.shape for stack in test_stacks] == [(2, 500, 784), (1, 100, 784)]
     np.testing.assert_array_equal(np.concatenate([s.reshape(-1, 784) for s in test_stacks]),
-                                  np.concatenate([batch.numpy() for batch in plain_test]))
+                                  np.concatenate([batch.numpy() for batch in plain.val]))
+
+
+def _epochs(elements: list, per_epoch: int, epochs: int) -> list[list]:
+    assert len(elements) == per_epoch * epochs
+    return [elements[k * per_epoch:(k + 1) * per_epoch] for k in range(epochs)]
 
 
 def test_seed_generator_advances_inside_an_xla_loop():
@@ -171,3 +173,19 @@ def test_keras_multi_step_loop_divides_the_epoch(steps_per_epoch, expected):
     assert vae.stack_steps == 1
     assert vae.steps_per_execution == expected
     assert vae.jit_compile is False  # jit_compile: auto leaves convolutions to TensorFlow's kernels
+
+
+def test_stacks_divide_the_epoch_where_they_can():
+    """Fewer stack shapes, fewer XLA compiles: a divisor of the batch count of at least K/2, else K."""
+    from vaepipe.batches import stack_size
+
+    assert stack_size(1562, 100) == 71  # the default 50k images in batches of 32: 22 stacks of 71
+    assert stack_size(1875, 100) == 75  # 60k images
+    assert stack_size(31, 10) == 10  # 31 is prime: 3 stacks of 10 and one of 1, as before
+    assert stack_size(20, 100) == 20  # an epoch shorter than K: one stack
+    assert stack_size(0, 100) == 1
+    for full in range(1, 400):
+        for steps in (2, 7, 10, 100):
+            size = stack_size(full, steps)
+            assert 1 <= size <= max(steps, 1) and (full % size == 0 or size == steps)
+            assert size >= min(full, steps) / 2

@@ -54,16 +54,14 @@ def test_cosine_decays_to_zero_over_the_run():
 @pytest.mark.parametrize("stack", [1, 5])
 def test_training_advances_the_schedule_once_per_batch(stack):
     """Per-step and stacked (XLA while loop) training both step the schedule once per update."""
-    import tensorflow as tf
 
     params = parse_params({"train": {"batch_size": 32, "epochs": 2, "lr_schedule": "cosine", "learning_rate": LR},
                            "data": {"limit": 320, "val_size": 64}})
     rng = np.random.default_rng(0)
     x = rng.random((320, 784), dtype=np.float32)
     vae = compile_vae(params, steps_per_execution=stack, steps_per_epoch=10)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    train_ds, test_ds = make_datasets(x, x[:64], 32, 0, eval_batch_size=64, epoch=epoch, steps_per_execution=vae.stack_steps)
-    vae.fit(train_ds, epochs=1, shuffle=False, verbose=0)
+    batches = make_datasets(x, x[:64], 32, 0, eval_batch_size=64, epochs=range(1), steps_per_execution=vae.stack_steps)
+    vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, epochs=1, shuffle=False, verbose=0)
     assert int(vae.optimizer.iterations) == 10
     # Halfway through a 20-update cosine run: half the initial rate.
     assert float(vae.optimizer.learning_rate) == pytest.approx(LR / 2, rel=1e-5)

@@ -7,6 +7,8 @@ makes a resumed run compute bit for bit what an uninterrupted one computes, on e
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -32,59 +34,85 @@ def epoch_seed(seed: int, epoch: int, index: int, replica: int = 0) -> int:
 VAL_BATCH_SIZE = 500
 
 
-def make_datasets(x_train: np.ndarray, x_val: np.ndarray | None, batch_size: int, seed: int,
-                  epoch: tf.Variable, steps_per_execution: int = 1,
-                  eval_batch_size: int = VAL_BATCH_SIZE) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """Shuffled training batches (a new order each epoch) and fixed validation batches (None without x_val).
+class Batches(NamedTuple):
+    """What `fit` takes: every epoch's training batches in one dataset, and the validation batches."""
 
-    `epoch` is a tf.Variable that callbacks.EpochRandomState sets before each epoch: the order is a
-    pure function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
-    The batches are consecutive slices of the epoch's permutation, the last one partial.
+    train: tf.data.Dataset  # the epochs of `epochs`, one after another
+    steps_per_epoch: int  # elements per epoch (batches, or stacks of batches): fit's steps_per_epoch
+    val: tf.data.Dataset | None  # the same validation batches each time it is iterated
+
+
+def make_datasets(x_train: np.ndarray, x_val: np.ndarray | None, batch_size: int, seed: int,
+                  epochs: range, steps_per_execution: int = 1, eval_batch_size: int = VAL_BATCH_SIZE) -> Batches:
+    """Shuffled training batches for each epoch of `epochs` (a new order each epoch, consecutive
+    slices of `epoch_permutation(n, seed, epoch)`, the last one partial) and fixed validation batches
+    (None without x_val).
+
+    One dataset holds all the epochs, so `fit(batches.train, steps_per_epoch=batches.steps_per_epoch)`
+    keeps one iterator for the whole run: Keras otherwise starts a new one each epoch, which copied
+    the 157 MB training set every time and stalled epochs by up to 2 s here (bench/NOTES.md run 34).
+    Each epoch's order is keyed by the epoch number the dataset itself carries, so a run resumed at
+    epoch k (`epochs=range(k, total)`) sees the batches an uninterrupted one sees.
 
     `steps_per_execution` > 1 gives the same batches in the same order, stacked: elements of shape
-    (steps, batch, 784) holding up to that many consecutive full batches, which VAE.train_step and
-    test_step run in one compiled call (so compile the model with Keras's steps_per_execution=1).
+    (steps, batch, 784) holding up to that many consecutive full batches (`stack_size` picks how
+    many), which VAE.train_step and test_step run in one compiled call (so compile the model with
+    Keras's steps_per_execution=1).
     An epoch's last stack may hold fewer batches; a partial last batch comes alone, as (1, rest, 784).
     """
     n = len(x_train)
+    images = tf.constant(x_train)
+    orders = tf.data.Dataset.range(epochs.start, epochs.stop).map(lambda epoch: epoch_permutation(n, seed, epoch))
     if steps_per_execution > 1:
-        images = tf.constant(x_train)
-        train = (_epoch_orders(n, seed, epoch)
-                 .flat_map(lambda order: _stacks(order, n, batch_size, steps_per_execution))
-                 .map(lambda index: tf.gather(images, index)))
-        if x_val is None:
-            return train.prefetch(tf.data.AUTOTUNE), None
+        train = orders.flat_map(lambda order: _stacks(order, n, batch_size, steps_per_execution))
+    else:
+        train = orders.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+    steps_per_epoch = _elements(n, batch_size, steps_per_execution)
+    train = train.map(lambda index: tf.gather(images, index)).prefetch(tf.data.AUTOTUNE)
+    if x_val is None:
+        return Batches(train, steps_per_epoch, None)
+    if steps_per_execution > 1:
         val_images = tf.constant(x_val)
         val = (tf.data.Dataset.from_tensors(tf.range(len(x_val)))
                .flat_map(lambda order: _stacks(order, len(x_val), eval_batch_size, steps_per_execution))
-               .map(lambda index: tf.gather(val_images, index)))
-        return train.prefetch(tf.data.AUTOTUNE), val.cache().prefetch(tf.data.AUTOTUNE)
-    images = tf.constant(x_train)
-    train = (_epoch_orders(n, seed, epoch).unbatch()
-             .batch(batch_size)
-             .map(lambda index: tf.gather(images, index))
-             .prefetch(tf.data.AUTOTUNE))
-    if x_val is None:
-        return train, None
-    val = tf.data.Dataset.from_tensor_slices(x_val).batch(eval_batch_size).cache().prefetch(tf.data.AUTOTUNE)
-    return train, val
+               .map(lambda index: tf.gather(val_images, index))
+               # A known length: Keras then ends each validation pass without an "ran out of data" warning.
+               .apply(tf.data.experimental.assert_cardinality(_elements(len(x_val), eval_batch_size,
+                                                                        steps_per_execution))))
+    else:
+        val = tf.data.Dataset.from_tensor_slices(x_val).batch(eval_batch_size)
+    return Batches(train, steps_per_epoch, val.cache().prefetch(tf.data.AUTOTUNE))
+
+
+def stack_size(full_batches: int, steps: int) -> int:
+    """Batches per stack: `steps`, or the largest divisor of `full_batches` of at least steps / 2.
+
+    Every distinct stack shape is traced and XLA-compiled once (about 1 s each here), so stacks that
+    divide the epoch save the compile of a smaller last stack: 1562 batches of 32 (the default
+    50k images) go as 22 stacks of 71 instead of 15 of 100 and one of 62 (bench/NOTES.md run 32).
+    """
+    if full_batches <= steps:
+        return max(full_batches, 1)
+    divisor = max(d for d in range(1, steps + 1) if full_batches % d == 0)
+    return divisor if 2 * divisor >= steps else steps
+
+
+def _elements(n: int, batch_size: int, steps: int) -> int:
+    """How many elements (batches, or stacks of up to `steps` batches) one pass over n images has."""
+    full, rest = divmod(n, batch_size)
+    stacks = -(-full // stack_size(full, steps)) if steps > 1 else full
+    return stacks + (1 if rest else 0)
 
 
 def _stacks(order: tf.Tensor, n: int, batch_size: int, steps: int) -> tf.data.Dataset:
     """The batches of `order` (consecutive slices of batch_size) as index stacks of up to `steps` batches.
 
-    Full batches are stacked `steps` at a time (the last stack may be smaller); a partial last
-    batch cannot share a stack with full ones and comes as its own stack of one.
+    Full batches are stacked `stack_size(full, steps)` at a time (the last stack may be smaller); a
+    partial last batch cannot share a stack with full ones and comes as its own stack of one.
     """
     full, rest = divmod(n, batch_size)
     batches = tf.reshape(order[:full * batch_size], [full, batch_size])
-    stacked = tf.data.Dataset.from_tensor_slices(batches).batch(steps)
+    stacked = tf.data.Dataset.from_tensor_slices(batches).batch(stack_size(full, steps))
     if rest:
         stacked = stacked.concatenate(tf.data.Dataset.from_tensors(order[None, full * batch_size:]))
     return stacked
-
-
-def _epoch_orders(n: int, seed: int, epoch: tf.Variable) -> tf.data.Dataset:
-    """One element per epoch: that epoch's permutation of range(n)."""
-    # The variable is read when the epoch's iterator starts, i.e. after on_epoch_begin set it.
-    return tf.data.Dataset.from_tensors(0).map(lambda _: epoch_permutation(n, seed, epoch.read_value()))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from vaepipe import paths, tracking
 from vaepipe.batches import epoch_seed
@@ -24,15 +23,14 @@ class NonFiniteLossError(VaepipeError):
 
 
 class EpochRandomState(keras.callbacks.Callback):
-    """Before each epoch, set the data order and every SeedGenerator in the model from (seed, epoch)."""
+    """Before each epoch, set every SeedGenerator in the model from (seed, epoch); the data order is
+    keyed by the epoch inside the dataset (batches.make_datasets)."""
 
-    def __init__(self, seed: int, epoch: tf.Variable):
+    def __init__(self, seed: int):
         super().__init__()
         self.seed = seed
-        self.epoch = epoch
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch.assign(epoch)
         states = [v for v in self.model.variables if v.name == "seed_generator_state"]
         for index, state in enumerate(states):
             state.assign(np.array([epoch_seed(self.seed, epoch, index), 0], dtype=state.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -80,6 +81,28 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("VAEPIPE_CACHE", Path.home() / ".cache" / "vaepipe"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def xla_cache_dir() -> Path:
+    """XLA's persistent compilation cache (TensorFlow's `--tf_xla_persistent_cache_directory`), one
+    directory per TensorFlow version and CPU: a program is compiled for this CPU's instruction set."""
+    from importlib import metadata
+
+    versions = []
+    for name in ("tensorflow", "tensorflow-cpu"):
+        try:
+            versions.append(f"{name}-{metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    try:  # the model name and every feature flag the kernel reports
+        cpu = "".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()[:40]
+                      if line.startswith(("model name", "flags")))
+    except OSError:
+        import platform
+
+        cpu = platform.machine() + platform.processor()
+    digest = hashlib.sha256(("|".join(versions) + cpu).encode()).hexdigest()[:16]
+    return cache_dir() / "xla" / digest
 
 
 @contextmanager

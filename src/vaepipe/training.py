@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import keras
-import tensorflow as tf
 
 from vaepipe import prepared
 from vaepipe.batches import make_datasets
@@ -56,18 +55,19 @@ def train(params: Params) -> None:
     vae = compile_vae(params, steps_per_execution=min(params.train.steps_per_execution, steps_per_epoch),
                       steps_per_epoch=steps_per_epoch)
     start_epoch = session.restore(vae)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    train_ds, val_ds = make_datasets(inputs.x_train, inputs.x_val, params.train.batch_size, params.train.seed,
-                                     epoch=epoch, steps_per_execution=vae.stack_steps)  # stacked: see compile_vae
+    batches = make_datasets(inputs.x_train, inputs.x_val, params.train.batch_size, params.train.seed,
+                            epochs=range(start_epoch, params.train.epochs),
+                            steps_per_execution=vae.stack_steps)  # stacked: see compile_vae
     with session.run(vae, start_epoch) as end_of_epoch:
         end_of_epoch, bookkeeping = batch_bookkeeping(end_of_epoch, final_epoch=params.train.epochs - 1)
         if bookkeeping is not None:
             bookkeeping.log_missed(start_epoch)
-        callbacks = [EpochRandomState(params.train.seed, epoch), EpochTimer(), *end_of_epoch]
+        callbacks = [EpochRandomState(params.train.seed), EpochTimer(), *end_of_epoch]
         if start_epoch < params.train.epochs:
             try:
-                vae.fit(train_ds, validation_data=val_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
-                        callbacks=callbacks, shuffle=False, verbose=2 if _quiet() else 1)
+                vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, validation_data=batches.val,
+                        epochs=params.train.epochs, initial_epoch=start_epoch, callbacks=callbacks, shuffle=False,
+                        verbose=2 if _quiet() else 1)
             except BaseException:
                 _flush_after_error(bookkeeping)
                 raise

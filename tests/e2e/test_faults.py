@@ -37,6 +37,8 @@ from pipeline_repo import (
     write_params,
 )
 
+from vaepipe import paths
+
 pytestmark = pytest.mark.e2e
 
 # Overrides of the small params. per-step: one batch per call, no XLA. fast-path: the default speed
@@ -127,7 +129,9 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"resuming after epoch {state['epoch']} of {epochs}" in second.stdout + second.stderr
 
-    # The same result as the uninterrupted run: the random state is restored, so exactly.
+    # The same result as the uninterrupted run: the random state is restored, so exactly. (The
+    # resumed process loads its XLA programs from the persistent cache the earlier runs filled.)
+    assert list(paths.xla_cache_dir().glob("xla_compile_cache__*.pb"))
     metrics = read_metrics(repo)
     assert metrics["test_loss"] == baseline.metrics["test_loss"], (metrics, baseline.metrics)
     assert metrics["test_loss"] == pytest.approx(baseline.metrics["test_loss"], rel=0.01)
