@@ -215,8 +215,19 @@ def read_run_id(path: Path) -> str:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    values = {key: float(value) for key, value in metrics.items()}
     with store_call("logging metrics" + (f" of step {step}" if step is not None else "")):
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+        started = time.monotonic()
+        try:
+            mlflow.log_metrics(values, step=step)
+        except mlflow.exceptions.MlflowException as error:
+            # A server killed while answering (after it stored the batch) fails the call at once: a
+            # response cut off mid-body is not retried. One more call, with MLflow's whole retry budget,
+            # waits for a restarted server; at worst it stores the same values twice. A call that failed
+            # only after the budget (the server stayed down) is not repeated.
+            if not (is_http(tracking_uri()) and "API request to" in str(error)) or time.monotonic() - started > 5:
+                raise
+            mlflow.log_metrics(values, step=step)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
