@@ -30,6 +30,7 @@ from vaepipe.tracking.store import (
     artifact_location,
     check_reachable,
     is_http,
+    server_unreachable,
     single_try,
     store_call,
     tracking_uri,
@@ -225,7 +226,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
             # response cut off mid-body is not retried. One more call, with MLflow's whole retry budget,
             # waits for a restarted server; at worst it stores the same values twice. A call that failed
             # only after the budget (the server stayed down) is not repeated.
-            if not (is_http(tracking_uri()) and "API request to" in str(error)) or time.monotonic() - started > 5:
+            if not server_unreachable(error) or time.monotonic() - started > 5:
                 raise
             mlflow.log_metrics(values, step=step)
 

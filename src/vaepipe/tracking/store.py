@@ -71,7 +71,7 @@ def store_call(what: str) -> Iterator[None]:
         with (nullcontext() if is_http(uri) else deferred_signals()):
             yield
     except mlflow.exceptions.MlflowException as error:
-        if is_http(uri) and "API request to" in str(error):  # MLflow's wording once retries ran out
+        if server_unreachable(error):
             run = mlflow.active_run()
             resume = f"; once it is up, `dvc repro` continues run {run.info.run_id}" if run else ""
             raise TrackingUnavailable(
@@ -79,6 +79,12 @@ def store_call(what: str) -> Iterator[None]:
                 f"{retry_budget_s():.0f} s of retries{resume}"
             ) from None
         raise TrackingError(f"MLflow store {uri}: {what}: {(str(error).splitlines() or [''])[0]}") from None
+
+
+def server_unreachable(error: Exception) -> bool:
+    """An HTTP tracking server's call that got no answer: MLflow's wording once its retries ran out
+    (or, with no retry, when an answer was cut off mid-body)."""
+    return is_http(tracking_uri()) and "API request to" in str(error)
 
 
 def tracking_uri() -> str:
