@@ -38,7 +38,6 @@ def stage_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["VAEPIPE_QUIET"] = "1"
     env["SHELL"] = "/bin/sh"  # the shell DVC runs stage commands with when SHELL is unset (as in CI)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
     env.update(extra)

@@ -116,6 +116,8 @@ def test_ui_lists_both_runs_their_dataset_val_loss_charts_and_artifacts(two_runs
         page.get_by_placeholder("Search metric charts").fill("val_loss")
         for name in names:
             page.get_by_text(f"{name} (val_loss)", exact=True).first.wait_for()
+        # The legend is drawn before the chart's data has loaded (a spinner): wait for the second line.
+        page.locator(".scatterlayer .trace").nth(1).wait_for()
         assert page.locator(".scatterlayer .trace").count() >= 2
         shot(page, tmp_path, "charts")
 
