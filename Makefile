@@ -59,12 +59,9 @@ run: setup
 	dvc repro
 	@echo ">> done: metrics.json, models/vae.keras, train_log.csv, plots/*.png; compare runs with 'make ui'"
 
-# Two pytest workers, each taking whole test files: most of an e2e test's time is single-threaded (process
-# start-up, TensorFlow's import, DVC, server boots), so two of them share 2 cores well (28 -> 16 minutes here).
-TEST_WORKERS ?= 2
 test: setup
-	@echo ">> pytest in $(TEST_WORKERS) workers (unit tests and tests/e2e with real dvc and mlflow)"
-	python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	@echo ">> pytest (unit tests, then tests/e2e with real dvc and mlflow)"
+	python -m pytest
 
 train-multiworker: setup
 	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"
