@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,76 @@ def test_xla_cache_flag_keeps_the_users_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/elsewhere")
     errors.use_xla_cache()
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/elsewhere"
+
+
+# Library code in the main thread can swallow a signal's exception (a bare `except:`) or turn it into
+# another error: the stage must stop all the same. `swallow` stands for that code.
+SWALLOWING_LOOP = """
+    import os, signal, time
+    from vaepipe.errors import run_stage, stop_if_signalled
+
+    def main():
+        for step in range(200):
+            try:  # like a library's bare `except:` around whatever the signal interrupts
+                if step == 3:
+                    os.kill(os.getpid(), signal.{signal})
+                time.sleep(0.01)
+            except:  # noqa: E722
+                {swallow}
+            {poll}
+            print("step", step, flush=True)
+        print("finished", flush=True)
+
+    run_stage(main)
+"""
+
+
+def test_a_signal_whose_exception_was_swallowed_stops_the_loop_at_its_next_step(tmp_path):
+    result = run_script(SWALLOWING_LOOP.format(signal="SIGTERM", swallow="pass", poll="stop_if_signalled()"), tmp_path)
+    assert result.returncode == 143, result.stderr
+    assert result.stdout.split("\n")[-2] == "step 2"  # step 3 got the signal and did not finish
+    assert ("interrupted by SIGTERM: stage stage stopped and its outputs are unchanged (the next `dvc repro` "
+            "runs stage again) (at the next step: library code had swallowed the signal's exception)") in result.stderr
+
+
+def test_a_signal_lost_in_a_stage_that_ran_to_the_end_still_ends_it_non_zero(tmp_path):
+    result = run_script(SWALLOWING_LOOP.format(signal="SIGINT", swallow="pass", poll="pass"), tmp_path)
+    assert "finished" in result.stdout  # nothing polled: the work was done
+    assert result.returncode == 130, result.stderr  # so that `dvc repro` does not go on to the next stage
+    assert "interrupted by SIGINT while stage stage finished: its outputs are written" in result.stderr
+
+
+def test_a_signal_that_library_code_turned_into_another_error_is_reported_as_the_signal(tmp_path):
+    result = run_script(SWALLOWING_LOOP.format(signal="SIGTERM", swallow="raise SystemError('bad argument')",
+                                               poll="pass"), tmp_path)
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("interrupted by SIGTERM: stage stage stopped and its outputs are unchanged (the next `dvc repro` "
+            "runs stage again) (it surfaced as SystemError: bad argument)") in result.stderr
+
+
+def test_fit_with_stop_on_signal_stops_after_the_call_whose_signal_was_swallowed():
+    import keras
+    import numpy as np
+
+    from vaepipe.callbacks import StopOnSignal
+
+    class SwallowedSignalAtBatch3(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches = batch + 1
+            if batch == 3:
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.05)
+                except:  # noqa: E722 (what a library's bare except does)
+                    pass
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    counter = SwallowedSignalAtBatch3()
+    with errors.interruptible():
+        with pytest.raises(errors.Interrupted) as stopped:
+            model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=4, epochs=3, verbose=0,
+                      callbacks=[counter, StopOnSignal()])
+    assert stopped.value.signum == signal.SIGTERM
+    assert counter.batches == 4  # of 16 per epoch: stopped right after the call that got the signal

@@ -5,13 +5,14 @@ tag, system metrics, and the pyfunc model's signature and input example."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import mlflow
 import numpy as np
 import pytest
 
-from vaepipe import paths, tracking
+from vaepipe import errors, paths, tracking
 from vaepipe.config import flat_params, parse_params
 from vaepipe.tracking import model_logging
 
@@ -71,6 +72,16 @@ def test_resumed_run_keeps_one_set_of_inputs(store, tmp_path):
     run = store.get_run(run_id)
     assert len(run.inputs.dataset_inputs) == 3 and run.info.status == "FINISHED"
     assert tracking.SWEEP_TAG not in run.data.tags
+
+
+def test_a_run_ended_by_an_error_is_failed_unless_a_signal_arrived_first(store, monkeypatch):
+    params = flat_params(parse_params({}))
+    failed = tracking.start_or_resume_run(None, "r", params, {})
+    tracking.end_run(SystemError("bad argument to internal function"))
+    killed = tracking.start_or_resume_run(None, "r", params, {})
+    monkeypatch.setattr(errors, "_received", signal.SIGTERM)  # library code turned it into that error
+    tracking.end_run(SystemError("bad argument to internal function"))
+    assert [store.get_run(run).info.status for run in (failed, killed)] == ["FAILED", "KILLED"]
 
 
 def test_existing_experiment_gets_the_tags_it_lacks_and_keeps_its_own(store):

@@ -15,7 +15,7 @@ import numpy as np
 
 from vaepipe import paths, tracking
 from vaepipe.batches import epoch_seed
-from vaepipe.errors import VaepipeError
+from vaepipe.errors import VaepipeError, stop_if_signalled
 
 
 class NonFiniteLossError(VaepipeError):
@@ -34,6 +34,20 @@ class EpochRandomState(keras.callbacks.Callback):
         states = [v for v in self.model.variables if v.name == "seed_generator_state"]
         for index, state in enumerate(states):
             state.assign(np.array([epoch_seed(self.seed, epoch, index), 0], dtype=state.dtype))
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Between compiled calls, stop on a SIGINT/SIGTERM whose exception library code swallowed
+    (errors.stop_if_signalled): one check per call, so per step on Keras's per-step path."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        stop_if_signalled()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        stop_if_signalled()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        stop_if_signalled()
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):

@@ -33,6 +33,7 @@ from vaepipe import prepared, tracking
 from vaepipe.batches import VAL_BATCH_SIZE, epoch_permutation, epoch_seed
 from vaepipe.callbacks import StopOnNonFiniteLoss
 from vaepipe.config import Params
+from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, build_vae
 from vaepipe.schedules import make_optimizer
 from vaepipe.session import TrainingSession
@@ -147,6 +148,7 @@ class DistributedTrainer:
         chunk = max(1, self.params.train.steps_per_execution)
         done = 0
         while done < n_batches:
+            stop_if_signalled()  # a signal whose exception library code swallowed
             count = min(chunk, n_batches - done)
             steps(iterator, tf.constant(count))
             done += count

@@ -44,21 +44,41 @@ class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived. A KeyboardInterrupt, so everything that cleans up after Ctrl-C
     (the MLflow run is marked KILLED, atomic outputs are not renamed into place) does so for both."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, swallowed: bool = False):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.swallowed = swallowed  # raised again by stop_if_signalled: the handler's exception was lost
 
 
 _deferring = 0
-_pending: int | None = None
+_pending: int | None = None  # held by deferred_signals, raised when its block ends
+_received: int | None = None  # the SIGINT/SIGTERM that arrived within interruptible(), if any
 
 
 def _on_signal(signum: int, _frame) -> None:
-    global _pending
+    global _pending, _received
+    _received = signum
     if _deferring:
         _pending = signum  # raised when the critical section ends
         return
     raise Interrupted(signum)
+
+
+def received_signal() -> int | None:
+    """The SIGINT/SIGTERM that arrived since interruptible() began, even if its exception got lost."""
+    return _received
+
+
+def stop_if_signalled() -> None:
+    """Raise Interrupted if a SIGINT/SIGTERM arrived: for long loops to call between steps.
+
+    The handler raises in whatever Python code the main thread runs when the signal lands, and
+    library code there may catch it (a bare `except:`, as in Keras's pythonify_logs, catches
+    KeyboardInterrupt too) or turn it into another error. Under load, a train stage once ran on to
+    its last epoch after a SIGTERM. A loop that calls this between steps stops at the next step.
+    """
+    if _received is not None:
+        raise Interrupted(_received, swallowed=True)
 
 
 @contextmanager
@@ -78,6 +98,8 @@ def deferred_signals() -> Iterator[None]:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM both raise Interrupted (in the main thread)."""
+    global _received
+    _received = None
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -92,23 +114,43 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     Ctrl-C (SIGINT) and SIGTERM end the stage with 128 + the signal number (130, 143), after the
     stage's own cleanup ran (outputs left as they were, MLflow run marked KILLED). The message names
     the stage (its script's name) and says what the next `dvc repro` does: `on_rerun`, or by default
-    that it runs the stage again.
+    that it runs the stage again. That holds too when library code turned the signal's exception into
+    another error or lost it (see stop_if_signalled).
     """
     stage = Path(getattr(getattr(main, "__code__", None), "co_filename", sys.argv[0])).stem
     use_xla_cache()
+    rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
     try:
         with interruptible():
             main()
     except VaepipeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        _leave(error.exit_code)
+        if received_signal() is None:
+            print(f"error: {error}", file=sys.stderr)
+            _leave(error.exit_code)
+        _stopped(stage, received_signal(), rerun, error)
     except KeyboardInterrupt as error:
-        signum = getattr(error, "signum", signal.SIGINT)
-        rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
-        print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped and its outputs are unchanged "
-              f"({rerun})", file=sys.stderr)
-        _leave(128 + signum)
+        _stopped(stage, getattr(error, "signum", received_signal() or signal.SIGINT), rerun,
+                 error if getattr(error, "swallowed", False) else None)
+    except Exception as error:
+        if received_signal() is None:
+            raise  # a bug: its traceback, the ordinary way
+        _stopped(stage, received_signal(), rerun, error)  # a signal that library code turned into this error
+    if received_signal() is not None:  # its exception was lost on the way, and the stage ran to the end
+        print(f"interrupted by {signal.Signals(received_signal()).name} while stage {stage} finished: its outputs "
+              f"are written, and `dvc repro` stops here", file=sys.stderr)
+        _leave(128 + received_signal())
     _leave(0)
+
+
+def _stopped(stage: str, signum: int, rerun: str, error: BaseException | None = None) -> NoReturn:
+    """End a stage stopped by a signal: one line, exit code 128 + the signal's number."""
+    if isinstance(error, Interrupted):
+        how = " (at the next step: library code had swallowed the signal's exception)"
+    else:
+        how = f" (it surfaced as {type(error).__name__}: {error})" if error is not None else ""
+    print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped and its outputs are unchanged "
+          f"({rerun}){how}", file=sys.stderr)
+    _leave(128 + signum)
 
 
 def use_xla_cache() -> None:

@@ -11,7 +11,7 @@ import keras
 
 from vaepipe import prepared
 from vaepipe.batches import make_datasets
-from vaepipe.callbacks import EpochBookkeeping, EpochLog, EpochMetricsLogger, EpochRandomState, EpochTimer
+from vaepipe.callbacks import EpochBookkeeping, EpochLog, EpochMetricsLogger, EpochRandomState, EpochTimer, StopOnSignal
 from vaepipe.checkpoint import Checkpoint
 from vaepipe.config import Params
 from vaepipe.model import VAE, build_vae, has_convolutions
@@ -62,7 +62,7 @@ def train(params: Params) -> None:
         end_of_epoch, bookkeeping = batch_bookkeeping(end_of_epoch, final_epoch=params.train.epochs - 1)
         if bookkeeping is not None:
             bookkeeping.log_missed(start_epoch)
-        callbacks = [EpochRandomState(params.train.seed), EpochTimer(), *end_of_epoch]
+        callbacks = [StopOnSignal(), EpochRandomState(params.train.seed), EpochTimer(), *end_of_epoch]
         if start_epoch < params.train.epochs:
             try:
                 vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, validation_data=batches.val,

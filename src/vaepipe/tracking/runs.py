@@ -16,7 +16,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import RunStatus
 
-from vaepipe.errors import TrackingError, deferred_signals
+from vaepipe.errors import TrackingError, deferred_signals, received_signal
 from vaepipe.tracking.details import (
     EXPERIMENT_TAGS,
     SYSTEM_METRICS_INTERVAL_S,
@@ -109,7 +109,8 @@ def end_run(error: BaseException | None) -> None:
         return
     if error is None:
         status = RunStatus.FINISHED
-    elif isinstance(error, (KeyboardInterrupt, SystemExit)) and not _is_clean_exit(error):
+    elif (isinstance(error, (KeyboardInterrupt, SystemExit)) and not _is_clean_exit(error)
+          or received_signal() is not None):  # also a signal that library code turned into another error
         status = RunStatus.KILLED
     else:
         status = RunStatus.FAILED
