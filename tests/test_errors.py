@@ -112,7 +112,7 @@ def test_a_signal_that_library_code_turned_into_another_error_is_reported_as_the
             "runs stage again) (it surfaced as SystemError: bad argument)") in result.stderr
 
 
-def test_fit_with_stop_on_signal_stops_after_the_call_whose_signal_was_swallowed():
+def test_fit_with_stop_on_signal_stops_after_the_call_whose_signal_was_swallowed(monkeypatch):
     import keras
     import numpy as np
 
@@ -131,6 +131,7 @@ def test_fit_with_stop_on_signal_stops_after_the_call_whose_signal_was_swallowed
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     counter = SwallowedSignalAtBatch3()
+    monkeypatch.setattr(errors, "_received", None)  # restored afterwards: the signal stays remembered
     with errors.interruptible():
         with pytest.raises(errors.Interrupted) as stopped:
             model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=4, epochs=3, verbose=0,

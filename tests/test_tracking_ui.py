@@ -75,6 +75,7 @@ def test_resumed_run_keeps_one_set_of_inputs(store, tmp_path):
 
 
 def test_a_run_ended_by_an_error_is_failed_unless_a_signal_arrived_first(store, monkeypatch):
+    monkeypatch.setattr(errors, "_received", None)
     params = flat_params(parse_params({}))
     failed = tracking.start_or_resume_run(None, "r", params, {})
     tracking.end_run(SystemError("bad argument to internal function"))
