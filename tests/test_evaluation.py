@@ -2,12 +2,14 @@
 quadrature on a 1-D latent model, active units on a model with known collapsed dimensions, the
 k-NN probe on separable and on random labels."""
 
+import signal
+
 import keras
 import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from vaepipe import evaluation
+from vaepipe import errors, evaluation
 from vaepipe.config import ModelParams
 from vaepipe.model import build_vae
 
@@ -55,6 +57,28 @@ def test_importance_sampled_nll_is_not_above_the_negative_elbo(one_d_model):
     # ...and with one sample it *is* an ELBO estimate (same quantity, Monte Carlo error only).
     one = -np.mean(evaluation.iw_log_likelihood(vae, np.repeat(images, 400, axis=0), k=1, seed=2))
     assert one == pytest.approx(elbo["test_loss"], abs=0.5)
+
+
+@pytest.mark.parametrize("measure", ["iw_nll", "elbo"])
+def test_evaluation_stops_at_its_next_batch_after_a_signal_whose_exception_was_lost(one_d_model, monkeypatch, measure):
+    """The IW NLL takes minutes at k = 5000: a swallowed Ctrl-C (errors.stop_if_signalled) must end it."""
+    vae, images = one_d_model
+    if measure == "iw_nll":  # the signal lands once every image is encoded: the NLL's own loop must see it
+        encode = evaluation.encode
+
+        def encode_then_signal(*args, **kwargs):
+            result = encode(*args, **kwargs)
+            monkeypatch.setattr(errors, "_received", signal.SIGINT)
+            return result
+
+        monkeypatch.setattr(errors, "_received", None)
+        monkeypatch.setattr(evaluation, "encode", encode_then_signal)
+        with pytest.raises(errors.Interrupted):
+            evaluation.iw_log_likelihood(vae, images, k=10, seed=0)
+    else:
+        monkeypatch.setattr(errors, "_received", signal.SIGINT)
+        with pytest.raises(errors.Interrupted):
+            evaluation.elbo_terms(vae, images, mc_samples=2, batch_size=6, seed=0)
 
 
 def test_elbo_terms_add_up_and_seed_loss_uses_the_kl_mean(one_d_model):

@@ -11,11 +11,13 @@ from keras import ops
 
 from vaepipe import objectives, paths, prepared
 from vaepipe.config import Params
+from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, has_convolutions, load_vae
 
 
 def _batches(x: np.ndarray, batch_size: int):
     for start in range(0, len(x), batch_size):
+        stop_if_signalled()  # a Ctrl-C whose exception library code swallowed stops here, not at the end
         yield x[start:start + batch_size]
 
 
@@ -87,6 +89,7 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
     means, log_vars = encode(vae, x)
     results = []
     for start in range(0, len(x), batch_size):
+        stop_if_signalled()  # as in _batches: minutes of work at k = 5000
         images = tf.constant(x[start:start + batch_size])
         mean, log_var = tf.constant(means[start:start + batch_size]), tf.constant(log_vars[start:start + batch_size])
         running = None  # log-sum-exp of the weights seen so far, per image
