@@ -123,18 +123,17 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     try:
         with interruptible():
             main()
-    except VaepipeError as error:
-        if received_signal() is None:
-            print(f"error: {error}", file=sys.stderr)
-            _leave(error.exit_code)
-        _stopped(stage, received_signal(), rerun, error)
     except KeyboardInterrupt as error:
+        swallowed = getattr(error, "swallowed", False)
         _stopped(stage, getattr(error, "signum", received_signal() or signal.SIGINT), rerun,
-                 error if getattr(error, "swallowed", False) else None)
+                 "at the next step: library code had swallowed the signal's exception" if swallowed else "")
     except Exception as error:
-        if received_signal() is None:
+        if received_signal() is not None:  # a signal that library code turned into this error
+            _stopped(stage, received_signal(), rerun, f"it surfaced as {type(error).__name__}: {error}")
+        if not isinstance(error, VaepipeError):
             raise  # a bug: its traceback, the ordinary way
-        _stopped(stage, received_signal(), rerun, error)  # a signal that library code turned into this error
+        print(f"error: {error}", file=sys.stderr)
+        _leave(error.exit_code)
     if received_signal() is not None:  # its exception was lost on the way, and the stage ran to the end
         print(f"interrupted by {signal.Signals(received_signal()).name} while stage {stage} finished: its outputs "
               f"are written, and `dvc repro` stops here", file=sys.stderr)
@@ -142,14 +141,10 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     _leave(0)
 
 
-def _stopped(stage: str, signum: int, rerun: str, error: BaseException | None = None) -> NoReturn:
+def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
     """End a stage stopped by a signal: one line, exit code 128 + the signal's number."""
-    if isinstance(error, Interrupted):
-        how = " (at the next step: library code had swallowed the signal's exception)"
-    else:
-        how = f" (it surfaced as {type(error).__name__}: {error})" if error is not None else ""
     print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped and its outputs are unchanged "
-          f"({rerun}){how}", file=sys.stderr)
+          f"({rerun})" + (f" ({how})" if how else ""), file=sys.stderr)
     _leave(128 + signum)
 
 
