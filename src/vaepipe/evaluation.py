@@ -17,7 +17,7 @@ from vaepipe.model import VAE, has_convolutions, load_vae
 
 def _batches(x: np.ndarray, batch_size: int):
     for start in range(0, len(x), batch_size):
-        stop_if_signalled()  # a Ctrl-C whose exception library code swallowed stops here, not at the end
+        stop_if_signalled()  # a Ctrl-C whose exception library code swallowed stops here (the IW NLL: minutes)
         yield x[start:start + batch_size]
 
 
@@ -88,10 +88,9 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
     # Encoded up front in large batches (the same numbers as per batch of 20, in 1/100 of the calls).
     means, log_vars = encode(vae, x)
     results = []
-    for start in range(0, len(x), batch_size):
-        stop_if_signalled()  # as in _batches: minutes of work at k = 5000
-        images = tf.constant(x[start:start + batch_size])
-        mean, log_var = tf.constant(means[start:start + batch_size]), tf.constant(log_vars[start:start + batch_size])
+    for images, mean, log_var in zip(_batches(x, batch_size), _batches(means, batch_size),
+                                     _batches(log_vars, batch_size), strict=True):
+        images, mean, log_var = tf.constant(images), tf.constant(mean), tf.constant(log_var)
         running = None  # log-sum-exp of the weights seen so far, per image
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
