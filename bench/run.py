@@ -143,7 +143,7 @@ def load_mnist(prepared_dir: Path) -> dict[str, np.ndarray]:
 
 
 class VaepipeTrainer:
-    """vaepipe's own training path (compile_vae + make_datasets + fit, validation included), one epoch per call.
+    """vaepipe's own training path (compile_vae + training_batches + fit, validation included), one epoch per call.
 
     As in the train stage, one `fit` runs all `epochs` over one input iterator. It runs in a thread
     that waits before each epoch until run_epoch() lets it go, so its epochs can alternate with the
@@ -154,21 +154,16 @@ class VaepipeTrainer:
         import keras
         from reference_tutorial import EpochClock
 
-        from vaepipe.batches import make_datasets
-        from vaepipe.callbacks import EpochRandomState
         from vaepipe.config import parse_params
-        from vaepipe.training import compile_vae
+        from vaepipe.train.callbacks import EpochRandomState
+        from vaepipe.train.single_process import batches_per_epoch, compile_vae, training_batches
 
         self.params = parse_params(overrides)
         self.epochs, self.epochs_run = epochs, 0
         train = self.params.train
-        steps_per_epoch = -(-len(x_train) // train.batch_size)
-        # As training.train(): the dataset stacks the batches of one compiled call where compile_vae
-        # says so (vae.stack_steps), and each epoch's order is a function of (seed, epoch).
-        self.vae = compile_vae(self.params, steps_per_execution=min(train.steps_per_execution, steps_per_epoch),
-                               steps_per_epoch=steps_per_epoch)
-        batches = make_datasets(x_train, x_val, train.batch_size, train.seed, epochs=range(epochs),
-                                steps_per_execution=self.vae.stack_steps)
+        # As the train stage: batches stacked where compile_vae says so, each epoch's order from (seed, epoch).
+        self.vae = compile_vae(self.params, batches_per_epoch(len(x_train), self.params))
+        batches = training_batches(self.vae, self.params, x_train, x_val, epochs=range(epochs))
         self.clock = EpochClock()
         self._go = threading.Semaphore(0)
         self._done: queue.Queue = queue.Queue()
@@ -184,7 +179,7 @@ class VaepipeTrainer:
 
         def fit() -> None:
             try:
-                self.vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, validation_data=batches.val,
+                self.vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                              epochs=epochs, callbacks=[Gate(), EpochRandomState(train.seed), self.clock, Report()],
                              shuffle=False, verbose=0)
             except BaseException as error:  # noqa: BLE001 - handed to the caller of run_epoch

@@ -10,7 +10,7 @@ with the chief's exit code; if any worker dies, it stops the others and exits no
 
 import sys
 
-from vaepipe.launcher import main  # the editable install (make setup) provides the package
+from vaepipe.train.launcher import main  # the editable install (make setup) provides the package
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 import json
 
 from vaepipe.config import load_params
-from vaepipe.errors import run_stage
+from vaepipe.process import run_stage
 
 
 def main() -> None:

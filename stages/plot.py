@@ -1,17 +1,17 @@
 """Stage plot: draw the figures of the trained model into plots/*.png and log them to the MLflow run."""
 
 from vaepipe.config import load_params
-from vaepipe.errors import run_stage
+from vaepipe.process import run_stage
 
 
 def main() -> None:
     params = load_params()
-    from vaepipe import paths, report, tracking
+    from vaepipe import paths, plotting, tracking
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
-    inputs = report.load_inputs(params)  # a bad input stops here, before the run is touched
+    inputs = plotting.load_inputs(params)  # a bad input stops here, before the run is touched
     with tracking.active_run(run_id):
-        for png in report.draw_all(*inputs):
+        for png in plotting.draw_all(*inputs):
             tracking.log_artifact(png, artifact_path="plots")
             print(f"plot: wrote {png.relative_to(paths.ROOT)}")
 

@@ -3,7 +3,7 @@
 import os
 
 from vaepipe.config import load_params
-from vaepipe.errors import run_stage
+from vaepipe.process import run_stage
 
 
 def main() -> None:
@@ -15,15 +15,15 @@ def main() -> None:
         # One machine (e.g. under `dvc repro`): become the launcher of $VAEPIPE_WORKERS local workers
         # (default 2), each running this script with its own TF_CONFIG; task 0 writes the outputs.
         from vaepipe import paths
-        from vaepipe.launcher import run_local_workers
-        from vaepipe.provenance import checkpoint_key
+        from vaepipe.train.launcher import run_local_workers
+        from vaepipe.train.provenance import checkpoint_key
 
         run_local_workers(run_id_file=paths.checkpoint_run_id_file(checkpoint_key(params)))
         return
     if params.train.distribute == "none":
-        from vaepipe.training import train
+        from vaepipe.train.single_process import train
     else:  # tf.distribute needs its own loop (Keras 3's fit fails under MultiWorkerMirroredStrategy)
-        from vaepipe.distributed import train
+        from vaepipe.train.distributed import train
     train(params)
 
 

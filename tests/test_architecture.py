@@ -1,41 +1,28 @@
-"""The package's shape: no import cycles, modules a newcomer can read, no reaching into private names."""
+"""The package's shape: no import cycles, no reaching into another module's private names, stage scripts
+that only parse params and call the package, and two training loops that do not depend on each other.
+Imports are read by the package's one walker (vaepipe.imports)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaepipe"
-MAX_LINES = 260  # "about 250"
+from vaepipe.imports import SRC, import_closure, imported_modules, imported_names, module_name
+
+PACKAGE = SRC / "vaepipe"
+STAGES = SRC.parent / "stages"
+STAGE_MAX_STATEMENTS = 15  # a stage script's main(): read params, call the package, write, log (a screenful)
 
 
-def _name(path: Path) -> str:
-    """src/vaepipe/tracking/runs.py -> tracking.runs; a package's __init__ is the package."""
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
-
-
-def _modules() -> dict[str, ast.Module]:
-    return {_name(path): ast.parse(path.read_text(), filename=str(path)) for path in PACKAGE.rglob("*.py")}
-
-
-def _vaepipe_imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """(module, imported names) for every `vaepipe` import anywhere in the file (lazy ones included)."""
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vaepipe":
-            if node.module == "vaepipe":  # from vaepipe import data, paths
-                found += [(alias.name, []) for alias in node.names]
-            else:
-                found.append((node.module.split(".", 1)[1], [alias.name for alias in node.names]))
-        elif isinstance(node, ast.Import):
-            found += [(alias.name.split(".", 1)[1], []) for alias in node.names
-                      if alias.name.startswith("vaepipe.")]
-    return found
+def _graph() -> dict[str, set[str]]:
+    """Module -> the vaepipe modules it imports (packages included), for every module of the package."""
+    return {module_name(path): imported_modules(path) - {module_name(path)} for path in PACKAGE.rglob("*.py")}
 
 
 def test_no_import_cycles():
-    graph = {name: {module for module, _ in _vaepipe_imports(tree)} for name, tree in _modules().items()}
+    graph = _graph()
+    # A package's __init__ runs when any of its modules is imported: that edge is not a cycle.
+    graph = {name: {child for child in children if not name.startswith(child + ".")} for name, children in graph.items()}
     state: dict[str, str] = {}
 
     def visit(node: str, stack: list[str]) -> None:
@@ -51,25 +38,61 @@ def test_no_import_cycles():
             visit(name, [])
 
 
-def test_no_module_is_too_long_to_read():
-    long = {_name(path): n for path in PACKAGE.rglob("*.py") if (n := len(path.read_text().splitlines())) > MAX_LINES}
-    assert not long, f"modules over {MAX_LINES} lines: {long}"
-
-
 def test_no_private_name_is_imported_from_another_module():
     offenders = []
-    modules = _modules()
-    for name, tree in modules.items():
-        for module, names in _vaepipe_imports(tree):
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    for name, path in modules.items():
+        for module, names in imported_names(path):
             offenders += [f"{name} imports {module}.{item}" for item in names if item.startswith("_")]
-        for node in ast.walk(tree):  # module._name attribute access, e.g. training._drop_other_checkpoints
+        short = {module.rsplit(".", 1)[-1] for module in modules if module != name}
+        for node in ast.walk(ast.parse(path.read_text())):  # module._name, e.g. checkpoint._assign
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id in modules and node.value.id != name):
+                    and isinstance(node.value, ast.Name) and node.value.id in short
+                    and node.value.id != name.rsplit(".", 1)[-1]):
                 offenders.append(f"{name} uses {node.value.id}.{node.attr}")
     assert not offenders, offenders
 
 
-def test_training_and_distributed_do_not_import_each_other():
-    imports = {name: {module for module, _ in _vaepipe_imports(tree)} for name, tree in _modules().items()}
-    assert "distributed" not in imports["training"]
-    assert "training" not in imports["distributed"]
+def test_the_two_training_loops_do_not_import_each_other():
+    graph = _graph()
+    assert "vaepipe.train.distributed" not in graph["vaepipe.train.single_process"]
+    assert "vaepipe.train.single_process" not in graph["vaepipe.train.distributed"]
+    # Both end their epochs through the session's one end-of-epoch path.
+    for loop in ("vaepipe.train.single_process", "vaepipe.train.distributed"):
+        assert "vaepipe.train.session" in graph[loop], loop
+
+
+def test_stage_scripts_are_thin():
+    """A stage script defines main() and nothing else, main() stays short, and all logic is in the package."""
+    for script in sorted(STAGES.glob("*.py")):
+        tree = ast.parse(script.read_text())
+        functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+        assert [f.name for f in functions] == ["main"], f"{script.name}: defines {[f.name for f in functions]}"
+        assert not [node for node in tree.body if isinstance(node, ast.ClassDef)], f"{script.name} defines a class"
+        statements = sum(1 for node in ast.walk(functions[0]) if isinstance(node, ast.stmt)) - 1
+        assert statements <= STAGE_MAX_STATEMENTS, f"{script.name}: main() has {statements} statements"
+
+
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in a file, anywhere in it."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_tracking_talks_to_mlflow():
+    """serving.py is the logged model's own code, run by MLflow's pyfunc loader."""
+    talkers = {module_name(path) for path in PACKAGE.rglob("*.py") if "mlflow" in _third_party(path)}
+    assert {name for name in talkers if not name.startswith("vaepipe.tracking")} <= {"vaepipe.serving"}, talkers
+
+
+def test_prepare_runs_no_tensorflow():
+    """prepare imports neither TensorFlow nor Keras, itself or through the package (its start-up stays quick)."""
+    script = STAGES / "prepare.py"
+    files = {script, *import_closure(script)}
+    heavy = {str(file.name): names & {"tensorflow", "keras"} for file in files if (names := _third_party(file))}
+    assert not any(heavy.values()), heavy

@@ -11,7 +11,11 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
-from vaepipe import compare, compare_rows, tracking
+from vaepipe import tracking
+from vaepipe.compare.__main__ import main
+from vaepipe.compare.figures import beta_lines, numeric_differing
+from vaepipe.compare.rows import METRICS, build_rows
+from vaepipe.compare.table import COLUMNS
 
 
 class Store:
@@ -66,7 +70,7 @@ def test_table_has_the_differing_params_sorted_runs_blank_cells_and_counts_the_u
     store.add("killed", {**BASE, "model.latent_dim": 32, "train.beta": 2.0}, status="KILLED")
     out = tmp_path / "reports"
 
-    assert compare.main(["--out", str(out), "--sort", "test_loss"]) == 0
+    assert main(["--out", str(out), "--sort", "test_loss"]) == 0
 
     printed = capsys.readouterr().out
     assert "left out 1 FAILED, 1 KILLED run(s)" in printed
@@ -90,13 +94,13 @@ def test_sort_by_another_metric_puts_runs_lacking_it_last(store, tmp_path):
     store.add("a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0, knn_accuracy=0.9))
     store.add("b", {**BASE, "model.latent_dim": 3}, result(6.0, 150.0, knn_accuracy=0.4))
     store.add("c", {**BASE, "model.latent_dim": 4}, {"test_kl": 1.0})
-    assert compare.main(["--out", str(tmp_path), "--sort", "knn_accuracy"]) == 0
+    assert main(["--out", str(tmp_path), "--sort", "knn_accuracy"]) == 0
     assert [row["run"] for row in read_csv(tmp_path)] == ["b", "a", "c"]
 
 
 def test_no_runs_is_one_clear_line_and_a_failure(store, tmp_path, capsys):
     store.add("failed", BASE, status="FAILED")
-    assert compare.main(["--out", str(tmp_path / "reports")]) == 1
+    assert main(["--out", str(tmp_path / "reports")]) == 1
     captured = capsys.readouterr()
     assert "left out 1 FAILED" in captured.out
     assert captured.err.count("\n") == 1 and "no FINISHED runs of experiment vaepipe" in captured.err
@@ -106,13 +110,13 @@ def test_no_runs_is_one_clear_line_and_a_failure(store, tmp_path, capsys):
 def test_missing_store_is_not_created(tmp_path, monkeypatch, capsys):
     db = tmp_path / "absent.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    assert compare.main(["--out", str(tmp_path / "r")]) == 1
+    assert main(["--out", str(tmp_path / "r")]) == 1
     assert not db.exists() and "no FINISHED runs" in capsys.readouterr().err
 
 
 def test_one_run_gets_no_figure_that_needs_two(store, tmp_path):
     store.add("only", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0), curve=[3.0, 2.0])
-    assert compare.main(["--out", str(tmp_path)]) == 0
+    assert main(["--out", str(tmp_path)]) == 0
     assert [p.name for p in tmp_path.glob("*.png")] == ["val_loss_curves.png"]
     assert [row["run"] for row in read_csv(tmp_path)] == ["only"]
 
@@ -121,9 +125,9 @@ def test_more_than_a_page_of_runs_and_the_last_n(store, tmp_path, monkeypatch):
     monkeypatch.setattr(tracking.search, "SEARCH_PAGE_SIZE", 10)  # the real paging path, with fewer runs to make
     for index in range(23):
         store.add(f"r{index:02d}", {**BASE, "train.seed": index}, result(float(index), 100.0))
-    assert compare.main(["--out", str(tmp_path / "all")]) == 0
+    assert main(["--out", str(tmp_path / "all")]) == 0
     assert len(read_csv(tmp_path / "all")) == 23
-    assert compare.main(["--out", str(tmp_path / "last"), "--last", "5"]) == 0
+    assert main(["--out", str(tmp_path / "last"), "--last", "5"]) == 0
     assert sorted(row["run"] for row in read_csv(tmp_path / "last")) == [f"r{i}" for i in range(18, 23)]
 
 
@@ -132,7 +136,7 @@ def test_default_page_size_reads_more_than_100_runs(store, tmp_path):
     for index in range(105):
         store.add(f"r{index:03d}", {**BASE, "train.seed": index}, {"test_loss": float(index)})
     assert len(tracking.search.search_runs()) == 105
-    assert compare.main(["--out", str(tmp_path)]) == 0
+    assert main(["--out", str(tmp_path)]) == 0
     assert len(read_csv(tmp_path)) == 105
 
 
@@ -140,22 +144,22 @@ def test_sweep_and_filter_select_runs(store, tmp_path):
     store.add("s1-a", {**BASE, "model.latent_dim": 2}, result(1.0, 2.0), sweep="s1")
     store.add("s1-b", {**BASE, "model.latent_dim": 4}, result(1.0, 3.0), sweep="s1")
     store.add("other", {**BASE, "model.latent_dim": 8, "model.arch": "mlp"}, result(1.0, 4.0), sweep="s2")
-    assert compare.main(["--out", str(tmp_path / "s"), "--sweep", "s1"]) == 0
+    assert main(["--out", str(tmp_path / "s"), "--sweep", "s1"]) == 0
     assert sorted(row["run"] for row in read_csv(tmp_path / "s")) == ["s1-a", "s1-b"]
-    assert compare.main(["--out", str(tmp_path / "f"), "--filter", "params.`model.arch` = 'mlp'"]) == 0
+    assert main(["--out", str(tmp_path / "f"), "--filter", "params.`model.arch` = 'mlp'"]) == 0
     assert [row["run"] for row in read_csv(tmp_path / "f")] == ["other"]
-    assert compare.main(["--out", str(tmp_path / "n"), "--sweep", "nope"]) == 1
+    assert main(["--out", str(tmp_path / "n"), "--sweep", "nope"]) == 1
 
 
 def test_bad_filter_is_a_clear_error(store, tmp_path, capsys):
     store.add("a", BASE, result(1.0, 2.0))
-    assert compare.main(["--out", str(tmp_path), "--filter", "params.x ==== 1"]) == 1
+    assert main(["--out", str(tmp_path), "--filter", "params.x ==== 1"]) == 1
     assert "cannot search runs" in capsys.readouterr().err
 
 
 def test_html_is_self_contained_and_links_every_run_to_the_ui(store, tmp_path):
     ids = [store.add(f"z{d}", {**BASE, "model.latent_dim": d}, result(d, 100.0 / d), curve=[2.0, 1.0]) for d in (2, 4)]
-    assert compare.main(["--out", str(tmp_path), "--ui-url", "http://127.0.0.1:5999"]) == 0
+    assert main(["--out", str(tmp_path), "--ui-url", "http://127.0.0.1:5999"]) == 0
     page = (tmp_path / "compare.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 3 and all(src.startswith("data:image/png;base64,") for src in sources)
@@ -169,9 +173,7 @@ def test_rate_distortion_joins_runs_that_differ_only_in_beta(store):
         for beta in (0.5, 1.0, 2.0):
             store.add(f"z{dim}-b{beta}", {**BASE, "model.latent_dim": dim, "train.beta": beta}, result(beta * dim, 100 / beta))
     store.add("mlp", {**BASE, "model.latent_dim": 2, "train.beta": 1.0, "model.arch": "mlp"}, result(3.0, 90.0))
-    from vaepipe.compare_figures import beta_lines, numeric_differing
-
-    rows = compare_rows.build_rows(tracking.search.search_runs(), "test_loss")
+    rows = build_rows(tracking.search.search_runs(), "test_loss")
     lines = beta_lines(rows)
     assert sorted(tuple(row.run.name for row in line) for line in lines) == [
         ("z2-b0.5", "z2-b1.0", "z2-b2.0"), ("z8-b0.5", "z8-b1.0", "z8-b2.0")]
@@ -180,5 +182,9 @@ def test_rate_distortion_joins_runs_that_differ_only_in_beta(store):
 
 def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        compare.main(["--last", "0"])
+        main(["--last", "0"])
     assert exit_info.value.code != 0 and "--last must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_every_metric_read_back_has_a_column():
+    assert set(METRICS) <= set(COLUMNS)

@@ -1,7 +1,6 @@
 """Data sources and prepared arrays: checksums first, no code from pickles, clear errors for bad files."""
 
 import gzip
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -104,9 +103,7 @@ def saved_split(tmp_path):
     split = data.Split(rng.integers(0, 256, (50, 784)).astype(np.uint8), rng.integers(0, 10, 50))
     path = tmp_path / "train.npz"
     prepared.save_split(split, path)
-    meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"sha256": {"train": prepared.arrays_sha256(split)}}))
-    return split, path, meta
+    return split, path, {"sha256": {"train": prepared.arrays_sha256(split)}}
 
 
 def test_prepared_split_roundtrip_and_checksum(saved_split):

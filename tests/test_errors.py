@@ -1,4 +1,4 @@
-"""errors.run_stage: the exit code and message of a stage, its atexit handlers, and the XLA cache it sets up."""
+"""process.run_stage: the exit code and message of a stage, its atexit handlers, and the XLA cache it sets up."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vaepipe import errors, paths
+from vaepipe import errors, paths, process
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -35,7 +35,8 @@ def run_script(body: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_a_stage_exits_with_its_code_after_its_atexit_handlers(tmp_path, raise_line, code, stderr):
     result = run_script(f"""
         import atexit, os
-        from vaepipe.errors import ConfigError, run_stage
+        from vaepipe.errors import ConfigError
+        from vaepipe.process import run_stage
 
         def main():
             atexit.register(lambda: print("atexit ran", flush=True))
@@ -57,12 +58,12 @@ def test_a_stage_exits_with_its_code_after_its_atexit_handlers(tmp_path, raise_l
 def test_xla_cache_flag_keeps_the_users_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("VAEPIPE_CACHE", str(tmp_path))
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
-    errors.use_xla_cache()
+    process.use_xla_cache()
     assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory={paths.xla_cache_dir()}"
     assert paths.xla_cache_dir().is_dir() and paths.xla_cache_dir().parent == tmp_path / "xla"
     # A cache directory of the user's own choosing is left as it is.
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/elsewhere")
-    errors.use_xla_cache()
+    process.use_xla_cache()
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/elsewhere"
 
 
@@ -70,7 +71,8 @@ def test_xla_cache_flag_keeps_the_users_flags(monkeypatch, tmp_path):
 # another error: the stage must stop all the same. `swallow` stands for that code.
 SWALLOWING_LOOP = """
     import os, signal, time
-    from vaepipe.errors import run_stage, stop_if_signalled
+    from vaepipe.errors import stop_if_signalled
+    from vaepipe.process import run_stage
 
     def main():
         for step in range(200):
@@ -116,7 +118,7 @@ def test_fit_with_stop_on_signal_stops_after_the_call_whose_signal_was_swallowed
     import keras
     import numpy as np
 
-    from vaepipe.callbacks import StopOnSignal
+    from vaepipe.train.callbacks import StopOnSignal
 
     class SwallowedSignalAtBatch3(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

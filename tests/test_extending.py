@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import textwrap
 import typing
 from pathlib import Path
 
@@ -31,22 +30,7 @@ def tiny_decoder(params: ModelParams, z):
 ARCHITECTURES["tiny"] = (tiny_encoder, tiny_decoder)
 '''
 
-CHECK = textwrap.dedent("""
-    import numpy as np, keras
-    from vaepipe.config import parse_params
-    from vaepipe.training import compile_vae
-    from vaepipe.model import load_vae
-
-    params = parse_params({"model": {"arch": "tiny", "latent_dim": 3}, "train": {"batch_size": 16}})
-    vae = compile_vae(params, steps_per_execution=4, steps_per_epoch=4)
-    x = np.random.default_rng(0).random((64, 784), dtype=np.float32)
-    history = vae.fit(x, epochs=2, batch_size=16, verbose=0, shuffle=False)
-    assert [l.name for l in vae.encoder.layers if l.name.endswith("tiny")] == ["enc_tiny"]
-    vae.save("tiny.keras")
-    loaded = load_vae("tiny.keras")  # safe_mode=True
-    np.testing.assert_array_equal(np.asarray(loaded.encoder(x[:4])[0]), np.asarray(vae.encoder(x[:4])[0]))
-    print("losses", history.history["loss"])
-""")
+TRAIN_TINY = Path(__file__).resolve().parent / "programs" / "train_tiny_arch.py"
 
 
 def test_every_configurable_arch_has_builders_and_back():
@@ -66,7 +50,7 @@ def test_the_documented_recipe_adds_a_working_architecture(tmp_path):
     assert 'arch: Literal["seed", "mlp", "conv"]' in config
     (copy / "config.py").write_text(config.replace('arch: Literal["seed", "mlp", "conv"]',
                                                    'arch: Literal["seed", "mlp", "conv", "tiny"]'))
-    result = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(TRAIN_TINY)], cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": str(tmp_path / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "PATH": "/usr/bin:/bin"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

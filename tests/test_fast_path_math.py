@@ -52,33 +52,34 @@ def mnist_subset(request) -> tuple[np.ndarray, np.ndarray]:
 
 def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, seed: int = 42,
               binarize: str = "none", epochs: int = EPOCHS) -> tuple[dict[str, list], list[np.ndarray]]:
-    """Per-epoch history and final weights, set up as training.train() does (stack=1: per-step)."""
-    from vaepipe.batches import make_datasets
-    from vaepipe.callbacks import EpochRandomState
-    from vaepipe.training import compile_vae
+    """Per-epoch history and final weights, set up as single_process.train() does (stack=1: per-step)."""
+    from vaepipe.train.callbacks import EpochRandomState
+    from vaepipe.train.inputs import make_datasets
+    from vaepipe.train.single_process import batches_per_epoch, compile_vae
 
-    params = parse_params({"train": {"batch_size": BATCH, "jit_compile": jit, "seed": seed},
+    params = parse_params({"train": {"batch_size": BATCH, "jit_compile": jit, "seed": seed, "steps_per_execution": stack},
                            "data": {"binarize": binarize}})
-    vae = compile_vae(params, steps_per_execution=stack, steps_per_epoch=-(-len(x_train) // BATCH))
-    assert vae.stack_steps == stack
-    batches = make_datasets(x_train, x_test, BATCH, seed, epochs=range(epochs), steps_per_execution=vae.stack_steps)
-    history = vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, validation_data=batches.val,
+    vae = compile_vae(params, batches_per_epoch(len(x_train), params))
+    assert vae.batches_per_stack == stack
+    # The validation batches of the test split's images, at the single-process path's validation batch size.
+    batches = make_datasets(x_train, x_test, BATCH, seed, epochs=range(epochs), batches_per_stack=vae.batches_per_stack)
+    history = vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                       epochs=epochs, shuffle=False, verbose=0, callbacks=[EpochRandomState(seed)])
     return history.history, [np.array(weight) for weight in vae.weights]
 
 
 def test_stacked_datasets_hold_the_per_step_batches(mnist_subset):
 
-    from vaepipe.batches import make_datasets
+    from vaepipe.train.inputs import make_datasets
 
     x_train, x_test = mnist_subset
     n, n_test = 1000, 1100  # 31 full batches + 8; test: 2 batches of 500 + 100
     plain = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epochs=range(4))
     stacked = make_datasets(x_train[:n], x_test[:n_test], BATCH, 7, eval_batch_size=500, epochs=range(4),
-                            steps_per_execution=10)
-    assert (plain.steps_per_epoch, stacked.steps_per_epoch) == (32, 5)
-    plain_epochs = _epochs([batch.numpy() for batch in plain.train], plain.steps_per_epoch, 4)
-    stacked_epochs = _epochs([stack.numpy() for stack in stacked.train], stacked.steps_per_epoch, 4)
+                            batches_per_stack=10)
+    assert (plain.stacks_per_epoch, stacked.stacks_per_epoch) == (32, 5)
+    plain_epochs = _epochs([batch.numpy() for batch in plain.train], plain.stacks_per_epoch, 4)
+    stacked_epochs = _epochs([stack.numpy() for stack in stacked.train], stacked.stacks_per_epoch, 4)
     for plain_batches, stacks in zip(plain_epochs, stacked_epochs, strict=True):
         assert [stack.shape for stack in stacks] == [(10, BATCH, 784)] * 3 + [(1, BATCH, 784), (1, 8, 784)]
         unstacked = [batch for stack in stacks for batch in stack]
@@ -162,22 +163,22 @@ def test_xla_trains_to_the_same_losses_as_tensorflow_kernels(mnist_subset):
     assert all(plain[seed]["loss"][-1] < 0.9 * plain[seed]["loss"][0] for seed in SEEDS)
 
 
-@pytest.mark.parametrize("steps_per_epoch, expected", [(469, 67), (6, 6), (467, 1)])
-def test_keras_multi_step_loop_divides_the_epoch(steps_per_epoch, expected):
+@pytest.mark.parametrize("batches_per_epoch, expected", [(469, 67), (6, 6), (467, 1)])
+def test_keras_multi_step_loop_divides_the_epoch(batches_per_epoch, expected):
     """conv runs Keras's own multi-step loop, which counts whole calls: a call size that divides the
     epoch keeps the progress bar at N/N (100 per call on 469 steps showed 500/469)."""
-    from vaepipe.training import compile_vae
+    from vaepipe.train.single_process import compile_vae
 
-    params = parse_params({"model": {"arch": "conv"}, "train": {"batch_size": 128}})
-    vae = compile_vae(params, steps_per_execution=min(100, steps_per_epoch), steps_per_epoch=steps_per_epoch)
-    assert vae.stack_steps == 1
+    params = parse_params({"model": {"arch": "conv"}, "train": {"batch_size": 128, "steps_per_execution": 100}})
+    vae = compile_vae(params, batches_per_epoch)
+    assert vae.batches_per_stack == 1
     assert vae.steps_per_execution == expected
     assert vae.jit_compile is False  # jit_compile: auto leaves convolutions to TensorFlow's kernels
 
 
 def test_stacks_divide_the_epoch_where_they_can():
     """Fewer stack shapes, fewer XLA compiles: a divisor of the batch count of at least K/2, else K."""
-    from vaepipe.batches import stack_size
+    from vaepipe.train.inputs import stack_size
 
     assert stack_size(1562, 100) == 71  # the default 50k images in batches of 32: 22 stacks of 71
     assert stack_size(1875, 100) == 75  # 60k images

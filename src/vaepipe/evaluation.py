@@ -35,8 +35,9 @@ def encode_means(vae: VAE, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
 def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int) -> dict[str, float]:
     """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
 
-    test_loss is the negative ELBO with beta = 1 (recon + analytic KL); test_seed_loss is the
-    tutorial's definition (784 x mean BCE + KL averaged over latent dims) from the same draws.
+    test_loss is the training objective (objectives.negative_elbo) at beta = 1: the averages of its
+    recon and analytic KL terms, added; test_seed_loss is the tutorial's definition (784 x mean BCE +
+    KL averaged over latent dims) from the same draws.
     """
     generator = tf.random.Generator.from_seed(seed)
     totals = {"test_recon": 0.0, "test_kl": 0.0, "test_seed_loss": 0.0}
@@ -44,13 +45,13 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
     @tf.function(jit_compile=not has_convolutions(vae), reduce_retracing=True)
     def batch_terms(images, eps):  # eps: (samples, batch, latent), all samples decoded in one call
         mean, log_var = vae.encoder(images)
-        z = mean + ops.exp(0.5 * log_var) * eps
+        z = objectives.reparameterize(mean, log_var, eps)
         logits = vae.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])))
         logits = ops.reshape(logits, (ops.shape(eps)[0], -1, ops.shape(images)[-1]))
         targets = ops.broadcast_to(images[None], ops.shape(logits))
-        recon = ops.sum(objectives.bernoulli_nll(targets, logits))
+        terms = objectives.negative_elbo(targets, logits, mean, log_var)  # kl: per image, as it is analytic
         seed = ops.sum(objectives.seed_loss(targets, logits, mean[None], log_var[None]))
-        return recon / mc_samples, ops.sum(objectives.gaussian_kl(mean, log_var)), seed / mc_samples
+        return ops.sum(terms.recon) / mc_samples, ops.sum(terms.kl), seed / mc_samples
 
     latent_dim = vae.decoder.inputs[0].shape[-1]
     for images in _batches(x, batch_size):
@@ -76,7 +77,7 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
 
     @tf.function(jit_compile=not has_convolutions(vae), reduce_retracing=True)
     def log_weights(images, mean, log_var, eps):  # eps: (samples, batch, latent)
-        z = mean + ops.exp(0.5 * log_var) * eps
+        z = objectives.reparameterize(mean, log_var, eps)
         samples = ops.shape(eps)[0]
         logits = vae.decoder(ops.reshape(z, (-1, latent_dim)))
         logits = ops.reshape(logits, (samples, -1, ops.shape(images)[-1]))
@@ -85,7 +86,7 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
         log_qz = objectives.gaussian_log_density(z, mean, log_var)
         return log_px_z + log_pz - log_qz  # (samples, batch)
 
-    # Encoded up front in large batches (the same numbers as per batch of 20, in 1/100 of the calls).
+    # Encoded up front in large batches (the same numbers as per batch of 20, in far fewer calls).
     means, log_vars = encode(vae, x)
     results = []
     for images, mean, log_var in zip(_batches(x, batch_size), _batches(means, batch_size),
@@ -111,8 +112,8 @@ def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarr
     """Accuracy of a k-nearest-neighbour (Euclidean, majority vote) classifier on latent means.
 
     Neighbours at equal distance (common: many images share a latent mean) are taken in training-set
-    order. The selection is tf.math.top_k: about 5x faster than np.argpartition on these
-    500 x 50000 blocks (bench/NOTES.md run 33), and argpartition breaks such ties arbitrarily.
+    order. The selection is tf.math.top_k: faster than np.argpartition on these 500 x 50000 blocks
+    (bench/NOTES.md), and argpartition breaks such ties arbitrarily.
     """
     train_z = train_z.astype(np.float32)
     train_sq = np.sum(train_z**2, axis=1)

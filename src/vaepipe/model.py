@@ -28,7 +28,7 @@ class Sampling(layers.Layer):
     def call(self, inputs):
         mean, log_var = inputs
         eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
-        return mean + ops.exp(0.5 * log_var) * eps
+        return objectives.reparameterize(mean, log_var, eps)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "seed": self.seed}
@@ -72,6 +72,7 @@ class VAE(keras.Model):
         self.seed = seed
         self.sampling = Sampling(seed=seed, name="sampling")
         self.binarize_seed = keras.random.SeedGenerator(None if seed is None else seed + 1)
+        self.batches_per_stack = 1  # set by compile
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.recon_tracker = keras.metrics.Mean(name="recon")
         self.kl_tracker = keras.metrics.Mean(name="kl")
@@ -79,8 +80,8 @@ class VAE(keras.Model):
     def redraw_binary(self, x):
         """x -> Bernoulli(x), one fresh draw per call from the model's seeded stream.
 
-        Philox is asked for by name: keras.random.uniform's default lowers under XLA on CPU to an
-        RNG that took ~40 ms per 100x784 draw in the stacked training loop (bench/NOTES.md).
+        Philox is asked for by name: keras.random.uniform's default lowers under XLA on CPU to a much
+        slower RNG inside the stacked training loop (bench/NOTES.md).
         """
         seed = tf.cast(self.binarize_seed.next(), tf.int32)
         return tf.cast(tf.random.stateless_uniform(tf.shape(x), seed=seed, alg="philox") < x, x.dtype)
@@ -89,86 +90,72 @@ class VAE(keras.Model):
         # The encoder and decoder are functional models, built when constructed.
         self.built = True
 
+    def compile(self, *, batches_per_stack: int = 1, **kwargs) -> None:
+        """Keras's compile, plus the shape of the training data: `batches_per_stack` > 1 means each
+        element is a stack of batches (inputs.make_datasets), which train_step and test_step loop
+        over inside one compiled call; 1 means plain batches."""
+        super().compile(**kwargs)
+        self.batches_per_stack = batches_per_stack
+
     @property
     def metrics(self) -> list:
         return [self.loss_tracker, self.recon_tracker, self.kl_tracker]
 
-    def call(self, x, training: bool = False):
-        """Reconstruction logits for images x, through one sampled z."""
-        z_mean, z_log_var = self.encoder(x, training=training)
-        return self.decoder(self.sampling((z_mean, z_log_var)), training=training)
-
-    def loss_terms(self, x, training: bool = False):
-        """Per-example (recon, kl) for one reparameterised sample per image."""
+    def forward(self, x, training: bool = False):
+        """Encode, sample one z per image, decode: (logits, mean, log_var)."""
         z_mean, z_log_var = self.encoder(x, training=training)
         logits = self.decoder(self.sampling((z_mean, z_log_var)), training=training)
-        return objectives.bernoulli_nll(x, logits), objectives.gaussian_kl(z_mean, z_log_var)
+        return logits, z_mean, z_log_var
 
-    def _update_metrics(self, recon, kl):
-        self.loss_tracker.update_state(recon + self.beta * kl)
-        self.recon_tracker.update_state(recon)
-        self.kl_tracker.update_state(kl)
-        return {metric.name: metric.result() for metric in self.metrics}
+    def call(self, x, training: bool = False):
+        """Reconstruction logits for images x, through one sampled z."""
+        return self.forward(x, training=training)[0]
 
-    def train_step(self, data):
-        """One optimizer step on a batch (batch, 784), or one per batch of a stack (steps, batch, 784).
+    def objective(self, x, training: bool = False) -> objectives.ElboTerms:
+        """Per-example (loss, recon, kl) of images x for one reparameterised sample each."""
+        logits, z_mean, z_log_var = self.forward(x, training=training)
+        return objectives.negative_elbo(x, logits, z_mean, z_log_var, beta=self.beta)
 
-        A stack (what `make_datasets(..., steps_per_execution=K)` yields) runs its batches in order
-        in a loop inside this one (XLA-compiled) call: per batch exactly the per-batch step below,
-        with its own binarization and z draws and its own Adam update. That removes the per-batch
-        launch of Keras's multi-step loop; the arithmetic is unchanged.
-        """
-        if len(data.shape) == 3:
-            steps = tf.shape(data)[0]
+    def optimizer_step(self, x, global_batch_size=None) -> objectives.ElboTerms:
+        """One optimizer step on batch x, the one of both training loops; returns its per-example terms.
 
-            def body(step):
-                self._train_batch(data[step])
-                return step + 1
-
-            # parallel_iterations=1: each batch reads the weights, optimizer state and seed
-            # streams its predecessor wrote (XLA runs the loop sequentially anyway).
-            tf.while_loop(lambda step: step < steps, body, [tf.constant(0)], parallel_iterations=1)
-        else:
-            self._train_batch(data)
-        return {metric.name: metric.result() for metric in self.metrics}
-
-    def _train_batch(self, x):
-        recon, kl = self.apply_step(x)
-        self._update_metrics(recon, kl)
-
-    def apply_step(self, x, global_batch_size=None):
-        """The one per-batch optimizer step of every training path; returns per-example (recon, kl).
-
-        The loss is the mean of recon + beta * KL over the batch; under tf.distribute, where x is one
+        The loss minimised is the batch mean of the objective; under tf.distribute, where x is one
         replica's share, it is this share's sum over `global_batch_size`, so the gradients the
         optimizer sums over replicas are those of the mean over the whole global batch.
         """
         if self.binarize == "dynamic":  # a fresh Bernoulli(pixel) draw for every batch
             x = self.redraw_binary(x)
         with tf.GradientTape() as tape:
-            recon, kl = self.loss_terms(x, training=True)
-            per_example = recon + self.beta * kl
+            terms = self.objective(x, training=True)
             if global_batch_size is None:
-                loss = ops.mean(per_example)
+                loss = ops.mean(terms.loss)
             else:
-                loss = ops.sum(per_example) / ops.cast(global_batch_size, per_example.dtype)
+                loss = ops.sum(terms.loss) / ops.cast(global_batch_size, terms.loss.dtype)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
-        return recon, kl
+        return terms
+
+    def track(self, terms: objectives.ElboTerms) -> None:
+        """Add a batch's per-example terms to the epoch's running means (Keras's loss, recon, kl)."""
+        self.loss_tracker.update_state(terms.loss)
+        self.recon_tracker.update_state(terms.recon)
+        self.kl_tracker.update_state(terms.kl)
+
+    def train_batch(self, x) -> None:
+        self.track(self.optimizer_step(x))
+
+    def test_batch(self, x) -> None:
+        self.track(self.objective(x, training=False))
+
+    def train_step(self, data):
+        """Keras's per-call training step: one batch, or each batch of a stack in order."""
+        for_each_batch(self.train_batch, data, self.batches_per_stack)
+        return {metric.name: metric.result() for metric in self.metrics}
 
     def test_step(self, data):
-        """Metrics of a batch, or of each batch of a stack (in order, as train_step)."""
-        if len(data.shape) == 3:
-            steps = tf.shape(data)[0]
-
-            def body(step):
-                self._update_metrics(*self.loss_terms(data[step], training=False))
-                return step + 1
-
-            tf.while_loop(lambda step: step < steps, body, [tf.constant(0)], parallel_iterations=1)
-            return {metric.name: metric.result() for metric in self.metrics}
-        recon, kl = self.loss_terms(data, training=False)
-        return self._update_metrics(recon, kl)
+        """Keras's per-call validation step: the metrics of a batch, or of each batch of a stack."""
+        for_each_batch(self.test_batch, data, self.batches_per_stack)
+        return {metric.name: metric.result() for metric in self.metrics}
 
     def get_config(self) -> dict:
         return {
@@ -188,10 +175,28 @@ class VAE(keras.Model):
         return cls(**config)
 
 
+def for_each_batch(batch_step, data, batches_per_stack: int) -> None:
+    """Run `batch_step` on data, a batch; or, with batches_per_stack > 1, a stack (steps, batch, 784)
+    whose batches it runs in order in a loop inside the one compiled call. That removes the per-batch
+    launch of Keras's multi-step loop; per batch the arithmetic is exactly batch_step's."""
+    if batches_per_stack == 1:
+        batch_step(data)
+        return
+    steps = tf.shape(data)[0]
+
+    def body(step):
+        batch_step(data[step])
+        return step + 1
+
+    # parallel_iterations=1: each batch reads the weights, optimizer state and seed streams its
+    # predecessor wrote (XLA runs the loop sequentially anyway).
+    tf.while_loop(lambda step: step < steps, body, [tf.constant(0)], parallel_iterations=1)
+
+
 def has_convolutions(vae: VAE) -> bool:
     """The one test for the conv model's speed choices: on CPU its convolutions run faster in
-    TensorFlow's oneDNN kernels than under XLA, and very slowly inside an XLA while loop (bench/NOTES.md
-    runs 17 and 20), so it is neither stacked nor, by default, XLA-compiled."""
+    TensorFlow's oneDNN kernels than under XLA, and very slowly inside an XLA while loop (bench/NOTES.md),
+    so it is neither stacked nor, by default, XLA-compiled."""
     conv_layers = (layers.Conv2D, layers.Conv2DTranspose)
     return any(isinstance(layer, conv_layers) for part in (vae.encoder, vae.decoder) for layer in part.layers)
 

@@ -8,6 +8,7 @@ Every per-example function returns shape (batch,), summed over pixels and latent
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -29,9 +30,29 @@ def gaussian_kl(mean, log_var):
     return -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), axis=-1)
 
 
-def negative_elbo(x, logits, mean, log_var, beta: float = 1.0):
-    """Per-example loss: reconstruction + beta * KL. beta=1 is the negative ELBO proper."""
-    return bernoulli_nll(x, logits) + beta * gaussian_kl(mean, log_var)
+def reparameterize(mean, log_var, eps):
+    """z = mean + exp(log_var / 2) * eps: a draw from N(mean, exp(log_var)) given eps ~ N(0, I), written
+    so gradients flow to mean and log_var (the Sampling layer's draw; evaluation passes its own eps)."""
+    return mean + ops.exp(0.5 * log_var) * eps
+
+
+class ElboTerms(NamedTuple):
+    """Per-example terms of the objective, each of shape (batch,) (or broadcast over samples)."""
+
+    loss: object  # recon + beta * kl: what training minimises
+    recon: object  # -log p(x|z)
+    kl: object  # KL(q(z|x) || p(z))
+
+
+def negative_elbo(x, logits, mean, log_var, beta: float = 1.0) -> ElboTerms:
+    """The one per-example objective of training (both loops) and evaluation: reconstruction + beta * KL.
+
+    beta = 1 is the negative ELBO proper; evaluation always scores that. The terms come back too,
+    because both training and evaluation report them.
+    """
+    recon = bernoulli_nll(x, logits)
+    kl = gaussian_kl(mean, log_var)
+    return ElboTerms(recon + beta * kl, recon, kl)
 
 
 def seed_loss(x, logits, mean, log_var):
@@ -49,9 +70,3 @@ def seed_loss(x, logits, mean, log_var):
 def gaussian_log_density(z, mean, log_var):
     """log N(z; mean, exp(log_var)) summed over the last axis."""
     return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var), axis=-1)
-
-
-def log_mean_exp(values, axis: int = 0):
-    """log(mean(exp(values))) along an axis without overflow."""
-    peak = ops.max(values, axis=axis, keepdims=True)
-    return ops.squeeze(peak, axis=axis) + ops.log(ops.mean(ops.exp(values - peak), axis=axis))

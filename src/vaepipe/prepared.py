@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vaepipe import paths
+from vaepipe.config import DataParams
 from vaepipe.data import IMAGE_PIXELS, Dataset, Split, sha256_bytes
 from vaepipe.errors import DataError
 
@@ -69,15 +70,13 @@ def load_split(path: Path) -> Split:
     return Split(images, labels)
 
 
-def verify_prepared(split: Split, path: Path, meta_file: Path) -> None:
-    """Check a loaded split against the checksum prepare recorded in meta.json."""
-    try:
-        meta = json.loads(meta_file.read_text())
-        expected = meta["sha256"][path.stem]
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"{meta_file}: missing or unreadable ({error}); rerun `dvc repro prepare`") from None
+def verify_prepared(split: Split, path: Path, meta: dict) -> None:
+    """Check a loaded split against the checksum prepare recorded in meta.json (`read_meta()`)."""
+    expected = meta.get("sha256", {}).get(path.stem)
+    if expected is None:
+        raise DataError(f"{paths.PREPARED_META} records no sha256 for {path.stem}; rerun `dvc repro prepare`")
     if arrays_sha256(split) != expected:
-        raise DataError(f"{path}: contents do not match the sha256 in {meta_file.name} (changed since prepare)")
+        raise DataError(f"{path}: contents do not match the sha256 in meta.json (changed since prepare)")
 
 
 def to_unit_interval(images: np.ndarray) -> np.ndarray:
@@ -118,16 +117,45 @@ def load_verified(name: str) -> Split:
     """Prepared split `name` ('train', 'validation' or 'test'), checked against the sha256 prepare recorded."""
     path = paths.prepared_split(name)
     split = load_split(path)
-    verify_prepared(split, path, paths.PREPARED_META)
+    verify_prepared(split, path, read_meta())
     return split
 
 
-def read_meta() -> dict:
-    """data/prepared/meta.json: the dataset, its source and each split's size and sha256."""
+def write_splits(dataset: Dataset, params: DataParams) -> dict:
+    """Split off the validation images and write data/prepared: each split's .npz, then meta.json (the
+    one writer), every file renamed into place only when complete. Returns what meta.json records."""
+    train, validation = split_off_validation(dataset.train, params.val_size, params.split_seed)
+    splits = {"train": train, "validation": validation, "test": dataset.test}
+    paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        if split is None:  # data.val_size = 0: no validation split, and no stale one left behind
+            paths.prepared_split(name).unlink(missing_ok=True)
+            continue
+        with paths.atomic_path(paths.prepared_split(name)) as tmp:
+            save_split(split, tmp)
+    meta = {
+        "dataset": params.dataset,
+        "source": dataset.source,
+        **{f"n_{name}": 0 if split is None else len(split.labels) for name, split in splits.items()},
+        "validation": {"val_size": params.val_size, "split_seed": params.split_seed,
+                       "chosen": "first val_size of numpy default_rng(split_seed).permutation(training images)"},
+        "sha256": {name: arrays_sha256(split) for name, split in splits.items() if split is not None},
+    }
+    with paths.atomic_path(paths.PREPARED_META) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_meta(meta_file: Path | None = None) -> dict:
+    """data/prepared/meta.json: the dataset, its source and each split's size and sha256 (the one reader)."""
+    meta_file = meta_file or paths.PREPARED_META
     try:
-        return json.loads(paths.PREPARED_META.read_text())
+        meta = json.loads(meta_file.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"holds a {type(meta).__name__}, not an object")
+        return meta
     except (OSError, ValueError) as error:
-        raise DataError(f"{paths.PREPARED_META}: missing or unreadable ({error}); rerun `dvc repro prepare`") from None
+        raise DataError(f"{meta_file}: missing or unreadable ({error}); rerun `dvc repro prepare`") from None
 
 
 @dataclass(frozen=True)

@@ -148,16 +148,16 @@ def read_metrics(repo: Path) -> dict:
 # checkpoint of 2 epochs (exit code 5).
 POISON_EPOCH_3 = """
 import math, runpy, sys
-from vaepipe import callbacks
+from vaepipe.train import epoch_end
 
-original = callbacks.StopOnNonFiniteLoss.on_epoch_end
+original = epoch_end.EpochEnd.on_epoch_end
 
 def poisoned(self, epoch, logs=None):
     if epoch == 2:
         logs["loss"] = math.nan
     return original(self, epoch, logs)
 
-callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
+epoch_end.EpochEnd.on_epoch_end = poisoned
 sys.argv = ["stages/train.py"]
 runpy.run_path("stages/train.py", run_name="__main__")
 """

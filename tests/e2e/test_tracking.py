@@ -118,7 +118,7 @@ def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
 LOSES_SERVER = """
 import os, signal, socket, sys, time
 from vaepipe import tracking
-from vaepipe.errors import run_stage
+from vaepipe.process import run_stage
 
 def main():
     with tracking.active_run(None, start=dict(run_name="lost", params={"a": 1}, tags={})):

@@ -10,8 +10,6 @@ from typing import Any
 
 import mlflow
 
-from vaepipe import paths
-
 EXPERIMENT_TAGS = {
     # MLflow 3's UI shows an experiment of this kind in its model-training view, not the GenAI one.
     "mlflow.experimentKind": "custom_model_development",
@@ -34,12 +32,13 @@ def describe_experiment(experiment) -> None:
 
 
 def read_prepared_meta(meta_file: Path | None = None) -> dict[str, Any]:
-    """data/prepared/meta.json ({} when absent or unreadable: the run goes on without its inputs)."""
-    import json
+    """prepared.read_meta(), or {} when absent or unreadable: the run goes on without its inputs."""
+    from vaepipe.errors import DataError
+    from vaepipe.prepared import read_meta
 
     try:
-        return json.loads((meta_file or paths.PREPARED_META).read_text())
-    except (OSError, ValueError):
+        return read_meta(meta_file)
+    except DataError:
         return {}
 
 

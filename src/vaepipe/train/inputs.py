@@ -38,58 +38,58 @@ class Batches(NamedTuple):
     """What `fit` takes: every epoch's training batches in one dataset, and the validation batches."""
 
     train: tf.data.Dataset  # the epochs of `epochs`, one after another
-    steps_per_epoch: int  # elements per epoch (batches, or stacks of batches): fit's steps_per_epoch
+    stacks_per_epoch: int  # elements per epoch (stacks of batches, or batches): fit's steps_per_epoch
     val: tf.data.Dataset | None  # the same validation batches each time it is iterated
 
 
 def make_datasets(x_train: np.ndarray, x_val: np.ndarray | None, batch_size: int, seed: int,
-                  epochs: range, steps_per_execution: int = 1, eval_batch_size: int = VAL_BATCH_SIZE) -> Batches:
+                  epochs: range, batches_per_stack: int = 1, eval_batch_size: int = VAL_BATCH_SIZE) -> Batches:
     """Shuffled training batches for each epoch of `epochs` (a new order each epoch, consecutive
     slices of `epoch_permutation(n, seed, epoch)`, the last one partial) and fixed validation batches
     (None without x_val).
 
-    One dataset holds all the epochs, so `fit(batches.train, steps_per_epoch=batches.steps_per_epoch)`
-    keeps one iterator for the whole run: Keras otherwise starts a new one each epoch, which copied
-    the 157 MB training set every time and stalled epochs by up to 2 s here (bench/NOTES.md run 34).
+    One dataset holds all the epochs, so `fit(batches.train, steps_per_epoch=batches.stacks_per_epoch)`
+    keeps one iterator for the whole run: Keras otherwise starts a new one each epoch, which copies
+    the whole training set every time and stalls epochs (bench/NOTES.md).
     Each epoch's order is keyed by the epoch number the dataset itself carries, so a run resumed at
     epoch k (`epochs=range(k, total)`) sees the batches an uninterrupted one sees.
 
-    `steps_per_execution` > 1 gives the same batches in the same order, stacked: elements of shape
+    `batches_per_stack` > 1 gives the same batches in the same order, stacked: elements of shape
     (steps, batch, 784) holding up to that many consecutive full batches (`stack_size` picks how
     many), which VAE.train_step and test_step run in one compiled call (so compile the model with
-    Keras's steps_per_execution=1).
+    the same batches_per_stack and Keras's steps_per_execution=1).
     An epoch's last stack may hold fewer batches; a partial last batch comes alone, as (1, rest, 784).
     """
     n = len(x_train)
     images = tf.constant(x_train)
     orders = tf.data.Dataset.range(epochs.start, epochs.stop).map(lambda epoch: epoch_permutation(n, seed, epoch))
-    if steps_per_execution > 1:
-        train = orders.flat_map(lambda order: _stacks(order, n, batch_size, steps_per_execution))
+    if batches_per_stack > 1:
+        train = orders.flat_map(lambda order: _stacks(order, n, batch_size, batches_per_stack))
     else:
         train = orders.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
-    steps_per_epoch = _elements(n, batch_size, steps_per_execution)
+    stacks_per_epoch = _elements(n, batch_size, batches_per_stack)
     train = train.map(lambda index: tf.gather(images, index)).prefetch(tf.data.AUTOTUNE)
     if x_val is None:
-        return Batches(train, steps_per_epoch, None)
-    if steps_per_execution > 1:
+        return Batches(train, stacks_per_epoch, None)
+    if batches_per_stack > 1:
         val_images = tf.constant(x_val)
         val = (tf.data.Dataset.from_tensors(tf.range(len(x_val)))
-               .flat_map(lambda order: _stacks(order, len(x_val), eval_batch_size, steps_per_execution))
+               .flat_map(lambda order: _stacks(order, len(x_val), eval_batch_size, batches_per_stack))
                .map(lambda index: tf.gather(val_images, index))
                # A known length: Keras then ends each validation pass without an "ran out of data" warning.
                .apply(tf.data.experimental.assert_cardinality(_elements(len(x_val), eval_batch_size,
-                                                                        steps_per_execution))))
+                                                                        batches_per_stack))))
     else:
         val = tf.data.Dataset.from_tensor_slices(x_val).batch(eval_batch_size)
-    return Batches(train, steps_per_epoch, val.cache().prefetch(tf.data.AUTOTUNE))
+    return Batches(train, stacks_per_epoch, val.cache().prefetch(tf.data.AUTOTUNE))
 
 
 def stack_size(full_batches: int, steps: int) -> int:
     """Batches per stack: `steps`, or the largest divisor of `full_batches` of at least steps / 2.
 
-    Every distinct stack shape is traced and XLA-compiled once (about 1 s each here), so stacks that
-    divide the epoch save the compile of a smaller last stack: 1562 batches of 32 (the default
-    50k images) go as 22 stacks of 71 instead of 15 of 100 and one of 62 (bench/NOTES.md run 32).
+    Every distinct stack shape is traced and XLA-compiled once, so stacks that divide the epoch save
+    the compile of a smaller last stack: 1562 batches of 32 (the default 50k images) go as 22 stacks
+    of 71 instead of 15 of 100 and one of 62.
     """
     if full_batches <= steps:
         return max(full_batches, 1)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vaepipe.compare_rows import Row
+from vaepipe.compare.rows import Row
 
 BETA = "train.beta"
 PARAM_METRICS = ("test_loss", "test_nll_iw", "test_kl", "knn_accuracy")
@@ -33,8 +33,8 @@ def numeric_differing(rows: list[Row]) -> list[str]:
     """Differing params whose every value is a number (latent_dim, beta, epochs; not `hidden: [512]`)."""
     names = list(rows[0].differing) if rows else []
     return [name for name in names
-            if all(_number(row.differing[name]) is not None for row in rows)
-            and len({_number(row.differing[name]) for row in rows}) > 1]
+            if all(_float(row.differing[name]) is not None for row in rows)
+            and len({_float(row.differing[name]) for row in rows}) > 1]
 
 
 def beta_lines(rows: list[Row]) -> list[list[Row]]:
@@ -44,7 +44,7 @@ def beta_lines(rows: list[Row]) -> list[list[Row]]:
     for row in rows:
         key = tuple((name, value) for name, value in row.differing.items() if name != BETA)
         groups.setdefault(key, []).append(row)
-    return [sorted(group, key=lambda row: _number(row.run.params.get(BETA, "")) or 0.0)
+    return [sorted(group, key=lambda row: _float(row.run.params.get(BETA, "")) or 0.0)
             for group in groups.values() if len(group) >= 2]
 
 
@@ -61,8 +61,9 @@ def validation_curves(rows: list[Row]):
 
 def rate_distortion(rows: list[Row]):
     figure, axes = plt.subplots(figsize=(7, 5.5))
-    joined = {id(row) for line in beta_lines(rows) for row in line}
-    for line in beta_lines(rows):
+    lines = beta_lines(rows)
+    joined = {id(row) for line in lines for row in line}
+    for line in lines:
         others = ", ".join(f"{k}={v}" for k, v in line[0].differing.items() if k != BETA) or "beta"
         axes.plot([r.metrics["test_kl"] for r in line], [r.metrics["test_recon"] for r in line], marker="o", label=others)
         for row in line:
@@ -84,10 +85,10 @@ def metrics_against(rows: list[Row], name: str):
     for row in rows:
         label = ", ".join(f"{k}={v}" for k, v in row.differing.items() if k != name) or "all runs"
         groups.setdefault(label, []).append(row)
-    xs = [_number(row.differing[name]) for row in rows]
+    xs = [_float(row.differing[name]) for row in rows]
     for axes, metric in zip(grid.flat, PARAM_METRICS, strict=True):
         for label, group in groups.items():
-            points = sorted((_number(r.differing[name]), r.metrics[metric]) for r in group if metric in r.metrics)
+            points = sorted((_float(r.differing[name]), r.metrics[metric]) for r in group if metric in r.metrics)
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", label=label)
         if min(xs) > 0 and max(xs) / min(xs) >= 8:  # latent sizes 2..64 read better on a log axis
@@ -104,7 +105,7 @@ def _legend(axes, lines) -> None:
         axes.legend(fontsize=7)
 
 
-def _number(text: str) -> float | None:
+def _float(text: str) -> float | None:
     try:
         return float(text)
     except (TypeError, ValueError):

@@ -1,5 +1,5 @@
 """`make compare`: read the finished runs back from the MLflow store, find the params that differ between
-them, and write reports/compare.{md,csv,html} with the figures (vaepipe.compare_figures).
+them, and write reports/compare.{md,csv,html} with the figures (vaepipe.compare.figures).
 
     python -m vaepipe.compare [--sweep NAME] [--filter "params.`model.arch` = 'mlp'"] [--last N] [--sort METRIC]
 
@@ -11,77 +11,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
-import math
 import sys
 from pathlib import Path
 
-from vaepipe import compare_figures, paths, tracking
-from vaepipe.compare_rows import IW_PARAM, METRICS, Row, build_rows, select
+from vaepipe import paths, tracking
+from vaepipe.compare import html
+from vaepipe.compare.figures import draw_all
+from vaepipe.compare.rows import METRICS, Row, build_rows, select
+from vaepipe.compare.table import markdown, table
 from vaepipe.errors import TrackingError
 from vaepipe.tracking import search
 
 REPORTS_DIR = paths.ROOT / "reports"
-
-
-def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells (blank where a run lacks a value)."""
-    differing = list(rows[0].differing) if rows else []
-    header = ["run", "dvc_experiment", *differing, *METRICS[:4], "iw_k", *METRICS[4:], "epochs", "median_s_per_epoch"]
-    cells = []
-    for row in rows:
-        metric = [_number(row.metrics.get(key)) for key in METRICS]
-        cells.append([row.run.name, row.run.tags.get("dvc.exp_name", ""), *row.differing.values(),
-                      *metric[:4], row.run.params.get(IW_PARAM, ""), *metric[4:], _number(row.epochs),
-                      _number(row.median_epoch_s, digits=2)])
-    return header, cells
-
-
-def _number(value: float | int | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
-
-
-def markdown(header: list[str], cells: list[list[str]]) -> str:
-    escape = lambda text: text.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
-
-
-def html_page(header: list[str], cells: list[list[str]], rows: list[Row], figures: dict[str, bytes],
-              ui_base: str, summary: str) -> str:
-    """One self-contained page: inline CSS, figures as data: URIs, each run linked to the MLflow UI."""
-    import base64
-
-    def cell(index: int, row_index: int, text: str) -> str:
-        if index == 0:
-            run = rows[row_index].run
-            return f'<td><a href="{html.escape(tracking.run_url(ui_base, run.experiment_id, run.run_id))}">' \
-                   f"{html.escape(text)}</a></td>"
-        return f"<td>{html.escape(text)}</td>"
-
-    body = "\n".join("<tr>" + "".join(cell(i, r, text) for i, text in enumerate(row)) + "</tr>"
-                     for r, row in enumerate(cells))
-    images = "\n".join(
-        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, png in figures.items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>vaepipe: compare runs</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
-img{{max-width:100%}} figure{{margin:1em 0}}</style></head>
-<body><h1>vaepipe: {len(rows)} finished run(s)</h1><p>{html.escape(summary)}</p>
-<table><thead><tr>{"".join(f"<th>{html.escape(name)}</th>" for name in header)}</tr></thead>
-<tbody>
-{body}
-</tbody></table>
-{images}
-</body></html>
-"""
 
 
 def write_reports(rows: list[Row], out_dir: Path, ui_base: str, summary: str) -> list[Path]:
@@ -95,13 +36,13 @@ def write_reports(rows: list[Row], out_dir: Path, ui_base: str, summary: str) ->
         writer = csv.writer(handle)
         writer.writerow([*header, "run_id"])
         writer.writerows([*cells_row, row.run.run_id] for cells_row, row in zip(cells, rows, strict=True))
-    figures = compare_figures.draw_all(rows)
+    figures = draw_all(rows)
     for name, png in figures.items():
         with paths.atomic_path(out_dir / name) as tmp:
             tmp.write_bytes(png)
         written.append(out_dir / name)
     with paths.atomic_path(written[2]) as tmp:
-        tmp.write_text(html_page(header, cells, rows, figures, ui_base, summary))
+        tmp.write_text(html.page(header, cells, rows, figures, ui_base, summary))
     return written
 
 

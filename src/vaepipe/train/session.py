@@ -1,13 +1,14 @@
-"""The run session both training paths share: checkpoint, MLflow run, callbacks and the stage's outputs.
+"""The run session both training loops share: checkpoint, MLflow run, the end-of-epoch path and the
+stage's outputs.
 
-    session = TrainingSession(params, dataset_sha)   # this key's checkpoint dir, others removed
-    start_epoch = session.restore(vae)               # epochs already done (0 for a fresh run)
-    with session.run(vae, start_epoch) as callbacks: # the MLflow run, opened or continued
-        ... train, calling the callbacks at each epoch's end ...
+    session = TrainingSession(params, inputs)            # this key's checkpoint dir, others removed
+    start_epoch = session.restore(vae)                   # epochs already done (0 for a fresh run)
+    with session.run(vae, start_epoch) as epoch_end:     # the MLflow run, opened or continued
+        ... train, calling epoch_end.on_epoch_end after each epoch ...
     # here the outputs are written and the checkpoint is gone
 
 Resuming is exact: every epoch's randomness is a function of (train.seed, epoch) alone
-(vaepipe.batches), and the checkpoint written at the end of each epoch holds the weights and the
+(vaepipe.train.inputs), and the checkpoint written at the end of each epoch holds the weights and the
 optimizer state. A run interrupted after epoch k and resumed computes bit for bit what the
 uninterrupted run computes, and continues the same MLflow run.
 """
@@ -21,12 +22,12 @@ from contextlib import contextmanager
 import keras
 
 from vaepipe import paths, tracking
-from vaepipe.callbacks import EpochLog, EpochMetricsLogger, StopOnNonFiniteLoss, keep_epochs_before
-from vaepipe.checkpoint import Checkpoint, drop_other_checkpoints
 from vaepipe.config import Params, flat_params
 from vaepipe.prepared import TrainingInputs
-from vaepipe.provenance import checkpoint_key, key_parts
 from vaepipe.tracking import model_logging
+from vaepipe.train.checkpoint import Checkpoint, drop_other_checkpoints
+from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before
+from vaepipe.train.provenance import checkpoint_key, key_parts
 
 
 class TrainingSession:
@@ -46,16 +47,15 @@ class TrainingSession:
 
     def restore(self, vae: keras.Model) -> int:
         """Load the last checkpoint into the compiled model; return the number of epochs it holds."""
-        self.checkpoint.set_model(vae)
         start_epoch = self.checkpoint.restore(vae)
         keep_epochs_before(self.epoch_log, start_epoch)
         return start_epoch
 
     @contextmanager
-    def run(self, vae: keras.Model, start_epoch: int) -> Iterator[list[keras.callbacks.Callback]]:
-        """Open (or continue) the MLflow run and yield the end-of-epoch callbacks, in their order:
-        check the loss, log it, then checkpoint, so a checkpoint always follows its logs and a NaN
-        epoch is never checkpointed. On success, write the outputs and remove the checkpoint."""
+    def run(self, vae: keras.Model, start_epoch: int) -> Iterator[EpochEnd]:
+        """Open (or continue) the MLflow run and yield the one end-of-epoch path (epoch_end.EpochEnd),
+        with the epochs a killed run had not logged yet logged. On an error, the finished epochs reach
+        MLflow if they can; on success, the outputs are written and the checkpoint is removed."""
         # The run of an interrupted attempt with these params (even one killed before its first
         # checkpoint) is continued, so the store never holds an abandoned run for these params.
         previous_run = self.run_id_file.read_text().strip() if self.run_id_file.exists() else None
@@ -64,7 +64,14 @@ class TrainingSession:
         with tracking.active_run(previous_run, start=start) as run_id:
             self._announce(run_id, start_epoch)
             log_model_summary(vae)
-            yield [StopOnNonFiniteLoss(), EpochLog(self.epoch_log), EpochMetricsLogger(), self.checkpoint]
+            epoch_end = EpochEnd(self.epoch_log, self.checkpoint, final_epoch=self.params.train.epochs - 1)
+            epoch_end.resume(start_epoch)
+            try:
+                yield epoch_end
+            except BaseException:
+                epoch_end.flush_after_error()
+                raise
+            epoch_end.flush()
             write_outputs(vae, self.epoch_log, run_id)
         # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""`make compare`'s data: the finished runs, the params that differ between them, one row per run."""
+"""`make compare`'s data: the finished runs (read back by vaepipe.tracking.search), the params that differ
+between them, one row per run."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Devices: `mirrored` uses every local GPU, else the CPU; `VAEPIPE_LOGICAL_CPUS=N` splits the CPU into
 N logical devices first (for testing data parallelism without GPUs). `multi_worker` reads the
-cluster from TF_CONFIG (set by vaepipe.launcher for local workers).
+cluster from TF_CONFIG (set by vaepipe.train.launcher for local workers).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Why a custom loop: Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras
 issue 20585: "Invalid reduction dimension 0 for input with 0 dimensions" in the loss reduction). This
-loop runs the VAE's own `loss_terms` under the strategy instead, with the same Adam settings:
+loop runs the VAE's own `optimizer_step` under the strategy instead, with the same Adam settings:
 
 - The global batch is `train.batch_size`, the same consecutive slice of the epoch's permutation as in
-  the single-process path (batches.make_datasets), split evenly across the replicas.
+  the single-process path (inputs.make_datasets), split evenly across the replicas.
 - Each replica sums its per-example losses and divides by the *global* batch size; the optimizer
   sums the replicas' gradients. So each step's gradient is the one-device gradient of the batch mean.
 - Epoch metrics (loss, recon, kl, val_*) are per-example means over the epoch, as Keras's Mean
@@ -29,17 +29,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vaepipe import prepared, tracking
-from vaepipe.batches import VAL_BATCH_SIZE, epoch_permutation, epoch_seed
-from vaepipe.callbacks import StopOnNonFiniteLoss
+from vaepipe import objectives, prepared, tracking
 from vaepipe.config import Params
 from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, build_vae
-from vaepipe.schedules import make_optimizer
-from vaepipe.session import TrainingSession
-from vaepipe.strategy import is_chief, make_strategy, num_workers
+from vaepipe.train.callbacks import check_finite
+from vaepipe.train.epoch_end import EpochEnd
+from vaepipe.train.inputs import VAL_BATCH_SIZE, epoch_permutation, epoch_seed
+from vaepipe.train.schedules import make_optimizer
+from vaepipe.train.session import TrainingSession
+from vaepipe.train.strategy import is_chief, make_strategy, num_workers
 
-METRICS = ("loss", "recon", "kl")  # per-example sums accumulated in this order, then the count
+METRICS = objectives.ElboTerms._fields  # per-example sums accumulated in this order, then the count
 
 
 def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order: np.ndarray,
@@ -75,16 +76,16 @@ def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order:
 class DistributedTrainer:
     """The VAE, its optimizer and the compiled per-step functions, all under one strategy."""
 
-    def __init__(self, params: Params, strategy: tf.distribute.Strategy, steps_per_epoch: int):
+    def __init__(self, params: Params, strategy: tf.distribute.Strategy, batches_per_epoch: int):
         self.params = params
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
         with strategy.scope():
-            # The same initial weights as training.compile_vae (global seed, then build).
+            # The same initial weights as single_process.compile_vae (global seed, then build).
             keras.utils.set_random_seed(params.train.seed)
             self.vae: VAE = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize,
                                       seed=params.train.seed)
-            self.optimizer = make_optimizer(params.train, steps_per_epoch)
+            self.optimizer = make_optimizer(params.train, batches_per_epoch)
             # compile only attaches the optimizer: checkpoints then hold its state (fit is never called).
             self.vae.compile(optimizer=self.optimizer)
             self.optimizer.build(self.vae.trainable_variables)
@@ -98,19 +99,15 @@ class DistributedTrainer:
 
     # ------------------------------------------------------------ per-replica work
 
-    def _accumulate(self, recon, kl) -> None:
-        per_example = recon + self.vae.beta * kl
-        count = tf.cast(tf.shape(recon)[0], tf.float64)
-        self.sums.assign_add(tf.stack([tf.reduce_sum(tf.cast(t, tf.float64)) for t in (per_example, recon, kl)]
-                                      + [count]))
+    def _accumulate(self, terms: objectives.ElboTerms) -> None:
+        count = tf.cast(tf.shape(terms.loss)[0], tf.float64)
+        self.sums.assign_add(tf.stack([tf.reduce_sum(tf.cast(t, tf.float64)) for t in terms] + [count]))
 
     def _train_replica(self, x, global_size) -> None:
-        recon, kl = self.vae.apply_step(x, global_batch_size=global_size)
-        self._accumulate(recon, kl)
+        self._accumulate(self.vae.optimizer_step(x, global_batch_size=global_size))
 
     def _eval_replica(self, x, _global_size) -> None:
-        recon, kl = self.vae.loss_terms(x, training=False)
-        self._accumulate(recon, kl)
+        self._accumulate(self.vae.objective(x, training=False))
 
     def _run_steps(self, replica_fn):
         strategy = self.strategy
@@ -206,7 +203,7 @@ def validation_batches(strategy: tf.distribute.Strategy, x_val: np.ndarray | Non
 
 
 def train(params: Params) -> None:
-    """training.train for `train.distribute != none`: the same outputs, checkpoints and MLflow run."""
+    """single_process.train for `train.distribute != none`: the same outputs, checkpoints and MLflow run."""
     strategy = make_strategy(params.train.distribute)  # first: it must precede any TensorFlow work
     chief = is_chief(strategy)
     workers = num_workers(strategy)
@@ -215,7 +212,7 @@ def train(params: Params) -> None:
           f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
     inputs = prepared.training_inputs(params.data.binarize)
     x_train = inputs.x_train
-    trainer = DistributedTrainer(params, strategy, steps_per_epoch=-(-len(x_train) // params.train.batch_size))
+    trainer = DistributedTrainer(params, strategy, batches_per_epoch=-(-len(x_train) // params.train.batch_size))
     val_data, n_val_batches = validation_batches(strategy, inputs.x_val)
 
     # Only the chief has a session (checkpoint, log, MLflow run); the others get its restored state.
@@ -224,20 +221,22 @@ def train(params: Params) -> None:
     if workers > 1:
         start_epoch = trainer.broadcast_from_chief(start_epoch)
     if session is None:
-        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, callbacks=[])
+        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, epoch_end=None)
         return
-    with session.run(trainer.vae, start_epoch) as callbacks:
+    with session.run(trainer.vae, start_epoch) as epoch_end:
         tracking.log_metrics({"replicas": strategy.num_replicas_in_sync, "workers": workers})
-        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, callbacks)
+        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, epoch_end)
 
 
 def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int, x_train: np.ndarray,
-                  val_data, n_val_batches: int, callbacks: list[keras.callbacks.Callback]) -> None:
-    # Every worker checks the (all-reduced, hence identical) loss, so all stop together on a NaN.
-    guard = [] if any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks) else [StopOnNonFiniteLoss()]
+                  val_data, n_val_batches: int, epoch_end: EpochEnd | None) -> None:
+    """The epochs, each ended by the session's end-of-epoch path (the chief) or by the NaN check alone
+    (the other workers: the loss is all-reduced, hence identical, so all stop together on a NaN)."""
     for epoch in range(start_epoch, params.train.epochs):
         logs = trainer.run_epoch(epoch, x_train, val_data, n_val_batches)
-        for callback in guard + callbacks:
-            callback.on_epoch_end(epoch, logs)
+        if epoch_end is None:
+            check_finite(epoch, logs)
+        else:
+            epoch_end.on_epoch_end(epoch, logs)
         print(f"epoch {epoch + 1}/{params.train.epochs}: " +
               " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())), flush=True)

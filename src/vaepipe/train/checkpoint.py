@@ -17,30 +17,25 @@ from vaepipe import paths
 from vaepipe.errors import DataError, deferred_signals
 
 
-class Checkpoint(keras.callbacks.Callback):
+class Checkpoint:
     """Weights + optimizer state of a finished epoch, in `directory`, replaced atomically.
 
     `state.json` names the epoch count and the state file; it is renamed into place after the
     state file is complete, so whenever the process dies the pair it names is consistent.
-    SIGINT/SIGTERM wait until the checkpoint is written. As a callback it writes after every epoch
-    (the distributed loop); callbacks.EpochBookkeeping calls `write` itself, with the number of
-    epochs MLflow has so far (`logged`), which it batches.
+    SIGINT/SIGTERM wait until the checkpoint is written. It also records how many of its epochs
+    MLflow had (`logged`), which the end-of-epoch writes batch (epoch_end.EpochEnd).
 
     The state is one uncompressed .npz of every model and optimizer variable by its Keras path:
-    about 6x faster to write than Keras's .weights.h5 for the tutorial model (bench/NOTES.md).
+    much faster to write than Keras's .weights.h5 for small models (bench/NOTES.md).
     """
 
     STATE = "state.json"
 
     def __init__(self, directory: Path, key: str, provenance: dict[str, str] | None = None):
-        super().__init__()
         self.directory = directory
         self.key = key
         self.provenance = provenance or {}  # what the key hashes, by part: say which one changed
-
-    def completed_epochs(self) -> int:
-        state = self._state()
-        return state["epoch"] if state else 0
+        self.model: keras.Model | None = None  # set by restore
 
     def logged_epochs(self) -> int:
         """How many epochs had reached MLflow when the checkpoint was written (all, if not recorded)."""
@@ -60,40 +55,31 @@ class Checkpoint(keras.callbacks.Callback):
         return state
 
     def restore(self, model: keras.Model) -> int:
-        """Load the last checkpoint into a compiled model; return the number of epochs it holds."""
+        """Attach the compiled model, load the last checkpoint into it, return the epochs it holds."""
+        self.model = model
         state = self._state()
         if not state:
             return 0
         weights = self.directory / state["weights"]
         try:
             model.optimizer.build(model.trainable_variables)
-            if weights.suffix == ".npz":
-                _assign(model, weights)
-            else:  # a .weights.h5 of an earlier version
-                model.load_weights(weights)
+            _assign(model, weights)
         except (OSError, ValueError, KeyError) as error:
             raise DataError(f"{weights}: cannot load checkpoint ({error}); "
                             f"delete {self.directory} to train from scratch") from None
         return state["epoch"]
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """Every model and optimizer variable's value now, by path (host copies: the model trains on)."""
-        return {variable.path: keras.ops.convert_to_numpy(variable) for variable in _variables(self.model)}
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.write(epoch + 1, self.snapshot())
-
-    def write(self, epochs_done: int, snapshot: dict[str, np.ndarray], logged: int | None = None) -> None:
-        """Make `snapshot` (the state after `epochs_done` epochs) the checkpoint, atomically; `logged`:
-        how many of those epochs MLflow has (default: all)."""
+    def write(self, epochs_done: int, logged: int) -> None:
+        """Make the model's state now (after `epochs_done` epochs) the checkpoint, atomically; `logged`:
+        how many of those epochs MLflow has."""
+        snapshot = {variable.path: keras.ops.convert_to_numpy(variable) for variable in _variables(self.model)}
         with deferred_signals():
             name = f"epoch-{epochs_done:05d}.npz"
             with paths.atomic_path(self.directory / name) as tmp, tmp.open("wb") as handle:
                 np.savez(handle, **snapshot)
             with paths.atomic_path(self.directory / self.STATE) as tmp:
                 tmp.write_text(json.dumps({"epoch": epochs_done, "weights": name, "key": self.key,
-                                           "logged": epochs_done if logged is None else logged,
-                                           "provenance": self.provenance}) + "\n")
+                                           "logged": logged, "provenance": self.provenance}) + "\n")
             for old in self.directory.glob("epoch-*"):
                 if old.name != name:
                     old.unlink(missing_ok=True)

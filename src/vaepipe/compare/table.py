@@ -1,0 +1,56 @@
+"""The table of `make compare`: its columns, from one list, and each run's cells as text; as markdown."""
+
+from __future__ import annotations
+
+import math
+
+from vaepipe.compare.rows import IW_PARAM, METRICS, Row
+
+DIFFERING = "differing params"  # stands in COLUMNS for one column per param that differs, named by the param
+
+# Every column of the table, in order. A metric of rows.METRICS is shown where its name stands here.
+COLUMNS = ("run", "dvc_experiment", DIFFERING, "test_loss", "test_recon", "test_kl", "test_nll_iw", "iw_k",
+           "active_units", "knn_accuracy", "epochs", "median_s_per_epoch")
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells (blank where a run lacks a value)."""
+    differing = list(rows[0].differing) if rows else []
+    header = [name for column in COLUMNS for name in (differing if column == DIFFERING else [column])]
+    cells = [[cell for column in COLUMNS for cell in _cells(row, column)] for row in rows]
+    return header, cells
+
+
+def _cells(row: Row, column: str) -> list[str]:
+    """The row's cells under `column`: one per differing param under DIFFERING, else one."""
+    if column == DIFFERING:
+        return list(row.differing.values())
+    if column in METRICS:
+        return [_number(row.metrics.get(column))]
+    match column:
+        case "run":
+            return [row.run.name]
+        case "dvc_experiment":
+            return [row.run.tags.get("dvc.exp_name", "")]
+        case "iw_k":
+            return [row.run.params.get(IW_PARAM, "")]
+        case "epochs":
+            return [_number(row.epochs)]
+        case "median_s_per_epoch":
+            return [_number(row.median_epoch_s, digits=2)]
+    raise ValueError(f"compare: no cell for column {column!r}")
+
+
+def _number(value: float | int | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def markdown(header: list[str], cells: list[list[str]]) -> str:
+    escape = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""A stage's process: set up (XLA's compile cache), run its main function, and exit with the code its
+outcome calls for (vaepipe.errors' exit codes, 128 + a signal's number) and one line saying why."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from vaepipe.errors import VaepipeError, interruptible, received_signal
+
+
+def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
+    """Run a stage's main function; print user errors as one line and exit non-zero.
+
+    Ctrl-C (SIGINT) and SIGTERM end the stage with 128 + the signal number (130, 143), after the
+    stage's own cleanup ran (outputs left as they were, MLflow run marked KILLED). The message names
+    the stage (its script's name) and says what the next `dvc repro` does: `on_rerun`, or by default
+    that it runs the stage again. That holds too when library code turned the signal's exception into
+    another error or lost it (see stop_if_signalled).
+    """
+    stage = Path(getattr(getattr(main, "__code__", None), "co_filename", sys.argv[0])).stem
+    use_xla_cache()
+    rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
+    try:
+        with interruptible():
+            main()
+    except KeyboardInterrupt as error:
+        swallowed = getattr(error, "swallowed", False)
+        _stopped(stage, getattr(error, "signum", received_signal() or signal.SIGINT), rerun,
+                 "at the next step: library code had swallowed the signal's exception" if swallowed else "")
+    except Exception as error:
+        if received_signal() is not None:  # a signal that library code turned into this error
+            _stopped(stage, received_signal(), rerun, f"it surfaced as {type(error).__name__}: {error}")
+        if not isinstance(error, VaepipeError):
+            raise  # a bug: its traceback, the ordinary way
+        print(f"error: {error}", file=sys.stderr)
+        _leave(error.exit_code)
+    if received_signal() is not None:  # its exception was lost on the way, and the stage ran to the end
+        print(f"interrupted by {signal.Signals(received_signal()).name} while stage {stage} finished: its outputs "
+              f"are written, and `dvc repro` stops here", file=sys.stderr)
+        _leave(128 + received_signal())
+    _leave(0)
+
+
+def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
+    """End a stage stopped by a signal: one line, exit code 128 + the signal's number."""
+    print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped and its outputs are unchanged "
+          f"({rerun})" + (f" ({how})" if how else ""), file=sys.stderr)
+    _leave(128 + signum)
+
+
+def use_xla_cache() -> None:
+    """Before TensorFlow is imported: keep XLA's compiled programs in paths.xla_cache_dir(), so a rerun
+    with the same shapes (an edited param, a queued experiment, a resumed run) loads them instead of
+    compiling them again (bench/NOTES.md). Same programs, same numbers."""
+    from vaepipe import paths
+
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" not in flags:
+        directory = paths.xla_cache_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+
+
+def _leave(code: int) -> NoReturn:
+    """End the stage's process now: run the atexit handlers (logging, MLflow), flush, and skip the
+    interpreter's teardown, which after importing TensorFlow takes seconds (bench/NOTES.md) and has
+    nothing left to do: outputs are written and closed, the MLflow run is ended. A bug's traceback
+    (any other exception) still exits the ordinary way."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

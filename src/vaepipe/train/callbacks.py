@@ -1,0 +1,68 @@
+"""Keras callbacks of the single-process loop around its epochs: per-epoch randomness, timing, the stop
+on a lost signal, and the NaN guard both loops apply before an epoch is logged."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from vaepipe.errors import VaepipeError, stop_if_signalled
+from vaepipe.train.inputs import epoch_seed
+
+
+class NonFiniteLossError(VaepipeError):
+    exit_code = 5
+
+
+def check_finite(epoch: int, logs: dict) -> None:
+    """Stop with a clear error when the epoch's loss is NaN or infinite (the checkpoint is kept).
+
+    Called before the epoch is logged or checkpointed, so the last checkpoint is the last good epoch.
+    """
+    loss = logs.get("loss")
+    if loss is not None and not np.isfinite(loss):
+        raise NonFiniteLossError(
+            f"training loss became {loss} in epoch {epoch + 1}; lower train.learning_rate "
+            "(the last good checkpoint is kept)"
+        )
+
+
+class EpochRandomState(keras.callbacks.Callback):
+    """Before each epoch, set every SeedGenerator in the model from (seed, epoch); the data order is
+    keyed by the epoch inside the dataset (inputs.make_datasets)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        for index, state in enumerate(states):
+            state.assign(np.array([epoch_seed(self.seed, epoch, index), 0], dtype=state.dtype))
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Between compiled calls, stop on a SIGINT/SIGTERM whose exception library code swallowed
+    (errors.stop_if_signalled): one check per call, so per step on Keras's per-step path."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        stop_if_signalled()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        stop_if_signalled()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        stop_if_signalled()
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Add `epoch_time` (seconds, wall clock) to each epoch's logs, for CSV and MLflow alike."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["epoch_time"] = time.perf_counter() - self._start

@@ -1,0 +1,81 @@
+"""Single-process training: compile the VAE and `fit` it inside a TrainingSession (resumable, tracked).
+
+`train.distribute != none` runs vaepipe.train.distributed instead; stages/train.py chooses.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+from vaepipe import prepared
+from vaepipe.config import Params
+from vaepipe.model import VAE, build_vae, has_convolutions
+from vaepipe.train.callbacks import EpochRandomState, EpochTimer, StopOnSignal
+from vaepipe.train.inputs import Batches, make_datasets
+from vaepipe.train.schedules import make_optimizer
+from vaepipe.train.session import TrainingSession
+
+
+def batches_per_epoch(n_images: int, params: Params) -> int:
+    return -(-n_images // params.train.batch_size)
+
+
+def compile_vae(params: Params, batches_per_epoch: int) -> VAE:
+    """The VAE, compiled to run `train.steps_per_execution` batches (at most an epoch's) per compiled call.
+
+    Where the model allows it, those batches come stacked (`training_batches`) and VAE.train_step loops
+    over them inside one XLA program (Keras runs one stack per call): faster per step than Keras's own
+    multi-step loop for small models. Convolutions inside that loop run very slowly under XLA on CPU,
+    so the conv model keeps Keras's loop (batches_per_stack = 1) and by default (`jit_compile: auto`)
+    runs without XLA at all: TensorFlow's oneDNN convolutions are faster here (bench/NOTES.md).
+    """
+    keras.utils.set_random_seed(params.train.seed)
+    vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
+    steps_per_execution = min(params.train.steps_per_execution, batches_per_epoch)
+    conv = has_convolutions(vae)
+    batches_per_stack = 1 if conv else steps_per_execution
+    if batches_per_stack > 1:
+        keras_steps = 1  # one stack per call
+    else:  # Keras's own loop counts whole calls: a divisor of the epoch keeps its progress bar at N/N
+        keras_steps = max(d for d in range(1, steps_per_execution + 1) if batches_per_epoch % d == 0)
+    vae.compile(
+        optimizer=make_optimizer(params.train, batches_per_epoch),
+        steps_per_execution=keras_steps,
+        jit_compile=not conv if params.train.jit_compile == "auto" else params.train.jit_compile,
+        batches_per_stack=batches_per_stack,
+    )
+    return vae
+
+
+def training_batches(vae: VAE, params: Params, x_train: np.ndarray, x_val: np.ndarray | None,
+                     epochs: range) -> Batches:
+    """The epochs' training batches and the validation batches, stacked as the compiled model expects."""
+    return make_datasets(x_train, x_val, params.train.batch_size, params.train.seed, epochs=epochs,
+                         batches_per_stack=vae.batches_per_stack)
+
+
+def fit_callbacks(params: Params) -> list[keras.callbacks.Callback]:
+    """The callbacks around every epoch of `fit`, before the end-of-epoch path: stop on a lost signal,
+    the epoch's randomness, its wall time."""
+    return [StopOnSignal(), EpochRandomState(params.train.seed), EpochTimer()]
+
+
+def train(params: Params) -> None:
+    """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
+    inputs = prepared.training_inputs(params.data.binarize)
+    session = TrainingSession(params, inputs)
+    vae = compile_vae(params, batches_per_epoch(len(inputs.x_train), params))
+    start_epoch = session.restore(vae)
+    batches = training_batches(vae, params, inputs.x_train, inputs.x_val, range(start_epoch, params.train.epochs))
+    with session.run(vae, start_epoch) as epoch_end:
+        if start_epoch < params.train.epochs:
+            vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
+                    epochs=params.train.epochs, initial_epoch=start_epoch,
+                    callbacks=[*fit_callbacks(params), epoch_end], shuffle=False, verbose=2 if _quiet() else 1)
+
+
+def _quiet() -> bool:
+    return os.environ.get("VAEPIPE_QUIET") == "1"
