@@ -50,7 +50,7 @@ def result(kl: float, recon: float, **extra: float) -> dict:
             "active_units": 2, "knn_accuracy": 0.5, **extra}
 
 
-BASE = {"model.arch": "seed", "train.epochs": 3, "evaluate.iw_samples": 10, "model.hidden": "[512]"}
+BASE = {"model.arch": "tutorial", "train.epochs": 3, "evaluate.iw_samples": 10, "model.hidden": "[512]"}
 
 
 def read_csv(out: Path) -> list[dict]:

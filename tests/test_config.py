@@ -12,7 +12,8 @@ BAD_PARAMS = [
     ("model", "latent_dim", 2.5, ["model.latent_dim", "2.5", "integer"]),
     ("model", "latent_dim", "8", ["model.latent_dim", "'8'", "integer"]),
     ("model", "latnet_dim", 3, ["model.latnet_dim", "unknown key"]),
-    ("model", "arch", "transformer", ["model.arch", "transformer", "'seed', 'mlp' or 'conv'"]),
+    ("model", "arch", "transformer", ["model.arch", "transformer", "'tutorial', 'mlp' or 'conv'"]),
+    ("model", "arch", "seed", ["model.arch", "'seed' is now called 'tutorial'", "model.arch: tutorial"]),  # renamed
     ("model", "hidden", [512, 0], ["model.hidden.1", "0"]),
     ("model", "hidden", [], ["model.hidden", "at least 1"]),
     ("train", "epochs", 0, ["train.epochs", "0"]),
@@ -57,7 +58,7 @@ def test_several_problems_are_all_reported():
 
 def test_defaults_reproduce_the_tutorial():
     params = parse_params({})
-    assert (params.model.arch, params.model.latent_dim) == ("seed", 2)
+    assert (params.model.arch, params.model.latent_dim) == ("tutorial", 2)
     assert (params.train.epochs, params.train.batch_size, params.train.beta) == (30, 32, 0.5)
     assert params.train.learning_rate == 0.001  # Adam's default
     assert params.data.binarize == "none"

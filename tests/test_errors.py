@@ -17,12 +17,13 @@ from vaepipe import errors, paths, process
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run_script(body: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_script(body: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `body` as a stage script named stage.py (so its messages name stage `stage`)."""
     script = tmp_path / "stage.py"
     script.write_text(textwrap.dedent(body))
     env = {**os.environ, "PYTHONPATH": str(SRC), "VAEPIPE_CACHE": str(tmp_path / "cache")}
     env.pop("TF_XLA_FLAGS", None)
-    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
 
 
@@ -68,30 +69,12 @@ def test_xla_cache_flag_keeps_the_users_flags(monkeypatch, tmp_path):
 
 
 # Library code in the main thread can swallow a signal's exception (a bare `except:`) or turn it into
-# another error: the stage must stop all the same. `swallow` stands for that code.
-SWALLOWING_LOOP = """
-    import os, signal, time
-    from vaepipe.errors import stop_if_signalled
-    from vaepipe.process import run_stage
-
-    def main():
-        for step in range(200):
-            try:  # like a library's bare `except:` around whatever the signal interrupts
-                if step == 3:
-                    os.kill(os.getpid(), signal.{signal})
-                time.sleep(0.01)
-            except:  # noqa: E722
-                {swallow}
-            {poll}
-            print("step", step, flush=True)
-        print("finished", flush=True)
-
-    run_stage(main)
-"""
+# another error: the stage must stop all the same. The program's `except:` stands for that code.
+SWALLOWING_LOOP = (Path(__file__).resolve().parent / "programs" / "swallowing_loop.py").read_text()
 
 
 def test_a_signal_whose_exception_was_swallowed_stops_the_loop_at_its_next_step(tmp_path):
-    result = run_script(SWALLOWING_LOOP.format(signal="SIGTERM", swallow="pass", poll="stop_if_signalled()"), tmp_path)
+    result = run_script(SWALLOWING_LOOP, tmp_path, "SIGTERM", "pass", "poll")
     assert result.returncode == 143, result.stderr
     assert result.stdout.split("\n")[-2] == "step 2"  # step 3 got the signal and did not finish
     assert ("interrupted by SIGTERM: stage stage stopped and its outputs are unchanged (the next `dvc repro` "
@@ -99,15 +82,14 @@ def test_a_signal_whose_exception_was_swallowed_stops_the_loop_at_its_next_step(
 
 
 def test_a_signal_lost_in_a_stage_that_ran_to_the_end_still_ends_it_non_zero(tmp_path):
-    result = run_script(SWALLOWING_LOOP.format(signal="SIGINT", swallow="pass", poll="pass"), tmp_path)
+    result = run_script(SWALLOWING_LOOP, tmp_path, "SIGINT", "pass", "nopoll")
     assert "finished" in result.stdout  # nothing polled: the work was done
     assert result.returncode == 130, result.stderr  # so that `dvc repro` does not go on to the next stage
     assert "interrupted by SIGINT while stage stage finished: its outputs are written" in result.stderr
 
 
 def test_a_signal_that_library_code_turned_into_another_error_is_reported_as_the_signal(tmp_path):
-    result = run_script(SWALLOWING_LOOP.format(signal="SIGTERM", swallow="raise SystemError('bad argument')",
-                                               poll="pass"), tmp_path)
+    result = run_script(SWALLOWING_LOOP, tmp_path, "SIGTERM", "systemerror", "nopoll")
     assert result.returncode == 143, result.stderr
     assert "Traceback" not in result.stderr
     assert ("interrupted by SIGTERM: stage stage stopped and its outputs are unchanged (the next `dvc repro` "

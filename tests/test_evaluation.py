@@ -81,12 +81,12 @@ def test_evaluation_stops_at_its_next_batch_after_a_signal_whose_exception_was_l
             evaluation.elbo_terms(vae, images, mc_samples=2, batch_size=6, seed=0)
 
 
-def test_elbo_terms_add_up_and_seed_loss_uses_the_kl_mean(one_d_model):
+def test_elbo_terms_add_up_and_tutorial_loss_uses_the_kl_mean(one_d_model):
     vae, images = one_d_model
     terms = evaluation.elbo_terms(vae, images, mc_samples=4, batch_size=4, seed=0)
     assert terms["test_loss"] == pytest.approx(terms["test_recon"] + terms["test_kl"])
     # latent_dim 1: the KL mean over dimensions is the KL itself; the BCE is clipped but close.
-    assert terms["test_seed_loss"] == pytest.approx(terms["test_loss"], rel=1e-3)
+    assert terms["test_tutorial_loss"] == pytest.approx(terms["test_loss"], rel=1e-3)
 
 
 def test_active_units_counts_dimensions_that_carry_information():

@@ -47,9 +47,9 @@ def test_the_documented_recipe_adds_a_working_architecture(tmp_path):
     (copy / "architectures.py").write_text((copy / "architectures.py").read_text() + TINY)
     # Step 2: the name in config.py's ModelParams.arch.
     config = (copy / "config.py").read_text()
-    assert 'arch: Literal["seed", "mlp", "conv"]' in config
-    (copy / "config.py").write_text(config.replace('arch: Literal["seed", "mlp", "conv"]',
-                                                   'arch: Literal["seed", "mlp", "conv", "tiny"]'))
+    assert 'arch: Literal["tutorial", "mlp", "conv"]' in config
+    (copy / "config.py").write_text(config.replace('arch: Literal["tutorial", "mlp", "conv"]',
+                                                   'arch: Literal["tutorial", "mlp", "conv", "tiny"]'))
     result = subprocess.run([sys.executable, str(TRAIN_TINY)], cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": str(tmp_path / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "PATH": "/usr/bin:/bin"}, timeout=300)

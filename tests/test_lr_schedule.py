@@ -20,13 +20,13 @@ def rate_at(schedule, step: int) -> float:
 
 def test_constant_is_the_plain_learning_rate():
     train = parse_params({"train": {"learning_rate": LR}}).train
-    assert learning_rate(train, steps_per_epoch=100) == LR
+    assert learning_rate(train, batches_per_epoch=100) == LR
 
 
 def test_iwae_schedule_follows_burda_et_al_stage_by_stage():
     # 3280 epochs of one step: stage i is exactly 3^i updates at LR * 10^(-i/7).
     train = parse_params({"train": {"learning_rate": LR, "lr_schedule": "iwae", "epochs": 3280}}).train
-    schedule = learning_rate(train, steps_per_epoch=1)
+    schedule = learning_rate(train, batches_per_epoch=1)
     expected = np.concatenate([np.full(3**i, LR * 10 ** (-i / 7)) for i in range(8)])
     got = np.array([rate_at(schedule, step) for step in range(3280)])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
@@ -36,7 +36,7 @@ def test_iwae_schedule_compressed_into_a_short_run_ends_at_a_tenth():
     # 30 epochs of 10 steps: the early stages are shorter than one step and vanish; the last
     # stage (2/3 of the run) runs at LR / 10 and the rate never rises.
     train = parse_params({"train": {"learning_rate": LR, "lr_schedule": "iwae", "epochs": 30}}).train
-    schedule = learning_rate(train, steps_per_epoch=10)
+    schedule = learning_rate(train, batches_per_epoch=10)
     rates = np.array([rate_at(schedule, step) for step in range(300)])
     assert np.all(np.diff(rates) <= 0)
     assert rates[-1] == pytest.approx(LR / 10)
@@ -45,7 +45,7 @@ def test_iwae_schedule_compressed_into_a_short_run_ends_at_a_tenth():
 
 def test_cosine_decays_to_zero_over_the_run():
     train = parse_params({"train": {"learning_rate": LR, "lr_schedule": "cosine", "epochs": 4}}).train
-    schedule = learning_rate(train, steps_per_epoch=25)
+    schedule = learning_rate(train, batches_per_epoch=25)
     for step in (0, 25, 50, 99):
         assert rate_at(schedule, step) == pytest.approx(LR * 0.5 * (1 + math.cos(math.pi * step / 100)), rel=1e-5, abs=1e-9)
 
@@ -62,7 +62,7 @@ def test_training_advances_the_schedule_once_per_batch(stack):
     vae = compile_vae(params, batches_per_epoch=10)
     assert vae.batches_per_stack == stack
     batches = training_batches(vae, params, x, None, epochs=range(1))
-    vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
+    vae.fit(batches.train, batches_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
     assert int(vae.optimizer.iterations) == 10
     # Halfway through a 20-update cosine run: half the initial rate.
     assert float(vae.optimizer.learning_rate) == pytest.approx(LR / 2, rel=1e-5)

@@ -55,21 +55,21 @@ def test_negative_elbo_weights_the_kl_by_beta(batch):
     np.testing.assert_allclose(np.asarray(terms.loss), expected, rtol=1e-5)
 
 
-def test_seed_loss_is_the_tutorials_definition(batch):
+def test_tutorial_loss_is_the_tutorials_definition(batch):
     """784 * mean(clipped BCE on sigmoid outputs) + KL averaged (not summed) over latent dimensions."""
     x, logits, mean, log_var = batch
     p = np.clip(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), 1e-7, 1 - 1e-7)
     recon = 784 * np.mean(-(x * np.log(p) + (1 - x) * np.log(1 - p)), axis=-1)
     kl_mean = numpy_kl_sum(mean, log_var) / mean.shape[1]
-    np.testing.assert_allclose(np.asarray(objectives.seed_loss(x, logits, mean, log_var)), recon + kl_mean, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(objectives.tutorial_loss(x, logits, mean, log_var)), recon + kl_mean, rtol=1e-4)
 
 
-def test_seed_loss_at_latent_2_equals_beta_half(batch):
+def test_tutorial_loss_at_latent_2_equals_beta_half(batch):
     x, logits, mean, log_var = batch
     mean, log_var = mean[:, :2], log_var[:, :2]
-    seed = np.asarray(objectives.seed_loss(x, logits, mean, log_var))
+    tutorial = np.asarray(objectives.tutorial_loss(x, logits, mean, log_var))
     beta_half = np.asarray(objectives.negative_elbo(x, logits, mean, log_var, beta=0.5).loss)
-    np.testing.assert_allclose(seed, beta_half, rtol=1e-4)
+    np.testing.assert_allclose(tutorial, beta_half, rtol=1e-4)
 
 
 def test_gaussian_log_density_matches_numpy():

@@ -35,7 +35,7 @@ def test_keras_file_with_lambda_layer_is_refused_not_executed(tmp_path):
 
 
 @pytest.mark.parametrize("arch,extra", [
-    ("seed", {}), ("mlp", {"hidden": [16, 8]}), ("conv", {"conv_filters": [4, 8], "conv_dense": 8}),
+    ("tutorial", {}), ("mlp", {"hidden": [16, 8]}), ("conv", {"conv_filters": [4, 8], "conv_dense": 8}),
 ])
 def test_save_then_load_gives_bit_identical_encoder_means_and_decoder_logits(tmp_path, arch, extra):
     rng = np.random.default_rng(7)

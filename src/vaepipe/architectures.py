@@ -15,12 +15,12 @@ from vaepipe.config import ModelParams
 from vaepipe.data import IMAGE_PIXELS
 
 
-def seed_encoder(params: ModelParams, image):
+def tutorial_encoder(params: ModelParams, image):
     """The tutorial: one ReLU layer as wide as the latent space."""
     return layers.Dense(params.latent_dim, activation="relu", name="enc_dense")(image)
 
 
-def seed_decoder(params: ModelParams, z):
+def tutorial_decoder(params: ModelParams, z):
     """The tutorial: straight to the pixels."""
     return layers.Dense(IMAGE_PIXELS, name="logits")(z)
 
@@ -62,7 +62,7 @@ def conv_decoder(params: ModelParams, z):
 
 Builder = Callable[[ModelParams, object], object]
 ARCHITECTURES: dict[str, tuple[Builder, Builder]] = {
-    "seed": (seed_encoder, seed_decoder),
+    "tutorial": (tutorial_encoder, tutorial_decoder),
     "mlp": (mlp_encoder, mlp_decoder),
     "conv": (conv_encoder, conv_decoder),
 }

@@ -56,13 +56,23 @@ class DataParams(_Section):
         return val_size
 
 
+RENAMED_ARCHS = {"seed": "tutorial"}  # an old value -> its name now, refused with that name
+
+
 class ModelParams(_Section):
-    arch: Literal["seed", "mlp", "conv"] = "seed"
+    arch: Literal["tutorial", "mlp", "conv"] = "tutorial"
     latent_dim: int = Field(default=2, ge=1, le=512)
     hidden: list[LayerSize] = Field(default=[512], min_length=1, description="mlp hidden layer sizes")
     activation: Literal["relu", "tanh", "elu", "gelu", "softplus"] = "relu"
     conv_filters: list[LayerSize] = Field(default=[32, 64], min_length=2, max_length=2)
     conv_dense: int = Field(default=16, ge=1, description="conv encoder's dense layer before the heads")
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _arch_not_renamed(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in RENAMED_ARCHS:
+            raise ValueError(f"{value!r} is now called {RENAMED_ARCHS[value]!r}: set model.arch: {RENAMED_ARCHS[value]}")
+        return value
 
 
 class TrainParams(_Section):

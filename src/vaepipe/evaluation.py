@@ -36,11 +36,11 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
     """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
 
     test_loss is the training objective (objectives.negative_elbo) at beta = 1: the averages of its
-    recon and analytic KL terms, added; test_seed_loss is the tutorial's definition (784 x mean BCE +
+    recon and analytic KL terms, added; test_tutorial_loss is the tutorial's definition (784 x mean BCE +
     KL averaged over latent dims) from the same draws.
     """
     generator = tf.random.Generator.from_seed(seed)
-    totals = {"test_recon": 0.0, "test_kl": 0.0, "test_seed_loss": 0.0}
+    totals = {"test_recon": 0.0, "test_kl": 0.0, "test_tutorial_loss": 0.0}
 
     @tf.function(jit_compile=not has_convolutions(vae), reduce_retracing=True)
     def batch_terms(images, eps):  # eps: (samples, batch, latent), all samples decoded in one call
@@ -50,16 +50,16 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
         logits = ops.reshape(logits, (ops.shape(eps)[0], -1, ops.shape(images)[-1]))
         targets = ops.broadcast_to(images[None], ops.shape(logits))
         terms = objectives.negative_elbo(targets, logits, mean, log_var)  # kl: per image, as it is analytic
-        seed = ops.sum(objectives.seed_loss(targets, logits, mean[None], log_var[None]))
-        return ops.sum(terms.recon) / mc_samples, ops.sum(terms.kl), seed / mc_samples
+        tutorial = ops.sum(objectives.tutorial_loss(targets, logits, mean[None], log_var[None]))
+        return ops.sum(terms.recon) / mc_samples, ops.sum(terms.kl), tutorial / mc_samples
 
     latent_dim = vae.decoder.inputs[0].shape[-1]
     for images in _batches(x, batch_size):
         eps = generator.normal((mc_samples, len(images), latent_dim))
-        recon, kl, seed_total = batch_terms(tf.constant(images), eps)
+        recon, kl, tutorial_total = batch_terms(tf.constant(images), eps)
         totals["test_recon"] += float(recon)
         totals["test_kl"] += float(kl)
-        totals["test_seed_loss"] += float(seed_total)
+        totals["test_tutorial_loss"] += float(tutorial_total)
     metrics = {key: value / len(x) for key, value in totals.items()}
     metrics["test_loss"] = metrics["test_recon"] + metrics["test_kl"]
     return metrics

@@ -55,7 +55,7 @@ def negative_elbo(x, logits, mean, log_var, beta: float = 1.0) -> ElboTerms:
     return ElboTerms(recon + beta * kl, recon, kl)
 
 
-def seed_loss(x, logits, mean, log_var):
+def tutorial_loss(x, logits, mean, log_var):
     """The tutorial's own loss: 784 * mean binary cross-entropy + KL *averaged* over latent dimensions.
 
     Computed exactly as the tutorial does, on sigmoid probabilities with Keras's clipped

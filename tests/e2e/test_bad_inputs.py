@@ -25,7 +25,7 @@ PARAM_CASES = [
     ("train", "model.latnet_dim", 8, "unknown key"),
     ("train", "model.latent_dim", 0, "greater than or equal to 1"),
     ("train", "model.latent_dim", "8", "valid integer"),
-    ("train", "model.arch", "resnet", "'seed', 'mlp' or 'conv'"),
+    ("train", "model.arch", "resnet", "'tutorial', 'mlp' or 'conv'"),
     ("train", "model.hidden", [], "at least 1 item"),
     ("train", "model.activation", "sigmoidish", "relu"),
     ("train", "train.epochs", 0, "greater than or equal to 1"),

@@ -36,7 +36,7 @@ def mlflow_client(repo: Path):
 
 def test_repro_writes_every_output(pipeline):
     metrics = read_metrics(pipeline)
-    for key in ("test_loss", "test_recon", "test_kl", "test_seed_loss", "test_nll_iw", "active_units", "knn_accuracy"):
+    for key in ("test_loss", "test_recon", "test_kl", "test_tutorial_loss", "test_nll_iw", "active_units", "knn_accuracy"):
         assert np.isfinite(metrics[key]), key
     assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_kl"])
     assert metrics["protocol"]["n_test"] == 512 and metrics["protocol"]["mc_samples"] == 2
