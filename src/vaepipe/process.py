@@ -39,6 +39,7 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
         if not isinstance(error, VaepipeError):
             raise  # a bug: its traceback, the ordinary way
         print(f"error: {error}", file=sys.stderr)
+        _say_what_dvc_removed(stage)
         _leave(error.exit_code)
     if received_signal() is not None:  # its exception was lost on the way, and the stage ran to the end
         print(f"interrupted by {signal.Signals(received_signal()).name} while stage {stage} finished: its outputs "
@@ -48,10 +49,49 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
 
 
 def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
-    """End a stage stopped by a signal: one line, exit code 128 + the signal's number."""
-    print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped and its outputs are unchanged "
+    """End a stage stopped by a signal: one line (two if DVC removed outputs), exit code 128 + the signal's number."""
+    unchanged = "" if removed_by_dvc(stage) else " and its outputs are unchanged"
+    print(f"interrupted by {signal.Signals(signum).name}: stage {stage} stopped{unchanged} "
           f"({rerun})" + (f" ({how})" if how else ""), file=sys.stderr)
+    _say_what_dvc_removed(stage)
     _leave(128 + signum)
+
+
+def removed_by_dvc(stage: str) -> list[str]:
+    """The outputs of `stage` that `dvc repro` deleted before running it and that are still missing.
+
+    DVC removes a stage's outputs before its command unless they are `persist`; train, evaluate and plot
+    declare theirs persistent (they write each one atomically, so an interrupted run leaves the previous
+    ones), prepare does not (its run-cache restores prepared data for queued experiments). Only under DVC
+    (it sets DVC_STAGE) and only outputs that dvc.lock records, i.e. that `dvc checkout` can bring back.
+    """
+    if os.environ.get("DVC_STAGE") != stage:
+        return []
+    import yaml
+
+    from vaepipe import paths
+
+    try:
+        declared = yaml.safe_load((paths.ROOT / "dvc.yaml").read_text())["stages"][stage]
+        locked = yaml.safe_load((paths.ROOT / "dvc.lock").read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []  # no previous run recorded: nothing of a previous run to bring back
+    recorded = {out["path"] for out in locked.get("outs", [])}
+    removed = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in declared.get(kind, []):
+            path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            if path in recorded and not (options or {}).get("persist") and not (paths.ROOT / path).exists():
+                removed.append(path)
+    return removed
+
+
+def _say_what_dvc_removed(stage: str) -> None:
+    """The stage's last line when `dvc repro` had deleted outputs that the failed run did not replace."""
+    removed = removed_by_dvc(stage)
+    if removed:
+        print(f"{stage}: DVC removed {', '.join(removed)} before running this stage; `dvc checkout {stage}` brings "
+              f"back the previous version", file=sys.stderr)
 
 
 def use_xla_cache() -> None:
