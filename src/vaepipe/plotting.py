@@ -44,7 +44,7 @@ def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.nd
 
 
 def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray], split: str) -> list[Path]:
-    """Write every figure into plots/ (each atomically) and return their paths."""
+    """Write every figure into plots/ (each atomically), remove the ones it no longer draws, return the paths."""
     z = encode_means(vae, x)
     rng = np.random.default_rng(FIGURE_SEED)
     latent_dim = z.shape[1]
@@ -72,4 +72,8 @@ def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray],
             figure.savefig(tmp, dpi=100, format="png")
         plots.plt.close(figure)
         written.append(target)
+    # plots/ is a persistent output (DVC leaves it in place): a figure this model no longer has (the
+    # manifold, after latent_dim 2) goes only now that the new ones are all written.
+    for stale in set(paths.PLOTS_DIR.glob("*.png")) - set(written):
+        stale.unlink()
     return written

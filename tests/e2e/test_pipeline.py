@@ -132,5 +132,5 @@ def test_changing_latent_dim_reruns_train_evaluate_plot_but_not_prepare(pipeline
     assert ran == {"train", "evaluate", "plot"}, result.stdout
     runs = mlflow_runs(pipeline)
     assert len(runs) == 2 and all(status == "FINISHED" for _, status in runs)
-    # The 2-D manifold figure exists only for latent_dim == 2; DVC cleared the old one.
+    # The 2-D manifold figure exists only for latent_dim == 2; the plot stage removed the old one.
     assert {p.name for p in (pipeline / "plots").glob("*.png")} == FIGURES - {"manifold.png"}
