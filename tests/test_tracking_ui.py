@@ -55,7 +55,7 @@ def test_run_logs_inputs_description_sweep_and_system_metrics(store, tmp_path, v
     assert json.loads(inputs["training"].profile)["sha256"] == "a" * 64
     description = run.data.tags["mlflow.note.content"]
     assert "\n" not in description
-    for part in ("mnist", "arch seed", "latent_dim 8", "brave-dogs", "grid1"):
+    for part in ("mnist", "arch tutorial", "latent_dim 8", "brave-dogs", "grid1"):
         assert part in description
     assert run.data.tags[tracking.SWEEP_TAG] == "grid1"
     assert "tracking.sweep" not in run.data.params and run.data.params["model.latent_dim"] == "8"
