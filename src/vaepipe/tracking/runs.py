@@ -30,6 +30,7 @@ from vaepipe.tracking.store import (
     artifact_location,
     check_reachable,
     is_http,
+    retry_http_errors,
     server_unreachable,
     single_try,
     store_call,
@@ -234,12 +235,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     with store_call(f"logging {path.name}"):
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        retry_http_errors(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
 
 def log_text(text: str, artifact_file: str) -> None:
     with store_call(f"logging {artifact_file}"):
-        mlflow.log_text(text, artifact_file)
+        retry_http_errors(lambda: mlflow.log_text(text, artifact_file))
 
 
 def print_run_link(run_id: str) -> None:
