@@ -59,7 +59,8 @@ def test_an_artifact_upload_answered_with_an_http_error_fails_with_one_line(arti
         summary = artifact_run(server)
         with pytest.raises(TrackingError) as raised:
             tracking.log_artifact(summary)
-    assert str(raised.value) == f"MLflow artifact store {server.url} {says}"
+    resume = f"; once it answers, `dvc repro` continues run {mlflow.active_run().info.run_id}" if code == 503 else ""
+    assert str(raised.value) == f"MLflow artifact store {server.url} {says}{resume}"
     assert raised.value.exit_code == 4
     assert len(puts(server)) == tries and puts(server)[0].endswith("/artifacts/model_summary.txt")
 

@@ -84,10 +84,12 @@ def store_call(what: str) -> Iterator[None]:
         statuses = _RETRIED_STATUS.search(str(error))
         if statuses:  # MLflow retried an HTTP error answer (503, ...) until its retries ran out
             url = _API_URL.search(str(error))
-            raise TrackingError(
+            run = mlflow.active_run()
+            resume = f"; once it answers, `dvc repro` continues run {run.info.run_id}" if run else ""
+            raise TrackingUnavailable(  # like a server that stopped answering: the run stays open
                 f"MLflow {'artifact store' if url and '/artifacts/' in url.group(1) else 'tracking server'} "
                 f"{_server_of(url.group(1) if url else None) or uri} answered HTTP {statuses.group(1)} to every try "
-                f"while {what} ({retry_budget_s():.0f} s of retries)"
+                f"while {what} ({retry_budget_s():.0f} s of retries){resume}"
             ) from None
         if server_unreachable(error):
             run = mlflow.active_run()
