@@ -7,14 +7,16 @@ This fetches the exact versions DVC's renderer asks for (dvc-render 1.0.2) from 
 checks each tarball against the sha512 pinned below before reading it, and writes
 `vendor/dvc_plots.html`: DVC's page template with the scripts inlined (so the page works wherever
 `-o` puts it). It then points this repository's DVC at it (`dvc config --local plots.html_template`).
-If the registry cannot be reached, it says so and leaves DVC's default (CDN) template in place:
-the pipeline does not need it.
+If the registry cannot be reached or answers badly (any network failure: an HTTP error, a timeout, a
+bad status line, an answer cut off mid-body, a wrong checksum), it warns and leaves DVC's default
+(CDN) template in place: the pipeline does not need it.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import io
 import subprocess
 import sys
@@ -34,6 +36,7 @@ PACKAGES = [
      "wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg=="),
 ]
 REGISTRY = "https://registry.npmjs.org"
+FETCH_TIMEOUT_S = 60
 # DVC fills {plot_divs} and {refresh_tag}; {scripts} (its CDN tags) is deliberately absent.
 PAGE = """<!DOCTYPE html>
 <html>
@@ -58,7 +61,7 @@ SCRIPT_TAGS
 def fetch_script(name: str, version: str, member: str, integrity: str) -> str:
     """The minified script `member` of npm package name@version, after checking the tarball's sha512."""
     url = f"{REGISTRY}/{name}/-/{name}-{version}.tgz"
-    with urllib.request.urlopen(url, timeout=60) as response:
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
         tarball = response.read()
     digest = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
     if digest != integrity:
@@ -71,8 +74,11 @@ def main() -> int:
     if not TEMPLATE.exists():
         try:
             scripts = [fetch_script(*package) for package in PACKAGES]
-        except (OSError, ValueError) as error:
-            print(f"vendor_vega: warning: could not fetch vega from {REGISTRY} ({error}); "
+        except (OSError, ValueError, http.client.HTTPException, tarfile.TarError) as error:
+            # Any network failure (no route, HTTP error, timeout, a bad status line, an answer cut off
+            # mid-body) or a tarball that is not the pinned one: warn, the pipeline does not need it.
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            print(f"vendor_vega: warning: could not fetch vega from {REGISTRY} ({reason}); "
                   "`dvc plots show` keeps DVC's default page, which loads vega from a CDN", file=sys.stderr)
             return 0
         # A literal "</script>" inside inlined code would end the tag early.

