@@ -43,7 +43,7 @@ def test_unchanged_code_and_data_resume(repo):
 
 def test_checkpoint_of_other_code_is_not_resumed(repo, baseline):
     old_run = interrupted_after_two_epochs(repo)
-    module = repo / "src" / "vaepipe" / "schedules.py"  # in train's import closure
+    module = repo / "src" / "vaepipe" / "train" / "schedules.py"  # in train's import closure
     module.write_text(module.read_text() + "\n# an edit to the code train runs\n")
 
     result = run_stage(repo, "train")
