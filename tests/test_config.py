@@ -80,3 +80,22 @@ def test_training_key_changes_with_training_params_only():
     base = parse_params({})
     assert training_key(base) != training_key(parse_params({"model": {"latent_dim": 3}}))
     assert training_key(base) == training_key(parse_params({"evaluate": {"iw_samples": 5}}))
+
+
+# The smallest sizes the stages support (params.yaml's comments): at the bound accepted, one below refused.
+@pytest.mark.parametrize("data, ok, words", [
+    ({"limit": 5, "val_size": 0}, True, []),
+    ({"limit": 4, "val_size": 0}, False, ["data.limit = 4", "greater than or equal to 5"]),
+    ({"limit": 6, "val_size": 1}, True, []),
+    ({"limit": 6, "val_size": 2}, False, ["data.val_size = 2", "at most 1 of the 6 training images", "k = 5"]),
+    ({"val_size": 59995}, True, []),
+    ({"val_size": 59996}, False, ["data.val_size = 59996", "at most 59995"]),
+])
+def test_the_smallest_training_split_is_the_knn_probes_k(data, ok, words):
+    if ok:
+        parse_params({"data": data})
+        return
+    with pytest.raises(ConfigError) as error:
+        parse_params({"data": data})
+    message = str(error.value)
+    assert "\n" not in message and all(word in message for word in words), message

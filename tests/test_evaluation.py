@@ -137,3 +137,51 @@ def test_knn_probe_equals_a_stable_sort_reference_and_breaks_ties_by_training_or
     same = np.zeros((6, 2))
     assert evaluation.knn_accuracy(same, np.array([3, 3, 3, 7, 7, 7]), np.zeros((1, 2)), np.array([3]), k=3) == 1.0
     assert evaluation.knn_accuracy(same, np.array([7, 7, 7, 3, 3, 3]), np.zeros((1, 2)), np.array([3]), k=3) == 0.0
+
+
+def exact_elbo_terms(vae, images) -> tuple[float, float]:
+    """E_q[-log p(x|z)] by quadrature over q(z|x) (1-D latent), and the analytic KL: test-set means."""
+    mean, log_var = (np.asarray(part, dtype=np.float64)[:, 0] for part in vae.encoder(images))
+    grid = np.linspace(-8, 8, 8001, dtype=np.float32)
+    logits = np.asarray(vae.decoder(grid[:, None]), dtype=np.float64)
+    x = images.astype(np.float64)
+    nll = -(x @ -np.logaddexp(0, -logits).T + (1 - x) @ -np.logaddexp(0, logits).T)  # (images, grid)
+    q = np.exp(-0.5 * (grid[None, :] - mean[:, None]) ** 2 / np.exp(log_var[:, None])) / np.sqrt(
+        2 * np.pi * np.exp(log_var[:, None]))
+    recon = np.trapezoid(q * nll, grid, axis=1)
+    kl = -0.5 * (1 + log_var - mean**2 - np.exp(log_var))
+    return float(np.mean(recon)), float(np.mean(kl))
+
+
+@pytest.mark.parametrize("draws_per_call", [10**9, 600, 1], ids=["one-call", "chunks-of-100", "one-draw-per-call"])
+def test_elbo_terms_in_chunks_of_draws_estimate_the_exact_terms(one_d_model, draws_per_call):
+    """mc_samples beyond draws_per_call are decoded in chunks (bounded memory at mc_samples 10000): the
+    estimate is the same quantity, the KL counted once per image however many chunks."""
+    vae, images = one_d_model
+    recon, kl = exact_elbo_terms(vae, images)
+    mc_samples = 3000 if draws_per_call > 1 else 200
+    terms = evaluation.elbo_terms(vae, images, mc_samples=mc_samples, batch_size=6, seed=4,
+                                  draws_per_call=draws_per_call)
+    assert terms["test_kl"] == pytest.approx(kl, rel=1e-5)
+    assert terms["test_recon"] == pytest.approx(recon, rel=0.01 if draws_per_call > 1 else 0.03)
+    assert terms["test_loss"] == pytest.approx(terms["test_recon"] + terms["test_kl"])
+
+
+def test_the_default_evaluation_decodes_each_batch_in_one_call():
+    """metrics.json of the defaults must not change: their draws (mc_samples x batch_size) fit one call."""
+    from vaepipe.config import EvaluateParams
+
+    defaults = EvaluateParams()
+    assert defaults.mc_samples * defaults.batch_size <= evaluation.ELBO_DRAWS_PER_CALL
+
+
+def test_the_knn_probe_works_with_as_few_training_images_as_its_k():
+    """Why the schema wants at least KNN_K training images: with one fewer the probe cannot run."""
+    from vaepipe.config import KNN_K
+
+    rng = np.random.default_rng(0)
+    train_z, test_z = rng.normal(size=(KNN_K, 2)), rng.normal(size=(3, 2))
+    labels = np.zeros(KNN_K, dtype=np.int64)
+    assert evaluation.knn_accuracy(train_z, labels, test_z, np.zeros(3, dtype=np.int64)) == 1.0
+    with pytest.raises(Exception):  # noqa: B017 (TensorFlow's InvalidArgumentError: k > candidates)
+        evaluation.knn_accuracy(train_z[:-1], labels[:-1], test_z, np.zeros(3, dtype=np.int64))

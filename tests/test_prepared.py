@@ -46,8 +46,8 @@ def test_val_size_zero_keeps_every_training_image():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"val_size": 60000}, "data.val_size = 60000: must be less than the 60000 training images"),
-    ({"limit": 1000}, "data.val_size = 10000: must be less than the 1000 training images (data.limit = 1000)"),
+    ({"val_size": 60000}, "data.val_size = 60000: must be at most 59995 of the 60000 training images"),
+    ({"limit": 1000}, "data.val_size = 10000: must be at most 995 of the 1000 training images (data.limit = 1000)"),
     ({"val_size": -1}, "data.val_size = -1"),
 ])
 def test_val_size_must_leave_images_to_train_on(data, message):

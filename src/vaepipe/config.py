@@ -18,6 +18,7 @@ from vaepipe.errors import ConfigError
 
 LayerSize = Annotated[int, Field(ge=1, le=65536)]
 DATASET_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000)}
+KNN_K = 5  # neighbours of evaluate's kNN probe (evaluation.knn_accuracy): it needs that many training images
 
 
 class _Section(BaseModel):
@@ -28,7 +29,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     dataset: Literal["mnist", "fashion_mnist"] = "mnist"
     source: Literal["auto", "keras", "pypi", "debian"] = "auto"
-    limit: int | None = Field(default=None, ge=1, description="use only the first N train and test images")
+    limit: int | None = Field(default=None, ge=KNN_K, description="use only the first N train and test images")
     # Held out of the (limited) training images for per-epoch validation: 50k / 10k / 10k by default;
     # 0 trains on all of them (the IWAE paper's protocol). Chosen by a permutation seeded with split_seed.
     val_size: int = Field(default=10000, ge=0, validate_default=True)
@@ -49,10 +50,11 @@ class DataParams(_Section):
     def _val_size_leaves_training_images(cls, val_size: int, info: ValidationInfo) -> int:
         limit = info.data.get("limit")
         n_train = limit if limit is not None else DATASET_SIZES[info.data.get("dataset", "mnist")][0]
-        if val_size >= n_train:
+        if val_size > n_train - KNN_K:
             of = f"data.limit = {limit}" if limit is not None else "the whole training set"
-            raise ValueError(f"must be less than the {n_train} training images ({of}), leaving some to train on: "
-                             f"set data.val_size too (e.g. {n_train // 5}), or 0 for no validation split")
+            raise ValueError(f"must be at most {n_train - KNN_K} of the {n_train} training images ({of}), leaving at "
+                             f"least {KNN_K} to train on (evaluate's kNN probe uses k = {KNN_K}): set data.val_size "
+                             f"too (e.g. {n_train // 5}), or 0 for no validation split")
         return val_size
 
 

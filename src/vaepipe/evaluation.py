@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from vaepipe import objectives, paths, prepared
-from vaepipe.config import Params
+from vaepipe.config import KNN_K, Params
 from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, has_convolutions, load_vae
 
@@ -32,12 +32,20 @@ def encode_means(vae: VAE, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
     return encode(vae, x, batch_size)[0]
 
 
-def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int) -> dict[str, float]:
+ELBO_DRAWS_PER_CALL = 20000  # (z draw, image) pairs decoded per call: ~63 MB of logits per tensor
+
+
+def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int,
+               draws_per_call: int = ELBO_DRAWS_PER_CALL) -> dict[str, float]:
     """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
 
     test_loss is the training objective (objectives.negative_elbo) at beta = 1: the averages of its
     recon and analytic KL terms, added; test_tutorial_loss is the tutorial's definition (784 x mean BCE +
     KL averaged over latent dims) from the same draws.
+
+    A batch's draws are decoded in one call while mc_samples x batch fits in `draws_per_call` (the
+    defaults, 10 x 500, do: their numbers are those of one call); beyond that in chunks of samples, so
+    memory stays bounded at mc_samples = 10000 (docs/reliability.md has the measured peak).
     """
     generator = tf.random.Generator.from_seed(seed)
     totals = {"test_recon": 0.0, "test_kl": 0.0, "test_tutorial_loss": 0.0}
@@ -55,11 +63,16 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
 
     latent_dim = vae.decoder.inputs[0].shape[-1]
     for images in _batches(x, batch_size):
-        eps = generator.normal((mc_samples, len(images), latent_dim))
-        recon, kl, tutorial_total = batch_terms(tf.constant(images), eps)
-        totals["test_recon"] += float(recon)
-        totals["test_kl"] += float(kl)
-        totals["test_tutorial_loss"] += float(tutorial_total)
+        chunk = mc_samples if mc_samples * len(images) <= draws_per_call else max(1, draws_per_call // len(images))
+        for start in range(0, mc_samples, chunk):
+            if start:
+                stop_if_signalled()
+            eps = generator.normal((min(chunk, mc_samples - start), len(images), latent_dim))
+            recon, kl, tutorial_total = batch_terms(tf.constant(images), eps)
+            totals["test_recon"] += float(recon)
+            if not start:  # analytic: the same for every chunk of draws
+                totals["test_kl"] += float(kl)
+            totals["test_tutorial_loss"] += float(tutorial_total)
     metrics = {key: value / len(x) for key, value in totals.items()}
     metrics["test_loss"] = metrics["test_recon"] + metrics["test_kl"]
     return metrics
@@ -108,7 +121,7 @@ def active_units(z_means: np.ndarray, threshold: float = 0.01) -> int:
 
 
 def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray,
-                 test_labels: np.ndarray, k: int = 5, chunk: int = 500) -> float:
+                 test_labels: np.ndarray, k: int = KNN_K, chunk: int = 500) -> float:
     """Accuracy of a k-nearest-neighbour (Euclidean, majority vote) classifier on latent means.
 
     Neighbours at equal distance (common: many images share a latent mean) are taken in training-set
@@ -166,6 +179,6 @@ def score(inputs: EvaluationInputs, params: Params) -> dict:
         "mc_samples": settings.mc_samples,
         "iw_samples": settings.iw_samples,
         "seed": settings.seed,
-        "knn_k": 5,
+        "knn_k": KNN_K,
     }
     return metrics

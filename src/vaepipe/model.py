@@ -208,12 +208,39 @@ def build_vae(params: ModelParams, beta: float, binarize: str, seed: int) -> VAE
 
 
 def load_vae(path) -> VAE:
-    """Load a saved VAE with safe_mode=True: a file that would run code (a Lambda layer) is refused."""
+    """Load a saved VAE with safe_mode=True: a file that would run code (a Lambda layer) is refused.
+
+    A file that cannot be read (empty, truncated, a bad CRC, not a VAE) is a DataError naming it and
+    the fix, in one line, whatever Keras, zipfile or h5py raised."""
+    import zipfile
+    from pathlib import Path
+
     from vaepipe.errors import DataError
 
+    if not Path(path).exists():
+        raise DataError(f"{path}: model file not found; run `dvc repro train`")
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        size = Path(path).stat().st_size
+        raise _unreadable_model(path, f"{size} bytes, not a .keras zip archive: empty, truncated or overwritten")
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        vae = keras.saving.load_model(path, safe_mode=True, compile=False)
     except FileNotFoundError:
         raise DataError(f"{path}: model file not found; run `dvc repro train`") from None
     except ValueError as error:
-        raise DataError(f"{path}: refused to load model: {error}") from None
+        if "safe_mode" in str(error):
+            raise DataError(f"{path}: refused to load model: {error}") from None
+        raise _unreadable_model(path, error) from None
+    except (OSError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as error:
+        raise _unreadable_model(path, error) from None
+    if not isinstance(vae, VAE):
+        raise _unreadable_model(path, f"it holds a {type(vae).__name__}, not a vaepipe VAE")
+    return vae
+
+
+def _unreadable_model(path, error) -> Exception:
+    from vaepipe.errors import DataError
+
+    reason = " ".join(str(error).split()) or type(error).__name__
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return DataError(f"{path}: cannot read the model file ({reason}); restore it with `dvc checkout {path}` "
+                     f"or retrain it with `dvc repro -f -s train`")

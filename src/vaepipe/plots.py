@@ -19,7 +19,7 @@ def _image(ax, pixels: np.ndarray) -> None:
 def reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> Figure:
     """The tutorial's figure: held-out digits (top row) over their reconstructions (bottom row)."""
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(n * 1.2, 2.6))
+    fig, axes = plt.subplots(2, n, figsize=(max(n, 2) * 1.2, 2.6), squeeze=False)  # a 2-D grid even for n = 1
     for i in range(n):
         _image(axes[0, i], originals[i])
         _image(axes[1, i], reconstructed[i])

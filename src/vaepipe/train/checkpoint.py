@@ -2,19 +2,33 @@
 
 One directory per training key (paths.checkpoint_dir): the weights of the last finished epoch,
 `state.json` naming them, the epoch log so far and the MLflow run id of the unfinished run.
+
+A checkpoint that cannot be read (empty, truncated, a bad CRC, a state.json of the wrong shape, weights
+that do not fit the model) is moved aside to `<dir>.corrupt-<UTC time>`, never deleted, and training
+starts from scratch (Checkpoint.restore).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from vaepipe import paths
-from vaepipe.errors import DataError, deferred_signals
+from vaepipe.errors import deferred_signals
+
+CORRUPT = ".corrupt-"  # a checkpoint directory moved aside: <key>.corrupt-<UTC time>
+# What reading a damaged .npz or state.json raises (np.load, zipfile, json, the shape checks below).
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+class _Unreadable(Exception):
+    """The checkpoint's files exist but cannot be used; the message says why."""
 
 
 class Checkpoint:
@@ -39,35 +53,63 @@ class Checkpoint:
 
     def logged_epochs(self) -> int:
         """How many epochs had reached MLflow when the checkpoint was written (all, if not recorded)."""
-        state = self._state()
+        try:
+            state = self._state()
+        except _Unreadable:
+            return 0
         return state.get("logged", state["epoch"]) if state else 0
 
     def _state(self) -> dict | None:
+        """state.json, checked field by field; None if there is none or it is another key's."""
         try:
             state = json.loads((self.directory / self.STATE).read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
-            raise DataError(f"{self.directory / self.STATE}: unreadable checkpoint ({error}); "
-                            f"delete {self.directory} to train from scratch") from None
-        if state.get("key") != self.key:  # never resume a checkpoint of other params
+        except UNREADABLE as error:
+            raise _Unreadable(f"{self.STATE}: {_one_line(error)}") from None
+        if not isinstance(state, dict):
+            raise _Unreadable(f"{self.STATE} holds a {type(state).__name__}, not an object")
+        if not isinstance(state.get("key"), str):
+            raise _Unreadable(f"{self.STATE} has no key")
+        if state["key"] != self.key:  # never resume a checkpoint of other params
             return None
+        epoch, weights, logged = state.get("epoch"), state.get("weights"), state.get("logged", 0)
+        if not (type(epoch) is int and epoch >= 1 and type(logged) is int and 0 <= logged <= epoch):
+            raise _Unreadable(f"{self.STATE}: epoch {epoch!r} and logged {logged!r} are not counts of epochs")
+        if not (isinstance(weights, str) and weights.startswith("epoch-") and Path(weights).name == weights):
+            raise _Unreadable(f"{self.STATE}: weights {weights!r} is not an epoch-*.npz file name")
         return state
 
     def restore(self, model: keras.Model) -> int:
-        """Attach the compiled model, load the last checkpoint into it, return the epochs it holds."""
+        """Attach the compiled model, load the last checkpoint into it, return the epochs it holds.
+
+        A checkpoint that cannot be read is moved aside (one line says where) and 0 is returned: the
+        model keeps the weights it had, and the run id beside it goes with it, so the fresh start opens
+        a new MLflow run instead of logging epoch 1 again into the run of the lost epochs."""
         self.model = model
-        state = self._state()
-        if not state:
-            return 0
-        weights = self.directory / state["weights"]
         try:
+            state = self._state()
+            if not state:
+                return 0
             model.optimizer.build(model.trainable_variables)
-            _assign(model, weights)
-        except (OSError, ValueError, KeyError) as error:
-            raise DataError(f"{weights}: cannot load checkpoint ({error}); "
-                            f"delete {self.directory} to train from scratch") from None
+            _assign(model, self.directory / state["weights"])
+        except (_Unreadable, *UNREADABLE) as error:
+            self._move_aside(_one_line(error))
+            return 0
         return state["epoch"]
+
+    def _move_aside(self, reason: str) -> None:
+        """Rename the directory to <dir>.corrupt-<UTC time> (kept for a post-mortem) and start it anew."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.directory.with_name(f"{self.directory.name}{CORRUPT}{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory.with_name(f"{self.directory.name}{CORRUPT}{stamp}-{n}")
+        self.directory.rename(target)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        print(f"train: checkpoint {_shown(self.directory)} is unreadable ({reason}); moved it to {_shown(target)}; "
+              f"training from scratch", flush=True)
 
     def write(self, epochs_done: int, logged: int) -> None:
         """Make the model's state now (after `epochs_done` epochs) the checkpoint, atomically; `logged`:
@@ -93,31 +135,52 @@ def _variables(model: keras.Model) -> list:
 
 
 def _assign(model: keras.Model, file: Path) -> None:
+    """Load every array of `file` into the model's variables; all are read and checked first, so a
+    damaged or mismatched file leaves the model as it was."""
+    variables = _variables(model)
     with np.load(file, allow_pickle=False) as saved:
-        variables = _variables(model)
         missing = sorted({variable.path for variable in variables} - set(saved.files))
         if missing or len(saved.files) != len(variables):
-            raise ValueError(f"holds {len(saved.files)} variables, the model has {len(variables)} "
+            raise ValueError(f"{file.name} holds {len(saved.files)} variables, the model has {len(variables)} "
                              f"(missing: {', '.join(missing[:3]) or 'none'})")
-        for variable in variables:
-            variable.assign(saved[variable.path])
+        arrays = {variable.path: saved[variable.path] for variable in variables}  # reading checks each CRC
+    for variable in variables:
+        if tuple(arrays[variable.path].shape) != tuple(variable.shape):
+            raise ValueError(f"{file.name}: {variable.path} has shape {arrays[variable.path].shape}, "
+                             f"the model's is {tuple(variable.shape)}")
+    for variable in variables:
+        variable.assign(arrays[variable.path])
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _shown(path: Path) -> Path:
+    """A path as the stage's messages show it: relative to the repository when inside it."""
+    try:
+        return path.relative_to(paths.ROOT)
+    except ValueError:
+        return path
 
 
 def drop_other_checkpoints(keep: Path, provenance: dict[str, str]) -> None:
     """Checkpoints of other params, code or data can never be resumed by this run: remove them, and
-    say in one line why an unfinished run's checkpoint is not resumed."""
+    say in one line why an unfinished run's checkpoint is not resumed. Checkpoints moved aside as
+    unreadable (<key>.corrupt-<time>) are the user's to inspect and delete: they are left alone."""
     if not paths.CHECKPOINTS_DIR.exists():
         return
     for other in paths.CHECKPOINTS_DIR.iterdir():
-        if other == keep:
+        if other == keep or CORRUPT in other.name:
             continue
         try:
             state = json.loads((other / Checkpoint.STATE).read_text())
         except (OSError, ValueError):
             state = None
-        if state and state.get("epoch"):
-            old = state.get("provenance") or {}
+        if isinstance(state, dict) and state.get("epoch"):
+            old = state.get("provenance") if isinstance(state.get("provenance"), dict) else {}
             changed = [part for part, value in provenance.items() if old.get(part) != value] or ["params"]
-            print(f"train: not resuming the checkpoint of {state['epoch']} epochs in {other.relative_to(paths.ROOT)}: "
+            print(f"train: not resuming the checkpoint of {state['epoch']} epochs in {_shown(other)}: "
                   f"it was written with other {' and '.join(changed)}; training from scratch", flush=True)
         shutil.rmtree(other, ignore_errors=True)

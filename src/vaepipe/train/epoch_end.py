@@ -48,11 +48,10 @@ class EpochEnd(keras.callbacks.Callback):
         """Log to MLflow the checkpointed epochs a killed run had not logged yet (from the CSV log)."""
         logged = min(self.checkpoint.logged_epochs(), start_epoch)
         if logged < start_epoch:
-            rows = list(csv.DictReader(io.StringIO(self.log.read_text())))
-            for row in rows:
-                epoch = int(row.pop("epoch"))
+            header, rows = read_log(self.log)
+            for epoch, *values in rows:
                 if logged <= epoch < start_epoch:
-                    tracking.log_metrics({key: float(value) for key, value in row.items()}, step=epoch + 1)
+                    tracking.log_metrics(dict(zip(header[1:], values, strict=True)), step=epoch + 1)
         self.logged = start_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -88,7 +87,9 @@ class EpochEnd(keras.callbacks.Callback):
 
     def _append_row(self, epoch: int, logs: dict) -> None:
         """Append the epoch's row (the columns of keras.callbacks.CSVLogger). Flushed, not fsynced: a
-        killed process loses nothing the kernel has, and the checkpoint beside it is not fsynced either."""
+        killed process loses nothing the kernel has, and the checkpoint beside it is not fsynced either.
+        A row torn by a kill is the last one, of an epoch after the checkpoint: the resume's read_log
+        drops it (and keep_epochs_before rewrites the file without it) before anything is appended."""
         keys = sorted(logs)
         new = not self.log.exists() or self.log.stat().st_size == 0
         with self.log.open("a", newline="") as handle:
@@ -99,13 +100,57 @@ class EpochEnd(keras.callbacks.Callback):
             handle.flush()
 
 
+def read_log(log: Path) -> tuple[list[str], list[tuple]]:
+    """The epoch log's header and its valid rows, as (epoch, *floats), epochs strictly increasing.
+
+    A row that is torn (a kill mid-write), has the wrong number of fields, a non-integer epoch, a
+    non-number value or an epoch out of order is dropped, with one line saying how many and which line.
+    Without a valid header (`epoch,...`) there are no rows.
+    """
+    text = log.read_text(errors="replace") if log.exists() else ""
+    try:
+        lines = list(csv.reader(io.StringIO(text.replace("\0", ""))))
+    except csv.Error:  # e.g. a garbage field longer than csv's limit
+        lines = []
+    header = lines[0] if lines else []
+    if not header or header[0] != "epoch" or any(not name.strip() for name in header):
+        if text:
+            print(f"train: the epoch log {log} has no valid header; starting it anew", flush=True)
+        return ["epoch"], []
+    rows, dropped = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        row = _parse_row(line, len(header))
+        if row is None or (rows and row[0] <= rows[-1][0]):
+            dropped.append(number)
+        else:
+            rows.append(row)
+    if dropped:
+        print(f"train: dropped {len(dropped)} unreadable row(s) of the epoch log {log} (line "
+              f"{', '.join(map(str, dropped[:5]))}{', ...' if len(dropped) > 5 else ''})", flush=True)
+    return header, rows
+
+
+def _parse_row(line: list[str], width: int) -> tuple | None:
+    if len(line) != width:
+        return None
+    try:
+        epoch, values = int(line[0]), tuple(float(value) for value in line[1:])
+    except ValueError:
+        return None
+    return (epoch, *values) if epoch >= 0 else None
+
+
 def keep_epochs_before(log: Path, start_epoch: int) -> None:
-    """Drop rows of epochs >= start_epoch (logged after the last checkpoint, about to be redone)."""
+    """Drop rows of epochs >= start_epoch (logged after the last checkpoint, about to be redone), and
+    any row read_log finds invalid; rewritten atomically."""
     if start_epoch == 0 or not log.exists():
         log.unlink(missing_ok=True)
         return
-    rows = list(csv.reader(io.StringIO(log.read_text())))
-    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < start_epoch]
+    header, rows = read_log(log)
+    kept = [[row[0], *row[1:]] for row in rows if row[0] < start_epoch]
+    if not kept:  # _append_row then starts the file with its header
+        log.unlink()
+        return
     with paths.atomic_path(log) as tmp:
         with tmp.open("w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
+            csv.writer(handle).writerows([header, *kept])
