@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from project_copy import clean_env, copy_working_tree
 
 PROJECT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -33,30 +38,16 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def stage_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_")) and k not in ("PYTHONPATH", "VAEPIPE_EXPERIMENT")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["VAEPIPE_QUIET"] = "1"
-    env["SHELL"] = "/bin/sh"  # the shell DVC runs stage commands with when SHELL is unset (as in CI)
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
-    env.update(extra)
-    return env
+    return clean_env(VENV_BIN, SHELL="/bin/sh",  # the shell DVC runs stage commands with when SHELL is unset (as in CI)
+                     GIT_AUTHOR_NAME="test", GIT_COMMITTER_NAME="test",
+                     GIT_AUTHOR_EMAIL="test@example.invalid", GIT_COMMITTER_EMAIL="test@example.invalid", **extra)
 
 
 def make_repo(path: Path, overrides: dict | None = None) -> Path:
     """Copy the project's tracked files (as in the working tree) into a fresh git repo at `path`."""
-    listed = subprocess.run(["git", "-C", str(PROJECT), "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard", "--", "src", "stages", "dvc.yaml", "params.yaml",
-                             ".dvc", ".dvcignore", ".gitignore", "data/.gitignore", "models/.gitignore",
-                             "pyproject.toml"],
-                            capture_output=True, check=True).stdout.decode().split("\0")
     path.mkdir(parents=True, exist_ok=True)
-    for name in filter(None, listed):
-        source = PROJECT / name
-        if source.is_file():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, path / name)
+    copy_working_tree(PROJECT, path, ["src", "stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore",
+                                      "data/.gitignore", "models/.gitignore", "pyproject.toml"])
     params = yaml.safe_load((path / "params.yaml").read_text())
     write_params(path, merge(merge(params, SMALL_PARAMS), overrides or {}))
     env = stage_env()
@@ -144,20 +135,85 @@ def read_metrics(repo: Path) -> dict:
     return json.loads((repo / "metrics.json").read_text())
 
 
-# Test-only, run as `python -c` in a test repo: train's epoch 3 reports a NaN loss, so train stops with a
-# checkpoint of 2 epochs (exit code 5).
-POISON_EPOCH_3 = """
-import math, runpy, sys
-from vaepipe import callbacks
+# ---------------------------------------------------------------- MLflow servers
 
-original = callbacks.StopOnNonFiniteLoss.on_epoch_end
 
-def poisoned(self, epoch, logs=None):
-    if epoch == 2:
-        logs["loss"] = math.nan
-    return original(self, epoch, logs)
+def free_port() -> int:
+    """A port nothing listens on now (the OS's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-callbacks.StopOnNonFiniteLoss.on_epoch_end = poisoned
-sys.argv = ["stages/train.py"]
-runpy.run_path("stages/train.py", run_name="__main__")
-"""
+
+def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float, interval: float = 0.5) -> None:
+    """Until `GET {base}/health` answers 200 (an MLflow server or UI); fails at once if the process exited."""
+    def healthy() -> bool:
+        assert process.poll() is None, f"the server for {base} exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout=timeout, interval=interval, what=f"{base}/health")
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root, whose port and
+    store (under `root`) outlive its process, so it can be killed and started again as the same server."""
+
+    def __init__(self, root: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "server-artifacts")],
+            env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 150) -> None:
+        wait_until_healthy(self.base, self.process, timeout=timeout)
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Teardown: SIGKILL, since its graceful shutdown can take over 30 s on a loaded machine."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+    def rest(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
+        url = f"{self.base}/api/2.0/mlflow/{endpoint}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def runs(self) -> list[dict]:
+        try:
+            experiment = self.rest("experiments/get-by-name", experiment_name="vaepipe")["experiment"]
+        except urllib.error.HTTPError:  # not created yet
+            return []
+        return self.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]]}).get("runs", [])
+
+    def history(self, run_id: str, key: str) -> list[dict]:
+        return self.rest("metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])
+
+
+# Test-only programs that linters read: tests/e2e/programs/.
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+SIGNAL_GATE = PROGRAMS / "signal_gate.py"
+
+
+def train_poisoned_at_epoch_3(repo: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Train (as run_stage does) with epoch 3's loss reported NaN: it stops with a checkpoint of 2 epochs
+    and exit code 5 (programs/poison_epoch_3.py)."""
+    return subprocess.run([str(VENV_BIN / "python"), str(PROGRAMS / "poison_epoch_3.py")], cwd=repo,
+                          env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=timeout)

@@ -10,12 +10,23 @@ import re
 import shutil
 import signal
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import PROJECT, VENV_BIN, dvc_repro, make_repo, merge, mlflow_runs, stage_env, wait_for, write_params
+from pipeline_repo import (
+    PROJECT,
+    VENV_BIN,
+    dvc_repro,
+    free_port,
+    make_repo,
+    merge,
+    mlflow_runs,
+    stage_env,
+    wait_for,
+    wait_until_healthy,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,14 +58,6 @@ def two_runs(tmp_path_factory) -> Path:
     return repo
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(two_runs):
     """`python -m vaepipe.tracking ui` (what `make ui` runs) on a free port: (the link it printed, process)."""
@@ -68,14 +71,7 @@ def ui(two_runs):
         link = wait_for(lambda: re.search(r"^(http://\S+workflowType=machine_learning)$", log.read_text(), re.M),
                         timeout=60, what="the link `make ui` prints").group(1)
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=180, interval=1, what=f"mlflow ui on port {port}")
+        wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=180, interval=1)
         yield link, port
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -22,7 +22,6 @@ import psutil
 import pytest
 import yaml
 from pipeline_repo import (
-    POISON_EPOCH_3,
     SMALL_PARAMS,
     dvc_repro,
     epoch_rows,
@@ -33,6 +32,7 @@ from pipeline_repo import (
     read_metrics,
     run_stage,
     stage_env,
+    train_poisoned_at_epoch_3,
     wait_for,
     write_params,
 )
@@ -187,8 +187,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(basel
 
     # NaN in epoch 3 of the good params: stop, keep the checkpoint of epoch 2, and resume from it.
     (repo / "params.yaml").write_text(good_params)
-    result = subprocess.run([sys.executable, "-c", POISON_EPOCH_3], cwd=repo, env=stage_env(PYTHONPATH="src"),
-                            capture_output=True, text=True, timeout=180)
+    result = train_poisoned_at_epoch_3(repo)
     assert result.returncode == 5, result.stderr[-3000:]
     assert "training loss became nan in epoch 3" in result.stderr, result.stderr[-3000:]
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from pipeline_repo import POISON_EPOCH_3, make_repo, metric_history, mlflow_runs, run_stage, stage_env
+from pipeline_repo import make_repo, metric_history, mlflow_runs, run_stage, train_poisoned_at_epoch_3
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def interrupted_after_two_epochs(repo) -> str:
     """Leave a checkpoint of 2 epochs (and its FAILED run) behind; return that run's id."""
-    result = subprocess.run([sys.executable, "-c", POISON_EPOCH_3], cwd=repo, env=stage_env(PYTHONPATH="src"),
-                            capture_output=True, text=True, timeout=240)
+    result = train_poisoned_at_epoch_3(repo)
     assert result.returncode == 5, result.stderr[-3000:]
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
     assert state["epoch"] == 2

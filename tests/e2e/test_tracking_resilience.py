@@ -5,20 +5,13 @@ linked to it)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from pipeline_repo import VENV_BIN, dvc_repro, make_repo, mlflow_runs, read_metrics, stage_env, wait_for
+from pipeline_repo import MlflowServer, dvc_repro, make_repo, mlflow_runs, read_metrics, stage_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,66 +19,7 @@ EPOCHS = 10  # ~0.5 s each with the small params: the kill lands with epochs sti
 TRAIN_METRICS = ("loss", "recon", "kl", "val_loss", "val_recon", "val_kl", "epoch_time")
 
 
-class Server:
-    """A real `mlflow server` on 127.0.0.1 whose port and store (SQLite + artifact directory) outlive
-    its process, so it can be killed and started again as the same server."""
-
-    def __init__(self, root: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.root = root
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "server-artifacts")],
-            env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_healthy(self) -> None:
-        def healthy() -> bool:
-            assert self.process.poll() is None, "mlflow server exited"
-            try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=150, interval=0.5, what="mlflow server /health")
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """Teardown: SIGKILL, since its graceful shutdown can take over 30 s on a loaded machine."""
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-    def rest(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
-        url = f"{self.base}/api/2.0/mlflow/{endpoint}"
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def runs(self) -> list[dict]:
-        try:
-            experiment = self.rest("experiments/get-by-name", experiment_name="vaepipe")["experiment"]
-        except urllib.error.HTTPError:  # not created yet
-            return []
-        return self.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]]}).get("runs", [])
-
-    def history(self, run_id: str, key: str) -> list[dict]:
-        return self.rest("metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])
-
-
-def first_epoch_logged(server: Server) -> str | None:
+def first_epoch_logged(server: MlflowServer) -> str | None:
     """The run id once the run has its first epoch's validation loss, else None."""
     try:
         runs = server.runs()
@@ -103,7 +37,7 @@ def start_repro(repo: Path, logs: Path, *targets: str, **env: str) -> tuple[subp
     return process, out, err
 
 
-def assert_every_epoch_logged_once(server: Server, run_id: str) -> None:
+def assert_every_epoch_logged_once(server: MlflowServer, run_id: str) -> None:
     for key in TRAIN_METRICS:
         steps: dict[int, set[float]] = {}
         for metric in server.history(run_id, key):
@@ -114,7 +48,7 @@ def assert_every_epoch_logged_once(server: Server, run_id: str) -> None:
 
 
 def test_a_server_killed_mid_training_and_restarted_loses_nothing(tmp_path):
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     server.start()
     try:
         repo = make_repo(tmp_path / "repo", {"train": {"epochs": EPOCHS}})
@@ -152,7 +86,7 @@ def test_a_server_killed_mid_training_and_restarted_loses_nothing(tmp_path):
 def test_a_server_down_past_the_retries_fails_in_one_line_and_repro_resumes_the_same_run(tmp_path):
     # MLflow's own knob: backoff factor 0 makes its 5 retries immediate, so "past the budget" is now.
     quick_retries = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     server.start()
     try:
         repo = make_repo(tmp_path / "repo", {"train": {"epochs": EPOCHS}})
