@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 from pipeline_repo import (
+    SIGNAL_GATE,
     SMALL_PARAMS,
     dvc_repro,
     epoch_rows,
@@ -87,6 +88,10 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     baseline = reference_run(variant, overrides)  # the same params, never interrupted
     epochs = merge(SMALL_PARAMS, overrides)["train"]["epochs"]
     repo = make_repo(tmp_path / "repo", overrides)
+    # The gate (programs/signal_gate.py, this repo's sitecustomize): the last epoch waits for the signal,
+    # so however loaded the machine, training is still going when the signal lands. Inert in the rerun.
+    shutil.copy2(SIGNAL_GATE, repo / "src" / "sitecustomize.py")
+    gate = tmp_path / "gate"
     rng = random.Random()
     # A random point in the first half of training, after epoch 2: a random number of checkpointed
     # epochs, then a random part of an epoch (at most 0.1 s: fast-path epochs take about 0.03 s). Counted
@@ -94,27 +99,28 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     # log's rows instead raced the checkpoint written just after them: under load a kill could land first.)
     kill_after, delay = rng.randint(2, epochs // 2), rng.uniform(0.0, 0.1)
     log_file = (tmp_path / "first.log").open("w")
-    dvc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repo, env=stage_env(), stdout=log_file,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    dvc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repo, env=stage_env(VAEPIPE_TEST_SIGNAL_GATE=str(gate)),
+                           stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        trainer = wait_for(lambda: train_process(repo), timeout=120, what="the train process")
-        wait_for(lambda: checkpointed_epochs(repo) >= kill_after, timeout=120, what=f"epoch {kill_after} of train")
+        trainer = wait_for(lambda: train_process(repo), timeout=300, what="the train process")
+        wait_for(lambda: checkpointed_epochs(repo) >= kill_after, timeout=300, what=f"epoch {kill_after} of train")
         time.sleep(delay)
         epochs_before = epoch_rows(checkpoint_log(repo))
         if signum == signal.SIGINT:
             os.killpg(dvc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         else:
             trainer.send_signal(signum)
-        trainer.wait(timeout=60)  # (not our child: psutil cannot tell its exit code)
-        dvc.wait(timeout=60)
+        trainer.wait(timeout=120)  # (not our child: psutil cannot tell its exit code)
+        dvc.wait(timeout=120)
     finally:
         if dvc.poll() is None:
             os.killpg(dvc.pid, signal.SIGKILL)
             dvc.wait()
         log_file.close()
     first_output = (tmp_path / "first.log").read_text()
-    context = (f"{variant}: signal {signum.name} {delay:.2f}s past epoch {kill_after} ({epochs_before} epochs logged)\n"
-               f"{first_output[-3000:]}")
+    where = "at the gate before the last epoch" if gate.exists() else "mid-training"
+    context = (f"{variant}: signal {signum.name} {delay:.2f}s past epoch {kill_after} ({epochs_before} epochs logged, "
+               f"landed {where})\n{first_output[-3000:]}")
     assert epochs_before < epochs, "training ended before the signal: " + context
     assert dvc.returncode != 0, context
     # dvc reports the stage's exit code: 128 + signal for the handled ones, -9 for SIGKILL.
