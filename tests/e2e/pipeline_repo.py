@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -54,6 +55,39 @@ def make_repo(path: Path, overrides: dict | None = None) -> Path:
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "test repo"]):
         subprocess.run(command, cwd=path, env=env, check=True, capture_output=True)
     return path
+
+
+def copy_repo(source: Path, dest: Path) -> Path:
+    """A copy of a test repo (outputs, dvc.lock, checkpoints, MLflow store) that stands on its own: the
+    store's absolute artifact locations are moved to the copy's mlartifacts/, so nothing it logs lands in
+    the source's."""
+    shutil.copytree(source, dest, symlinks=True)
+    db = dest / "mlflow.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in [row[1] for row in conn.execute(f"PRAGMA table_info('{table}')").fetchall()]:
+                    conn.execute(f"UPDATE '{table}' SET \"{column}\" = replace(\"{column}\", ?, ?) "
+                                 f"WHERE typeof(\"{column}\") = 'text' AND instr(\"{column}\", ?)",
+                                 (str(source), str(dest), str(source)))
+    return dest
+
+
+def prepared_copy(source: Path, dest: Path, overrides: dict) -> Path:
+    """A copy of a reproduced repo of the small params (copy_repo) with only prepare's output left, up to
+    date in dvc.lock, and params = the small ones with `overrides` (none of prepare's): `dvc repro` there
+    starts at train, as in a make_repo(dest, overrides) repo after its prepare stage."""
+    copy_repo(source, dest)
+    for name in ("mlflow.db", "mlartifacts", "checkpoints", "plots", "models/vae.keras", "models/mlflow_run_id",
+                 "metrics.json", "train_log.csv"):
+        path = dest / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    write_params(dest, merge(params, overrides))
+    return dest
 
 
 def write_params(repo: Path, params: dict) -> None:

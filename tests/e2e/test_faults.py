@@ -24,16 +24,17 @@ import yaml
 from pipeline_repo import (
     SIGNAL_GATE,
     SMALL_PARAMS,
+    copy_repo,
     dvc_repro,
     epoch_rows,
     make_repo,
     merge,
     metric_history,
     mlflow_runs,
+    prepared_copy,
     read_metrics,
     run_stage,
     stage_env,
-    train_poisoned_at_epoch_3,
     wait_for,
     write_params,
 )
@@ -83,11 +84,12 @@ def checkpoint_log(repo: Path) -> Path | None:
 
 @pytest.mark.parametrize("variant,signum", [(v, s) for v in VARIANTS for s in SIGNALS],
                          ids=[f"{v}-{s.name}" for v in VARIANTS for s in SIGNALS])
-def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path, variant, signum):
+def test_interrupted_training_resumes_to_the_same_result(baseline, reference_run, tmp_path, variant, signum):
     overrides = VARIANTS[variant]
-    baseline = reference_run(variant, overrides)  # the same params, never interrupted
+    reference = reference_run(variant, overrides)  # the same params, never interrupted
     epochs = merge(SMALL_PARAMS, overrides)["train"]["epochs"]
-    repo = make_repo(tmp_path / "repo", overrides)
+    # As the reference started: the baseline's prepared data, up to date, so `dvc repro` starts at train.
+    repo = prepared_copy(baseline.repo, tmp_path / "repo", overrides)
     # The gate (programs/signal_gate.py, this repo's sitecustomize): the last epoch waits for the signal,
     # so however loaded the machine, training is still going when the signal lands. Inert in the rerun.
     shutil.copy2(SIGNAL_GATE, repo / "src" / "sitecustomize.py")
@@ -135,7 +137,7 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
     assert state["epoch"] >= 2, state
 
-    second = dvc_repro(repo)
+    second = dvc_repro(repo, "evaluate")  # (as far as the reference run went: the numbers compared)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"resuming after epoch {state['epoch']} of {epochs}" in second.stdout + second.stderr
 
@@ -143,8 +145,8 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     # resumed process loads its XLA programs from the persistent cache the earlier runs filled.)
     assert list(paths.xla_cache_dir().glob("xla_compile_cache__*.pb"))
     metrics = read_metrics(repo)
-    assert metrics["test_loss"] == baseline.metrics["test_loss"], (metrics, baseline.metrics)
-    assert metrics["test_loss"] == pytest.approx(baseline.metrics["test_loss"], rel=0.01)
+    assert metrics["test_loss"] == reference.metrics["test_loss"], (metrics, reference.metrics)
+    assert metrics["test_loss"] == pytest.approx(reference.metrics["test_loss"], rel=0.01)
 
     # One FINISHED run, the one that was interrupted, continued; nothing left RUNNING.
     runs = mlflow_runs(repo)
@@ -162,19 +164,19 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
             assert len(values) == 1, f"{key} step {step} logged with different values {values}"
     assert sorted(history["loss"]) == list(range(1, epochs + 1))
     for key in ("loss", "kl", "val_loss", "test_loss"):
-        assert history[key] == baseline.history[key], key
+        assert history[key] == reference.history[key], key
 
     # train_log.csv: one row per epoch, equal to the uninterrupted run's (apart from timings).
     with (repo / "train_log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time"} for row in rows]  # noqa: E731
-    assert strip(rows) == strip(baseline.train_log)
+    assert strip(rows) == strip(reference.train_log)
     # A finished run leaves no checkpoint that could be mistaken for a resumable one.
     assert not any((repo / "checkpoints").iterdir())
 
 
 
-def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(baseline, tmp_path):
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(baseline, poisoned, tmp_path):
     repo = make_repo(tmp_path / "repo")
     shutil.copytree(baseline.repo / "data" / "prepared", repo / "data" / "prepared")
 
@@ -191,9 +193,11 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(basel
     assert [status for _, status in mlflow_runs(repo)] == ["FAILED"]
     assert not (repo / "models" / "vae.keras").exists()
 
-    # NaN in epoch 3 of the good params: stop, keep the checkpoint of epoch 2, and resume from it.
-    (repo / "params.yaml").write_text(good_params)
-    result = train_poisoned_at_epoch_3(repo)
+    # NaN in epoch 3 of the good params: stop, keep the checkpoint of epoch 2, and resume from it. (The
+    # poisoned fixture ran it, in a repo of its own like this one, once for this test and test_stale_checkpoint.)
+    repo = copy_repo(poisoned.repo, tmp_path / "poisoned")
+    assert (repo / "params.yaml").read_text() == good_params
+    result = poisoned.result
     assert result.returncode == 5, result.stderr[-3000:]
     assert "training loss became nan in epoch 3" in result.stderr, result.stderr[-3000:]
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
@@ -224,7 +228,7 @@ def handles_sigterm(pid: int) -> bool:
 ])
 def test_a_stopped_stage_speaks_of_itself(baseline, tmp_path, stage, next_run):
     repo = tmp_path / "repo"
-    shutil.copytree(baseline.repo, repo, symlinks=True)  # a copy: SIGTERM marks the reopened run KILLED
+    copy_repo(baseline.repo, repo)  # a copy: SIGTERM marks the reopened run KILLED
     process = subprocess.Popen([sys.executable, f"stages/{stage}.py"], cwd=repo, env=stage_env(PYTHONPATH="src"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
