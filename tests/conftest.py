@@ -53,25 +53,45 @@ LONGEST_FIRST = (
     "tests/e2e/test_distributed.py",
     "tests/e2e/test_pipeline.py",
 )
+# Modules whose tests share a module-scoped fixture (built once per worker that runs one of them):
+# their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.
+MODULE_FIXTURES = ("tests/e2e/test_browser.py", "tests/e2e/test_distributed.py", "tests/e2e/test_pipeline.py",
+                   "tests/test_evaluation.py", "tests/test_fast_path_math.py")
+# test_faults' resume tests compare with a reference run of their variant: one worker per variant.
+REFERENCE_RUN_TESTS = "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result["
 
 
-def xdist_group(item: pytest.Item) -> str | None:
-    """The tests that must share one worker: those of one reference run (test_faults, by variant), and
-    those of a module with a module-scoped fixture (built once, not once per worker). Others run anywhere."""
-    if "reference_run" in item.fixturenames:
-        return f"reference-{item.callspec.params['variant']}"
-    definitions = item._fixtureinfo.name2fixturedefs.values()
-    if any(fixture.scope == "module" for fixturedefs in definitions for fixture in fixturedefs):
-        return item.module.__name__
-    return None
+def work_group(nodeid: str) -> str:
+    """The unit of work a worker takes whole (--dist loadgroup): a variant's resume tests, a module with
+    a module-scoped fixture, else the test alone. From the node id alone: xdist's controller has no more.
+    (xdist 3.8's own loadgroup renames node ids to group them by the xdist_group mark, which pytest 9
+    ignores: this replaces it, see pytest_xdist_make_scheduler.)"""
+    if nodeid.startswith(REFERENCE_RUN_TESTS):
+        return "reference-" + nodeid.removeprefix(REFERENCE_RUN_TESTS).rsplit("-", 1)[0]
+    path = nodeid.split("::", 1)[0]
+    return path if path in MODULE_FIXTURES else nodeid
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_group(nodeid)
+
+    return WorkGroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        group = xdist_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+        fixtures = item._fixtureinfo.name2fixturedefs.values()
+        shares = "reference_run" in item.fixturenames or any(
+            fixture.scope == "module" for definitions in fixtures for fixture in definitions)
+        if shares and work_group(item.nodeid) == item.nodeid:
+            raise pytest.UsageError(f"{item.nodeid} shares a module-scoped fixture or a reference run: "
+                                    "add its module to MODULE_FIXTURES in tests/conftest.py")
 
     def rank(item: pytest.Item) -> int:
         return next((index for index, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),

@@ -17,9 +17,9 @@ import yaml
 from pipeline_repo import (
     PROJECT,
     VENV_BIN,
+    copy_repo,
     dvc_repro,
     free_port,
-    make_repo,
     merge,
     mlflow_runs,
     stage_env,
@@ -46,14 +46,15 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory) -> Path:
-    """A repo whose store holds two FINISHED pipeline runs, latent_dim 2 and 3, and reports/ from compare."""
-    repo = make_repo(tmp_path_factory.mktemp("browser") / "repo", {"train": {"epochs": 3}, "model": {"latent_dim": 2}})
-    for latent_dim in (2, 3):
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        write_params(repo, merge(params, {"model": {"latent_dim": latent_dim}}))
-        result = dvc_repro(repo, timeout=900)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def two_runs(baseline, tmp_path_factory) -> Path:
+    """A repo whose store holds two FINISHED pipeline runs, latent_dim 2 and 3, and reports/ from compare:
+    a copy of the baseline repo (its run: latent_dim 2), then `dvc repro` of latent_dim 3."""
+    repo = copy_repo(baseline.repo, tmp_path_factory.mktemp("browser") / "repo")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["latent_dim"] == 2
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    write_params(repo, merge(params, {"model": {"latent_dim": 3}}))
+    result = dvc_repro(repo, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [status for _, status in mlflow_runs(repo)] == ["FINISHED", "FINISHED"]
     return repo
 
