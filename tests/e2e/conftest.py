@@ -1,5 +1,5 @@
 """Shared fixtures: the session's MNIST download, one small pipeline run reproduced once per test
-session (≈ 40 s), reference runs of other params, and a checkpoint left by a NaN in epoch 3.
+session (≈ 40 s), a quicker one, reference runs of other params, and a checkpoint left by a NaN in epoch 3.
 
 Each is built once per session even on several pytest-xdist workers (`built_once`: the first worker
 that needs it builds it, under a lock, the others wait for it), and each worker works on its own copy
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from pipeline_repo import (
+    QUICK_PARAMS,
     Snapshot,
     copy_repo,
     dvc_repro,
@@ -100,6 +101,19 @@ def reference_run(tmp_path_factory, request) -> Callable[[str, dict], Baseline]:
         return made[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory) -> Path:
+    """A `dvc repro` of QUICK_PARAMS (one FINISHED run, DVC's run-cache holding it); shared by the
+    workers: copy it (copy_repo) before running anything in it."""
+    def build(path: Path) -> None:
+        repo = make_repo(path / "repo", QUICK_PARAMS)
+        result = dvc_repro(repo, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert [status for _, status in mlflow_runs(repo)] == ["FINISHED"]
+
+    return built_once(tmp_path_factory, "quick", build) / "repo"
 
 
 @pytest.fixture(scope="session")
