@@ -16,6 +16,7 @@ import pytest
 import yaml
 from pipeline_repo import (
     PROJECT,
+    SERVER_ENV,
     VENV_BIN,
     copy_repo,
     dvc_repro,
@@ -66,7 +67,7 @@ def ui(two_runs):
     log = two_runs / "ui.log"
     with log.open("w") as handle:
         process = subprocess.Popen([str(VENV_BIN / "python"), "-m", "vaepipe.tracking", "ui", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=two_runs, env=stage_env(PYTHONPATH="src"),
+                                    "--port", str(port)], cwd=two_runs, env=stage_env(PYTHONPATH="src", **SERVER_ENV),
                                    stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         link = wait_for(lambda: re.search(r"^(http://\S+workflowType=machine_learning)$", log.read_text(), re.M),
