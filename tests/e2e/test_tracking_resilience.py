@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_repo import MlflowServer, copy_repo, dvc_repro, make_repo, mlflow_runs, read_metrics, stage_env, wait_for
+from pipeline_repo import (
+    MlflowServer,
+    copy_repo,
+    dvc_repro,
+    mlflow_runs,
+    prepared_copy,
+    read_metrics,
+    stage_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +56,11 @@ def assert_every_epoch_logged_once(server: MlflowServer, run_id: str) -> None:
             assert all(len(values) == 1 for values in steps.values()), (key, steps)
 
 
-def test_a_server_killed_mid_training_and_restarted_loses_nothing(tmp_path):
+def test_a_server_killed_mid_training_and_restarted_loses_nothing(baseline, tmp_path):
     server = MlflowServer(tmp_path)
     server.start()
     try:
-        repo = make_repo(tmp_path / "repo", {"train": {"epochs": EPOCHS}})
+        repo = prepared_copy(baseline.repo, tmp_path / "repo", {"train": {"epochs": EPOCHS}})  # from train on
         server.wait_healthy()
         process, _, err = start_repro(repo, tmp_path, "train", MLFLOW_TRACKING_URI=server.base)
         try:
@@ -83,13 +92,13 @@ def test_a_server_killed_mid_training_and_restarted_loses_nothing(tmp_path):
         server.stop()
 
 
-def test_a_server_down_past_the_retries_fails_in_one_line_and_repro_resumes_the_same_run(tmp_path):
+def test_a_server_down_past_the_retries_fails_in_one_line_and_repro_resumes_the_same_run(baseline, tmp_path):
     # MLflow's own knob: backoff factor 0 makes its 5 retries immediate, so "past the budget" is now.
     quick_retries = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
     server = MlflowServer(tmp_path)
     server.start()
     try:
-        repo = make_repo(tmp_path / "repo", {"train": {"epochs": EPOCHS}})
+        repo = prepared_copy(baseline.repo, tmp_path / "repo", {"train": {"epochs": EPOCHS}})  # from train on
         server.wait_healthy()
         process, _, err = start_repro(repo, tmp_path, "train", MLFLOW_TRACKING_URI=server.base, **quick_retries)
         try:
