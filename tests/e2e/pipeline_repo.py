@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 from project_copy import clean_env, copy_working_tree
 
@@ -101,6 +102,26 @@ def write_params(repo: Path, params: dict) -> None:
 def dvc_repro(repo: Path, *targets: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", "repro", *targets], cwd=repo, env=stage_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_queue(repo: Path, jobs: int) -> None:
+    """`dvc queue start -j jobs`: returns once the workers are spawned. Its output is not read: the
+    processes that wait for the detached workers hold it, so reading it to the end waited until the
+    workers exited (idle for 10 s), or for ever when a worker's idle monitor died, as DVC's filesystem
+    broker can make it do under load (a JSONDecodeError on a half-written control message)."""
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=stage_env(), check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+def stop_queue(repo: Path) -> None:
+    """`dvc queue stop --kill`, then SIGKILL what is left of this repo's queue workers (by pid)."""
+    subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=stage_env(), capture_output=True, timeout=120)
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if process.info["cwd"] == str(repo) and "queue-worker" in (process.info["cmdline"] or []):
+                process.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
 
 
 def run_stage(repo: Path, stage: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 from PIL import Image
-from pipeline_repo import VENV_BIN, copy_repo, dvc_repro, mlflow_runs, stage_env, wait_for
+from pipeline_repo import VENV_BIN, copy_repo, dvc_repro, mlflow_runs, stage_env, start_queue, stop_queue, wait_for
 from test_browser import CHROMIUM_FLAGS, chromium
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
                             cwd=repo, env=env, capture_output=True, text=True)
     assert queued.returncode == 0, queued.stderr
     try:
-        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True, capture_output=True)
+        start_queue(repo, jobs=2)
 
         def all_done() -> str | None:
             status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
@@ -40,7 +40,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
         status = wait_for(all_done, timeout=1500, interval=3, what="the queued sweep")
         assert status.count("Success") == 4, status
     finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True)
+        stop_queue(repo)
     assert [state for _, state in mlflow_runs(repo)] == ["FINISHED"] * 5
 
     out = tmp_path / "reports"

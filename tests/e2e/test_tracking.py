@@ -26,6 +26,8 @@ from pipeline_repo import (
     mlflow_runs,
     run_stage,
     stage_env,
+    start_queue,
+    stop_queue,
     wait_for,
 )
 
@@ -134,7 +136,7 @@ def test_queued_experiments_land_in_the_main_store(tmp_path):
                                  "-n", f"latent{latent}"], cwd=repo, env=env, capture_output=True, text=True)
         assert queued.returncode == 0, queued.stderr
     try:
-        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True, capture_output=True)
+        start_queue(repo, jobs=2)
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["model"]["latent_dim"] = 5
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -149,7 +151,7 @@ def test_queued_experiments_land_in_the_main_store(tmp_path):
         status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
         assert status.count("Success") == 2, status
     finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True)
+        stop_queue(repo)
 
     import mlflow
 
