@@ -52,6 +52,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_tracking_resilience.py",
     "tests/e2e/test_distributed.py",
     "tests/e2e/test_pipeline.py",
+    "tests/test_fast_path_math.py",  # the longest unit tests (about 3 minutes, one worker)
 )
 # Modules whose tests share a module-scoped fixture (built once per worker that runs one of them):
 # their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.
