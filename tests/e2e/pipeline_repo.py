@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
+from project_copy import clean_env, copy_working_tree
 
 PROJECT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -24,6 +31,10 @@ SMALL_PARAMS = {
     "evaluate": {"iw_samples": 10, "mc_samples": 2},
 }
 
+# Quicker still: 256 images, 2 epochs at batch 32, the stacked fast path (the `quick` fixture's params).
+QUICK_PARAMS = {"data": {"limit": 256, "val_size": 64},
+                "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100}}
+
 
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
@@ -33,36 +44,55 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def stage_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_")) and k not in ("PYTHONPATH", "VAEPIPE_EXPERIMENT")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["VAEPIPE_QUIET"] = "1"
-    env["SHELL"] = "/bin/sh"  # the shell DVC runs stage commands with when SHELL is unset (as in CI)
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
-    env.update(extra)
-    return env
+    return clean_env(VENV_BIN, SHELL="/bin/sh",  # the shell DVC runs stage commands with when SHELL is unset (as in CI)
+                     GIT_AUTHOR_NAME="test", GIT_COMMITTER_NAME="test",
+                     GIT_AUTHOR_EMAIL="test@example.invalid", GIT_COMMITTER_EMAIL="test@example.invalid", **extra)
 
 
 def make_repo(path: Path, overrides: dict | None = None) -> Path:
     """Copy the project's tracked files (as in the working tree) into a fresh git repo at `path`."""
-    listed = subprocess.run(["git", "-C", str(PROJECT), "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard", "--", "src", "stages", "dvc.yaml", "params.yaml",
-                             ".dvc", ".dvcignore", ".gitignore", "data/.gitignore", "models/.gitignore",
-                             "pyproject.toml"],
-                            capture_output=True, check=True).stdout.decode().split("\0")
     path.mkdir(parents=True, exist_ok=True)
-    for name in filter(None, listed):
-        source = PROJECT / name
-        if source.is_file():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, path / name)
+    copy_working_tree(PROJECT, path, ["src", "stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore",
+                                      "data/.gitignore", "models/.gitignore", "pyproject.toml"])
     params = yaml.safe_load((path / "params.yaml").read_text())
     write_params(path, merge(merge(params, SMALL_PARAMS), overrides or {}))
     env = stage_env()
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "test repo"]):
         subprocess.run(command, cwd=path, env=env, check=True, capture_output=True)
     return path
+
+
+def copy_repo(source: Path, dest: Path) -> Path:
+    """A copy of a test repo (outputs, dvc.lock, checkpoints, MLflow store) that stands on its own: the
+    store's absolute artifact locations are moved to the copy's mlartifacts/, so nothing it logs lands in
+    the source's."""
+    shutil.copytree(source, dest, symlinks=True)
+    db = dest / "mlflow.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in [row[1] for row in conn.execute(f"PRAGMA table_info('{table}')").fetchall()]:
+                    conn.execute(f"UPDATE '{table}' SET \"{column}\" = replace(\"{column}\", ?, ?) "
+                                 f"WHERE typeof(\"{column}\") = 'text' AND instr(\"{column}\", ?)",
+                                 (str(source), str(dest), str(source)))
+    return dest
+
+
+def prepared_copy(source: Path, dest: Path, overrides: dict) -> Path:
+    """A copy of a reproduced repo of the small params (copy_repo) with only prepare's output left, up to
+    date in dvc.lock, and params = the small ones with `overrides` (none of prepare's): `dvc repro` there
+    starts at train, as in a make_repo(dest, overrides) repo after its prepare stage."""
+    copy_repo(source, dest)
+    for name in ("mlflow.db", "mlartifacts", "checkpoints", "plots", "models/vae.keras", "models/mlflow_run_id",
+                 "metrics.json", "train_log.csv"):
+        path = dest / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    write_params(dest, merge(params, overrides))
+    return dest
 
 
 def write_params(repo: Path, params: dict) -> None:
@@ -72,6 +102,26 @@ def write_params(repo: Path, params: dict) -> None:
 def dvc_repro(repo: Path, *targets: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", "repro", *targets], cwd=repo, env=stage_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_queue(repo: Path, jobs: int) -> None:
+    """`dvc queue start -j jobs`: returns once the workers are spawned. Its output is not read: the
+    processes that wait for the detached workers hold it, so reading it to the end waited until the
+    workers exited (idle for 10 s), or for ever when a worker's idle monitor died, as DVC's filesystem
+    broker can make it do under load (a JSONDecodeError on a half-written control message)."""
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=stage_env(), check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+def stop_queue(repo: Path) -> None:
+    """`dvc queue stop --kill`, then SIGKILL what is left of this repo's queue workers (by pid)."""
+    subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=stage_env(), capture_output=True, timeout=120)
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if process.info["cwd"] == str(repo) and "queue-worker" in (process.info["cmdline"] or []):
+                process.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
 
 
 def run_stage(repo: Path, stage: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
@@ -144,20 +194,90 @@ def read_metrics(repo: Path) -> dict:
     return json.loads((repo / "metrics.json").read_text())
 
 
-# Test-only, run as `python -c` in a test repo: train's epoch 3 reports a NaN loss, so train stops with a
-# checkpoint of 2 epochs (exit code 5).
-POISON_EPOCH_3 = """
-import math, runpy, sys
-from vaepipe.train import epoch_end
+# ---------------------------------------------------------------- MLflow servers
 
-original = epoch_end.EpochEnd.on_epoch_end
+# For the servers the tests start: no MLflow job runner, whose eight Huey consumer processes (each a
+# Python importing MLflow, about 240 MB) cost more CPU at start-up than the tests' whole use of the
+# server; no test runs an MLflow job.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
-def poisoned(self, epoch, logs=None):
-    if epoch == 2:
-        logs["loss"] = math.nan
-    return original(self, epoch, logs)
 
-epoch_end.EpochEnd.on_epoch_end = poisoned
-sys.argv = ["stages/train.py"]
-runpy.run_path("stages/train.py", run_name="__main__")
-"""
+def free_port() -> int:
+    """A port nothing listens on now (the OS's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float, interval: float = 0.5) -> None:
+    """Until `GET {base}/health` answers 200 (an MLflow server or UI); fails at once if the process exited."""
+    def healthy() -> bool:
+        assert process.poll() is None, f"the server for {base} exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout=timeout, interval=interval, what=f"{base}/health")
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root, whose port and
+    store (under `root`) outlive its process, so it can be killed and started again as the same server."""
+
+    def __init__(self, root: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "server-artifacts")],
+            env=stage_env(**SERVER_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 150) -> None:
+        wait_until_healthy(self.base, self.process, timeout=timeout)
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Teardown: SIGKILL, since its graceful shutdown can take over 30 s on a loaded machine."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+    def rest(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
+        url = f"{self.base}/api/2.0/mlflow/{endpoint}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def runs(self) -> list[dict]:
+        try:
+            experiment = self.rest("experiments/get-by-name", experiment_name="vaepipe")["experiment"]
+        except urllib.error.HTTPError:  # not created yet
+            return []
+        return self.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]]}).get("runs", [])
+
+    def history(self, run_id: str, key: str) -> list[dict]:
+        return self.rest("metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])
+
+
+# Test-only programs that linters read: tests/e2e/programs/.
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+SIGNAL_GATE = PROGRAMS / "signal_gate.py"
+
+
+def train_poisoned_at_epoch_3(repo: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Train (as run_stage does) with epoch 3's loss reported NaN: it stops with a checkpoint of 2 epochs
+    and exit code 5 (programs/poison_epoch_3.py)."""
+    return subprocess.run([str(VENV_BIN / "python"), str(PROGRAMS / "poison_epoch_3.py")], cwd=repo,
+                          env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=timeout)

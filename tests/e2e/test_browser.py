@@ -10,12 +10,24 @@ import re
 import shutil
 import signal
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import PROJECT, VENV_BIN, dvc_repro, make_repo, merge, mlflow_runs, stage_env, wait_for, write_params
+from pipeline_repo import (
+    PROJECT,
+    SERVER_ENV,
+    VENV_BIN,
+    copy_repo,
+    dvc_repro,
+    free_port,
+    merge,
+    mlflow_runs,
+    stage_env,
+    wait_for,
+    wait_until_healthy,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,24 +47,17 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory) -> Path:
-    """A repo whose store holds two FINISHED pipeline runs, latent_dim 2 and 3, and reports/ from compare."""
-    repo = make_repo(tmp_path_factory.mktemp("browser") / "repo", {"train": {"epochs": 3}, "model": {"latent_dim": 2}})
-    for latent_dim in (2, 3):
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        write_params(repo, merge(params, {"model": {"latent_dim": latent_dim}}))
-        result = dvc_repro(repo, timeout=900)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def two_runs(baseline, tmp_path_factory) -> Path:
+    """A repo whose store holds two FINISHED pipeline runs, latent_dim 2 and 3, and reports/ from compare:
+    a copy of the baseline repo (its run: latent_dim 2), then `dvc repro` of latent_dim 3."""
+    repo = copy_repo(baseline.repo, tmp_path_factory.mktemp("browser") / "repo")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["latent_dim"] == 2
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    write_params(repo, merge(params, {"model": {"latent_dim": 3}}))
+    result = dvc_repro(repo, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [status for _, status in mlflow_runs(repo)] == ["FINISHED", "FINISHED"]
     return repo
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +67,13 @@ def ui(two_runs):
     log = two_runs / "ui.log"
     with log.open("w") as handle:
         process = subprocess.Popen([str(VENV_BIN / "python"), "-m", "vaepipe.tracking", "ui", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=two_runs, env=stage_env(PYTHONPATH="src"),
+                                    "--port", str(port)], cwd=two_runs, env=stage_env(PYTHONPATH="src", **SERVER_ENV),
                                    stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         link = wait_for(lambda: re.search(r"^(http://\S+workflowType=machine_learning)$", log.read_text(), re.M),
                         timeout=60, what="the link `make ui` prints").group(1)
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=180, interval=1, what=f"mlflow ui on port {port}")
+        wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=180, interval=1)
         yield link, port
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -4,12 +4,11 @@ edit, in a copy of the baseline repo (its outputs and dvc.lock are up to date)."
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from pipeline_repo import stage_env
+from pipeline_repo import copy_repo, stage_env
 from stage_imports import stage_closures
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +34,7 @@ def add_comment(path: Path) -> None:
 @pytest.fixture
 def repo(baseline, tmp_path) -> Path:
     copy = tmp_path / "repo"
-    shutil.copytree(baseline.repo, copy, symlinks=True)
+    copy_repo(baseline.repo, copy)
     assert changed_stages(copy) == {}, "the baseline copy is not up to date"
     return copy
 

@@ -22,14 +22,16 @@ import psutil
 import pytest
 import yaml
 from pipeline_repo import (
-    POISON_EPOCH_3,
+    SIGNAL_GATE,
     SMALL_PARAMS,
+    copy_repo,
     dvc_repro,
     epoch_rows,
     make_repo,
     merge,
     metric_history,
     mlflow_runs,
+    prepared_copy,
     read_metrics,
     run_stage,
     stage_env,
@@ -82,11 +84,16 @@ def checkpoint_log(repo: Path) -> Path | None:
 
 @pytest.mark.parametrize("variant,signum", [(v, s) for v in VARIANTS for s in SIGNALS],
                          ids=[f"{v}-{s.name}" for v in VARIANTS for s in SIGNALS])
-def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path, variant, signum):
+def test_interrupted_training_resumes_to_the_same_result(baseline, reference_run, tmp_path, variant, signum):
     overrides = VARIANTS[variant]
-    baseline = reference_run(variant, overrides)  # the same params, never interrupted
+    reference = reference_run(variant, overrides)  # the same params, never interrupted
     epochs = merge(SMALL_PARAMS, overrides)["train"]["epochs"]
-    repo = make_repo(tmp_path / "repo", overrides)
+    # As the reference started: the baseline's prepared data, up to date, so `dvc repro` starts at train.
+    repo = prepared_copy(baseline.repo, tmp_path / "repo", overrides)
+    # The gate (programs/signal_gate.py, this repo's sitecustomize): the last epoch waits for the signal,
+    # so however loaded the machine, training is still going when the signal lands. Inert in the rerun.
+    shutil.copy2(SIGNAL_GATE, repo / "src" / "sitecustomize.py")
+    gate = tmp_path / "gate"
     rng = random.Random()
     # A random point in the first half of training, after epoch 2: a random number of checkpointed
     # epochs, then a random part of an epoch (at most 0.1 s: fast-path epochs take about 0.03 s). Counted
@@ -94,27 +101,28 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     # log's rows instead raced the checkpoint written just after them: under load a kill could land first.)
     kill_after, delay = rng.randint(2, epochs // 2), rng.uniform(0.0, 0.1)
     log_file = (tmp_path / "first.log").open("w")
-    dvc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repo, env=stage_env(), stdout=log_file,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    dvc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repo, env=stage_env(VAEPIPE_TEST_SIGNAL_GATE=str(gate)),
+                           stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        trainer = wait_for(lambda: train_process(repo), timeout=120, what="the train process")
-        wait_for(lambda: checkpointed_epochs(repo) >= kill_after, timeout=120, what=f"epoch {kill_after} of train")
+        trainer = wait_for(lambda: train_process(repo), timeout=300, what="the train process")
+        wait_for(lambda: checkpointed_epochs(repo) >= kill_after, timeout=300, what=f"epoch {kill_after} of train")
         time.sleep(delay)
         epochs_before = epoch_rows(checkpoint_log(repo))
         if signum == signal.SIGINT:
             os.killpg(dvc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         else:
             trainer.send_signal(signum)
-        trainer.wait(timeout=60)  # (not our child: psutil cannot tell its exit code)
-        dvc.wait(timeout=60)
+        trainer.wait(timeout=120)  # (not our child: psutil cannot tell its exit code)
+        dvc.wait(timeout=120)
     finally:
         if dvc.poll() is None:
             os.killpg(dvc.pid, signal.SIGKILL)
             dvc.wait()
         log_file.close()
     first_output = (tmp_path / "first.log").read_text()
-    context = (f"{variant}: signal {signum.name} {delay:.2f}s past epoch {kill_after} ({epochs_before} epochs logged)\n"
-               f"{first_output[-3000:]}")
+    where = "at the gate before the last epoch" if gate.exists() else "mid-training"
+    context = (f"{variant}: signal {signum.name} {delay:.2f}s past epoch {kill_after} ({epochs_before} epochs logged, "
+               f"landed {where})\n{first_output[-3000:]}")
     assert epochs_before < epochs, "training ended before the signal: " + context
     assert dvc.returncode != 0, context
     # dvc reports the stage's exit code: 128 + signal for the handled ones, -9 for SIGKILL.
@@ -129,7 +137,7 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
     assert state["epoch"] >= 2, state
 
-    second = dvc_repro(repo)
+    second = dvc_repro(repo, "evaluate")  # (as far as the reference run went: the numbers compared)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"resuming after epoch {state['epoch']} of {epochs}" in second.stdout + second.stderr
 
@@ -137,8 +145,8 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
     # resumed process loads its XLA programs from the persistent cache the earlier runs filled.)
     assert list(paths.xla_cache_dir().glob("xla_compile_cache__*.pb"))
     metrics = read_metrics(repo)
-    assert metrics["test_loss"] == baseline.metrics["test_loss"], (metrics, baseline.metrics)
-    assert metrics["test_loss"] == pytest.approx(baseline.metrics["test_loss"], rel=0.01)
+    assert metrics["test_loss"] == reference.metrics["test_loss"], (metrics, reference.metrics)
+    assert metrics["test_loss"] == pytest.approx(reference.metrics["test_loss"], rel=0.01)
 
     # One FINISHED run, the one that was interrupted, continued; nothing left RUNNING.
     runs = mlflow_runs(repo)
@@ -156,19 +164,19 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, tmp_path
             assert len(values) == 1, f"{key} step {step} logged with different values {values}"
     assert sorted(history["loss"]) == list(range(1, epochs + 1))
     for key in ("loss", "kl", "val_loss", "test_loss"):
-        assert history[key] == baseline.history[key], key
+        assert history[key] == reference.history[key], key
 
     # train_log.csv: one row per epoch, equal to the uninterrupted run's (apart from timings).
     with (repo / "train_log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time"} for row in rows]  # noqa: E731
-    assert strip(rows) == strip(baseline.train_log)
+    assert strip(rows) == strip(reference.train_log)
     # A finished run leaves no checkpoint that could be mistaken for a resumable one.
     assert not any((repo / "checkpoints").iterdir())
 
 
 
-def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(baseline, tmp_path):
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(baseline, poisoned, tmp_path):
     repo = make_repo(tmp_path / "repo")
     shutil.copytree(baseline.repo / "data" / "prepared", repo / "data" / "prepared")
 
@@ -185,10 +193,11 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(basel
     assert [status for _, status in mlflow_runs(repo)] == ["FAILED"]
     assert not (repo / "models" / "vae.keras").exists()
 
-    # NaN in epoch 3 of the good params: stop, keep the checkpoint of epoch 2, and resume from it.
-    (repo / "params.yaml").write_text(good_params)
-    result = subprocess.run([sys.executable, "-c", POISON_EPOCH_3], cwd=repo, env=stage_env(PYTHONPATH="src"),
-                            capture_output=True, text=True, timeout=180)
+    # NaN in epoch 3 of the good params: stop, keep the checkpoint of epoch 2, and resume from it. (The
+    # poisoned fixture ran it, in a repo of its own like this one, once for this test and test_stale_checkpoint.)
+    repo = copy_repo(poisoned.repo, tmp_path / "poisoned")
+    assert (repo / "params.yaml").read_text() == good_params
+    result = poisoned.result
     assert result.returncode == 5, result.stderr[-3000:]
     assert "training loss became nan in epoch 3" in result.stderr, result.stderr[-3000:]
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
@@ -219,7 +228,7 @@ def handles_sigterm(pid: int) -> bool:
 ])
 def test_a_stopped_stage_speaks_of_itself(baseline, tmp_path, stage, next_run):
     repo = tmp_path / "repo"
-    shutil.copytree(baseline.repo, repo, symlinks=True)  # a copy: SIGTERM marks the reopened run KILLED
+    copy_repo(baseline.repo, repo)  # a copy: SIGTERM marks the reopened run KILLED
     process = subprocess.Popen([sys.executable, f"stages/{stage}.py"], cwd=repo, env=stage_env(PYTHONPATH="src"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -4,45 +4,40 @@ code, or over other prepared data, is not resumed, and train says so in one line
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from pipeline_repo import POISON_EPOCH_3, make_repo, metric_history, mlflow_runs, run_stage, stage_env
+from pipeline_repo import copy_repo, metric_history, mlflow_runs, run_stage
 
 pytestmark = pytest.mark.e2e
 
 
 
-def interrupted_after_two_epochs(repo) -> str:
-    """Leave a checkpoint of 2 epochs (and its FAILED run) behind; return that run's id."""
-    result = subprocess.run([sys.executable, "-c", POISON_EPOCH_3], cwd=repo, env=stage_env(PYTHONPATH="src"),
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 5, result.stderr[-3000:]
+def interrupted_after_two_epochs(repo, poisoned) -> str:
+    """The checkpoint of 2 epochs (and its FAILED run) that a NaN in epoch 3 left in this copy of the
+    poisoned fixture's repo (train run once for all these tests); return that run's id."""
+    assert poisoned.result.returncode == 5, poisoned.result.stderr[-3000:]
     state = json.loads(next((repo / "checkpoints").glob("*/state.json")).read_text())
     assert state["epoch"] == 2
     return next((repo / "checkpoints").glob("*/mlflow_run_id")).read_text().strip()
 
 
 @pytest.fixture
-def repo(baseline, tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    shutil.copytree(baseline.repo / "data" / "prepared", repo / "data" / "prepared")
-    return repo
+def repo(poisoned, tmp_path):
+    return copy_repo(poisoned.repo, tmp_path / "repo")
 
 
-def test_unchanged_code_and_data_resume(repo):
-    old_run = interrupted_after_two_epochs(repo)
+def test_unchanged_code_and_data_resume(repo, poisoned):
+    old_run = interrupted_after_two_epochs(repo, poisoned)
     result = run_stage(repo, "train")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming after epoch 2" in result.stdout + result.stderr
     assert dict(mlflow_runs(repo))[old_run] == "FINISHED"
 
 
-def test_checkpoint_of_other_code_is_not_resumed(repo, baseline):
-    old_run = interrupted_after_two_epochs(repo)
+def test_checkpoint_of_other_code_is_not_resumed(repo, poisoned, baseline):
+    old_run = interrupted_after_two_epochs(repo, poisoned)
     module = repo / "src" / "vaepipe" / "train" / "schedules.py"  # in train's import closure
     module.write_text(module.read_text() + "\n# an edit to the code train runs\n")
 
@@ -59,8 +54,8 @@ def test_checkpoint_of_other_code_is_not_resumed(repo, baseline):
     assert list((repo / "checkpoints").iterdir()) == []
 
 
-def test_checkpoint_over_other_data_is_not_resumed(repo):
-    interrupted_after_two_epochs(repo)
+def test_checkpoint_over_other_data_is_not_resumed(repo, poisoned):
+    interrupted_after_two_epochs(repo, poisoned)
     # Other prepared data under the same params: one training image changed, meta.json updated to match.
     prepared = repo / "data" / "prepared"
     with np.load(prepared / "train.npz") as arrays:

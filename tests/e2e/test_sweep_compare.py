@@ -12,24 +12,25 @@ import subprocess
 
 import pytest
 from PIL import Image
-from pipeline_repo import VENV_BIN, dvc_repro, make_repo, mlflow_runs, stage_env, wait_for
+from pipeline_repo import VENV_BIN, copy_repo, dvc_repro, mlflow_runs, stage_env, start_queue, stop_queue, wait_for
 from test_browser import CHROMIUM_FLAGS, chromium
 
 pytestmark = pytest.mark.e2e
 
-QUICK = {"data": {"limit": 256, "val_size": 64}, "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100}}
 
 
-def test_sweep_queued_as_a_grid_is_what_compare_selects(tmp_path):
-    repo = make_repo(tmp_path / "repo", QUICK)
+def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
+    # A copy of the quick fixture's repo: latent_dim 2, no sweep, reproduced, so in the run-cache now.
+    repo = copy_repo(quick, tmp_path / "repo")
     env = stage_env()
-    assert dvc_repro(repo, timeout=900).returncode == 0  # latent_dim 2, no sweep: in the run-cache now
+    assert [state for _, state in mlflow_runs(repo)] == ["FINISHED"]
+    assert "Running stage" not in dvc_repro(repo).stdout  # up to date
     queued = subprocess.run(["dvc", "exp", "run", "--queue", "-S", "tracking.sweep=grid1",
                              "-S", "model.latent_dim=2,4", "-S", "train.beta=0.5,1.0"],
                             cwd=repo, env=env, capture_output=True, text=True)
     assert queued.returncode == 0, queued.stderr
     try:
-        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True, capture_output=True)
+        start_queue(repo, jobs=2)
 
         def all_done() -> str | None:
             status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
@@ -39,7 +40,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(tmp_path):
         status = wait_for(all_done, timeout=1500, interval=3, what="the queued sweep")
         assert status.count("Success") == 4, status
     finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True)
+        stop_queue(repo)
     assert [state for _, state in mlflow_runs(repo)] == ["FINISHED"] * 5
 
     out = tmp_path / "reports"

@@ -5,20 +5,22 @@ linked to it)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from pipeline_repo import VENV_BIN, dvc_repro, make_repo, mlflow_runs, read_metrics, stage_env, wait_for
+from pipeline_repo import (
+    MlflowServer,
+    copy_repo,
+    dvc_repro,
+    mlflow_runs,
+    prepared_copy,
+    read_metrics,
+    stage_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,66 +28,7 @@ EPOCHS = 10  # ~0.5 s each with the small params: the kill lands with epochs sti
 TRAIN_METRICS = ("loss", "recon", "kl", "val_loss", "val_recon", "val_kl", "epoch_time")
 
 
-class Server:
-    """A real `mlflow server` on 127.0.0.1 whose port and store (SQLite + artifact directory) outlive
-    its process, so it can be killed and started again as the same server."""
-
-    def __init__(self, root: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.root = root
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "server-artifacts")],
-            env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_healthy(self) -> None:
-        def healthy() -> bool:
-            assert self.process.poll() is None, "mlflow server exited"
-            try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=150, interval=0.5, what="mlflow server /health")
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """Teardown: SIGKILL, since its graceful shutdown can take over 30 s on a loaded machine."""
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-    def rest(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
-        url = f"{self.base}/api/2.0/mlflow/{endpoint}"
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def runs(self) -> list[dict]:
-        try:
-            experiment = self.rest("experiments/get-by-name", experiment_name="vaepipe")["experiment"]
-        except urllib.error.HTTPError:  # not created yet
-            return []
-        return self.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]]}).get("runs", [])
-
-    def history(self, run_id: str, key: str) -> list[dict]:
-        return self.rest("metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])
-
-
-def first_epoch_logged(server: Server) -> str | None:
+def first_epoch_logged(server: MlflowServer) -> str | None:
     """The run id once the run has its first epoch's validation loss, else None."""
     try:
         runs = server.runs()
@@ -103,7 +46,7 @@ def start_repro(repo: Path, logs: Path, *targets: str, **env: str) -> tuple[subp
     return process, out, err
 
 
-def assert_every_epoch_logged_once(server: Server, run_id: str) -> None:
+def assert_every_epoch_logged_once(server: MlflowServer, run_id: str) -> None:
     for key in TRAIN_METRICS:
         steps: dict[int, set[float]] = {}
         for metric in server.history(run_id, key):
@@ -113,11 +56,11 @@ def assert_every_epoch_logged_once(server: Server, run_id: str) -> None:
             assert all(len(values) == 1 for values in steps.values()), (key, steps)
 
 
-def test_a_server_killed_mid_training_and_restarted_loses_nothing(tmp_path):
-    server = Server(tmp_path)
+def test_a_server_killed_mid_training_and_restarted_loses_nothing(baseline, tmp_path):
+    server = MlflowServer(tmp_path)
     server.start()
     try:
-        repo = make_repo(tmp_path / "repo", {"train": {"epochs": EPOCHS}})
+        repo = prepared_copy(baseline.repo, tmp_path / "repo", {"train": {"epochs": EPOCHS}})  # from train on
         server.wait_healthy()
         process, _, err = start_repro(repo, tmp_path, "train", MLFLOW_TRACKING_URI=server.base)
         try:
@@ -149,13 +92,13 @@ def test_a_server_killed_mid_training_and_restarted_loses_nothing(tmp_path):
         server.stop()
 
 
-def test_a_server_down_past_the_retries_fails_in_one_line_and_repro_resumes_the_same_run(tmp_path):
+def test_a_server_down_past_the_retries_fails_in_one_line_and_repro_resumes_the_same_run(baseline, tmp_path):
     # MLflow's own knob: backoff factor 0 makes its 5 retries immediate, so "past the budget" is now.
     quick_retries = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     server.start()
     try:
-        repo = make_repo(tmp_path / "repo", {"train": {"epochs": EPOCHS}})
+        repo = prepared_copy(baseline.repo, tmp_path / "repo", {"train": {"epochs": EPOCHS}})  # from train on
         server.wait_healthy()
         process, _, err = start_repro(repo, tmp_path, "train", MLFLOW_TRACKING_URI=server.base, **quick_retries)
         try:
@@ -193,10 +136,9 @@ def run_tags(db: Path, run_id: str) -> dict[str, str]:
         return dict(conn.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
 
 
-def test_a_clone_without_the_store_logs_evaluate_and_plot_to_a_run_linked_to_the_train_run(tmp_path):
-    quick = {"data": {"limit": 256, "val_size": 64}, "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100}}
-    repo = make_repo(tmp_path / "repo", quick)
-    assert (result := dvc_repro(repo)).returncode == 0, result.stderr[-3000:]
+def test_a_clone_without_the_store_logs_evaluate_and_plot_to_a_run_linked_to_the_train_run(quick, tmp_path):
+    repo = copy_repo(quick, tmp_path / "repo")  # reproduced: outputs, dvc.lock and one FINISHED run
+    assert (result := dvc_repro(repo)).returncode == 0 and "Running stage" not in result.stdout, result.stderr[-3000:]
     [(train_run, _)] = mlflow_runs(repo)
     env = stage_env()
     for command in (["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], ["dvc", "push", "-q"],
