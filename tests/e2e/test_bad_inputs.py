@@ -40,7 +40,7 @@ PARAM_CASES = [
     ("evaluate", "evaluate.iw_samples", 0, "greater than or equal to 1"),
     ("evaluate", "evaluate.mc_samples", None, "valid integer"),
     ("prepare", "data.limit", 70000, "at most the 60000"),
-    ("prepare", "data.limit", 0, "greater than or equal to 1"),
+    ("prepare", "data.limit", 0, "greater than or equal to 5"),
     ("prepare", "data.val_size", 2000, "must be at most 1995 of the 2000 training images (data.limit = 2000)"),
     ("prepare", "data.val_size", -1, "greater than or equal to 0"),
     ("prepare", "data.dataset", "cifar10", "'mnist' or 'fashion_mnist'"),

@@ -56,7 +56,9 @@ def test_a_failed_prepare_names_what_dvc_removed_and_dvc_checkout_brings_it_back
     edit_params(repo, "data", limit=yaml.safe_load((repo / "params.yaml").read_text())["data"]["limit"] - 100)
     result = repro(repo, "prepare", VAEPIPE_CACHE=str(cache))
     assert result.returncode == 3, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("ERROR: failed to reproduce 'prepare'"), lines[-3:]  # DVC's own line, then
+    last = lines[-2]  # the stage's last line
     assert last == ("prepare: DVC removed data/prepared before running this stage; `dvc checkout prepare` "
                     "brings back the previous version"), result.stderr[-2000:]
     assert not (repo / "data" / "prepared").exists()
