@@ -62,7 +62,7 @@ def test_training_advances_the_schedule_once_per_batch(stack):
     vae = compile_vae(params, batches_per_epoch=10)
     assert vae.batches_per_stack == stack
     batches = training_batches(vae, params, x, None, epochs=range(1))
-    vae.fit(batches.train, batches_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
+    vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
     assert int(vae.optimizer.iterations) == 10
     # Halfway through a 20-update cosine run: half the initial rate.
     assert float(vae.optimizer.learning_rate) == pytest.approx(LR / 2, rel=1e-5)

@@ -100,7 +100,7 @@ def shot(page, tmp_path: Path, name: str) -> None:
 def test_ui_lists_both_runs_their_dataset_val_loss_charts_and_artifacts(two_runs, ui, page, tmp_path):
     link, port = ui
     assert link.startswith(f"http://127.0.0.1:{port}/#/experiments/")
-    names = ["seed-z2", "seed-z3"]
+    names = ["tutorial-z2", "tutorial-z3"]
     try:
         page.goto(link)
         for name in names:
@@ -134,7 +134,7 @@ def test_compare_html_opens_from_disk_with_every_image_loaded(two_runs, page, tm
     result = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.compare"], cwd=two_runs,
                             env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| seed-z2 |" in result.stdout and "| seed-z3 |" in result.stdout
+    assert "| tutorial-z2 |" in result.stdout and "| tutorial-z3 |" in result.stdout
     html = two_runs / "reports" / "compare.html"
     try:
         page.goto(html.as_uri())
