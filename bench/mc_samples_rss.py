@@ -1,23 +1,22 @@
 """Peak RSS of evaluation.elbo_terms at evaluate.mc_samples = 10000 (docs/reliability.md).
 
-    PYTHONPATH=src /usr/bin/time -v python bench/mc_samples_rss.py [prepared test.npz] [n images]
+    PYTHONPATH=src /usr/bin/time -v python bench/mc_samples_rss.py [n images]
 
 The tutorial model (untrained: memory does not depend on the weights), batch 500 as evaluate's default.
+It reads the prepared validation split, not the test split: a benchmark has no business with test images,
+and memory depends only on the shapes.
 """
 
 import resource
 import sys
 import time
 
-import numpy as np
-
-from vaepipe import evaluation, paths
+from vaepipe import evaluation, prepared
 from vaepipe.config import ModelParams
 from vaepipe.model import build_vae
 
-test = np.load(sys.argv[1] if len(sys.argv) > 1 else paths.prepared_split("test"))
-n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-x = (test["images"].reshape(len(test["images"]), -1).astype(np.float32) / 255.0)[:n]
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+x = prepared.model_inputs(prepared.load_verified("validation"), "none", training=False)[:n]
 vae = build_vae(ModelParams(), beta=0.5, binarize="none", seed=1)
 start = time.time()
 evaluation.elbo_terms(vae, x, mc_samples=10000, batch_size=500, seed=0)
