@@ -244,7 +244,8 @@ def kill_run_if_running(run_id: str, reason: str) -> str | None:
     For a checkpoint that is removed (vaepipe.train.retention): nothing will ever continue its run.
     Returns the run's status afterwards (KILLED, or the status it already had), None if the store
     does not hold it. A store that cannot be reached or written raises TrackingError with one line,
-    after a single try (a training run waits for it: no retry budget of minutes).
+    after a single try: train calls it before it trains, so a server that is down costs a refused
+    connection, not MLflow's retry budget of minutes.
     """
     uri = tracking_uri()
     if not local_store_exists():
