@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker
+.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker clean-checkpoints
 
 setup: $(STAMP)
 
@@ -72,6 +72,11 @@ test: setup
 test-fast: setup
 	@echo ">> pytest -m 'not e2e' on $(PYTEST_WORKERS) workers"
 	python -m pytest $(PYTEST_XDIST) -m "not e2e"
+
+# Every training checkpoint (checkpoints/, resume state of unfinished runs, docs/reliability.md "Resume"),
+# their MLflow runs that are still RUNNING closed as KILLED.
+clean-checkpoints: setup
+	python -m vaepipe.train.retention clean
 
 train-multiworker: setup
 	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"

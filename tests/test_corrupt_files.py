@@ -17,8 +17,9 @@ from vaepipe import paths
 from vaepipe.config import ModelParams
 from vaepipe.errors import DataError
 from vaepipe.model import build_vae, load_vae
-from vaepipe.train.checkpoint import Checkpoint, drop_other_checkpoints
+from vaepipe.train.checkpoint import Checkpoint
 from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before, read_log
+from vaepipe.train.retention import keep_other_checkpoints
 
 KEY = "0123456789abcdef"
 
@@ -142,10 +143,10 @@ def test_moved_aside_checkpoints_are_not_removed_with_the_stale_ones(checkpoint_
     Checkpoint(checkpoint_dir, KEY).restore(compiled_vae())
     stale = checkpoint_dir.parent / "stale-key"
     stale.mkdir()
-    (stale / "state.json").write_text("[]")  # another key's, unreadable too: removed as before
+    (stale / "state.json").write_text("[]")  # another key's, unreadable too: nothing to resume, removed
     capsys.readouterr()
 
-    drop_other_checkpoints(keep=checkpoint_dir.parent / "new-key", provenance={"params": "x"})
+    keep_other_checkpoints(current=checkpoint_dir.parent / "new-key", provenance={"params": "x"})
 
     left = [p.name for p in checkpoint_dir.parent.iterdir()]  # the (empty) KEY dir is another key's now
     assert len(left) == 1 and left[0].startswith(f"{KEY}.corrupt-"), left

@@ -1,5 +1,6 @@
 """A checkpoint is resumed only by the same params, code and data: one written before an edit to train's
-code, or over other prepared data, is not resumed, and train says so in one line."""
+code, or over other prepared data, is not resumed (but kept: tests/e2e/test_other_checkpoints.py), and
+train says so in one line."""
 
 from __future__ import annotations
 
@@ -51,7 +52,11 @@ def test_checkpoint_of_other_code_is_not_resumed(repo, poisoned, baseline):
     assert new_run != old_run
     # Trained from scratch: every epoch logged once, the same numbers as an uninterrupted run.
     assert metric_history(repo, new_run)["loss"] == baseline.history["loss"]
-    assert list((repo / "checkpoints").iterdir()) == []
+    # The old code's checkpoint is kept (reverting the edit resumes it): train's own is gone.
+    (kept,) = (repo / "checkpoints").iterdir()
+    assert (kept / "mlflow_run_id").read_text().strip() == old_run
+    (keeping,) = [line for line in output.splitlines() if line.startswith("train: keeping")]
+    assert keeping.startswith(f"train: keeping 1 unfinished checkpoint of other settings (checkpoints/{kept.name}: 2 epochs; ")
 
 
 def test_checkpoint_over_other_data_is_not_resumed(repo, poisoned):

@@ -12,11 +12,13 @@
 
 from vaepipe.tracking.details import SWEEP_TAG, SYSTEM_METRICS_INTERVAL_S, prepared_datasets, run_description_tags
 from vaepipe.tracking.runs import (
+    KILLED_REASON_TAG,
     TRAIN_RUN_TAG,
     active_run,
     close_abandoned_run,
     connect,
     end_run,
+    kill_run_if_running,
     log_artifact,
     log_metrics,
     log_text,
@@ -39,9 +41,9 @@ from vaepipe.tracking.store import (
 )
 
 __all__ = [
-    "EXPERIMENT_NAME", "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S",
+    "EXPERIMENT_NAME", "KILLED_REASON_TAG", "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S",
     "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_reachable",
-    "close_abandoned_run", "connect", "end_run", "experiment_url", "log_artifact", "log_metrics",
+    "close_abandoned_run", "connect", "end_run", "experiment_url", "kill_run_if_running", "log_artifact", "log_metrics",
     "log_text", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
     "run_description_tags", "run_name", "run_tags", "run_url",
     "start_or_resume_run", "tracking_uri", "ui_base_url",

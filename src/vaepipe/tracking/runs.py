@@ -30,6 +30,7 @@ from vaepipe.tracking.store import (
     artifact_location,
     check_reachable,
     is_http,
+    local_store_exists,
     retry_budget_s,
     retry_http_errors,
     server_unreachable,
@@ -232,6 +233,40 @@ def close_abandoned_run(run_id_file: Path, status: str, reason: str) -> None:
             client.set_terminated(run_id, status)
     except mlflow.exceptions.MlflowException as error:
         print(f"warning: could not mark MLflow run {run_id} {status}: {error}", file=sys.stderr, flush=True)
+
+
+KILLED_REASON_TAG = "vaepipe.killed_reason"  # why vaepipe closed a run it did not finish itself
+
+
+def kill_run_if_running(run_id: str, reason: str) -> str | None:
+    """Close run `run_id` as KILLED with the tag KILLED_REASON_TAG = `reason`, if it is still RUNNING.
+
+    For a checkpoint that is removed (vaepipe.train.retention): nothing will ever continue its run.
+    Returns the run's status afterwards (KILLED, or the status it already had), None if the store
+    does not hold it. A store that cannot be reached or written raises TrackingError with one line,
+    after a single try: train calls it before it trains, so a server that is down costs a refused
+    connection, not MLflow's retry budget of minutes.
+    """
+    uri = tracking_uri()
+    if not local_store_exists():
+        return None  # reading a local store that is not there would create it
+    check_reachable(uri)
+    try:
+        with single_try():
+            client = mlflow.MlflowClient(uri)
+            try:
+                status = client.get_run(run_id).info.status
+            except mlflow.exceptions.MlflowException as error:
+                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+            if status != RunStatus.to_string(RunStatus.RUNNING):
+                return status
+            client.set_tag(run_id, KILLED_REASON_TAG, reason[:4000])
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    except mlflow.exceptions.MlflowException as error:
+        raise TrackingError(f"MLflow store {uri}: {(str(error).splitlines() or [''])[0]}") from None
+    return RunStatus.to_string(RunStatus.KILLED)
 
 
 def read_run_id(path: Path) -> str:

@@ -1,7 +1,8 @@
 """Resumable training state: weights + optimizer state after an epoch, replaced atomically.
 
 One directory per training key (paths.checkpoint_dir): the weights of the last finished epoch,
-`state.json` naming them, the epoch log so far and the MLflow run id of the unfinished run.
+`state.json` naming them (and when they were written), the epoch log so far and the MLflow run id of
+the unfinished run. Which checkpoints of other keys are kept beside it: vaepipe.train.retention.
 
 A checkpoint that cannot be read (empty, truncated, a bad CRC, a state.json of the wrong shape, weights
 that do not fit the model) is moved aside to `<dir>.corrupt-<UTC time>`, never deleted, and training
@@ -11,7 +12,6 @@ starts from scratch (Checkpoint.restore).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -21,8 +21,9 @@ import numpy as np
 
 from vaepipe import paths
 from vaepipe.errors import deferred_signals
+from vaepipe.train import retention
 
-CORRUPT = ".corrupt-"  # a checkpoint directory moved aside: <key>.corrupt-<UTC time>
+CORRUPT = retention.CORRUPT  # a checkpoint directory moved aside: <key>.corrupt-<UTC time>
 # What reading a damaged .npz or state.json raises (np.load, zipfile, json, the shape checks below).
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
@@ -43,7 +44,7 @@ class Checkpoint:
     much faster to write than Keras's .weights.h5 for small models (bench/NOTES.md).
     """
 
-    STATE = "state.json"
+    STATE = retention.STATE
 
     def __init__(self, directory: Path, key: str, provenance: dict[str, str] | None = None):
         self.directory = directory
@@ -120,8 +121,10 @@ class Checkpoint:
             with paths.atomic_path(self.directory / name) as tmp, tmp.open("wb") as handle:
                 np.savez(handle, **snapshot)
             with paths.atomic_path(self.directory / self.STATE) as tmp:
+                # written: which checkpoints of other keys a run keeps is decided by age (retention.py)
                 tmp.write_text(json.dumps({"epoch": epochs_done, "weights": name, "key": self.key,
-                                           "logged": logged, "provenance": self.provenance}) + "\n")
+                                           "logged": logged, "provenance": self.provenance,
+                                           "written": round(time.time(), 3)}) + "\n")
             for old in self.directory.glob("epoch-*"):
                 if old.name != name:
                     old.unlink(missing_ok=True)
@@ -163,24 +166,3 @@ def _shown(path: Path) -> Path:
         return path.relative_to(paths.ROOT)
     except ValueError:
         return path
-
-
-def drop_other_checkpoints(keep: Path, provenance: dict[str, str]) -> None:
-    """Checkpoints of other params, code or data can never be resumed by this run: remove them, and
-    say in one line why an unfinished run's checkpoint is not resumed. Checkpoints moved aside as
-    unreadable (<key>.corrupt-<time>) are the user's to inspect and delete: they are left alone."""
-    if not paths.CHECKPOINTS_DIR.exists():
-        return
-    for other in paths.CHECKPOINTS_DIR.iterdir():
-        if other == keep or CORRUPT in other.name:
-            continue
-        try:
-            state = json.loads((other / Checkpoint.STATE).read_text())
-        except (OSError, ValueError):
-            state = None
-        if isinstance(state, dict) and state.get("epoch"):
-            old = state.get("provenance") if isinstance(state.get("provenance"), dict) else {}
-            changed = [part for part, value in provenance.items() if old.get(part) != value] or ["params"]
-            print(f"train: not resuming the checkpoint of {state['epoch']} epochs in {_shown(other)}: "
-                  f"it was written with other {' and '.join(changed)}; training from scratch", flush=True)
-        shutil.rmtree(other, ignore_errors=True)

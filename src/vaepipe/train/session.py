@@ -1,7 +1,7 @@
 """The run session both training loops share: checkpoint, MLflow run, the end-of-epoch path and the
 stage's outputs.
 
-    session = TrainingSession(params, inputs)            # this key's checkpoint dir, others removed
+    session = TrainingSession(params, inputs)            # this key's checkpoint dir (others kept: retention)
     start_epoch = session.restore(vae)                   # epochs already done (0 for a fresh run)
     with session.run(vae, start_epoch) as epoch_end:     # the MLflow run, opened or continued
         ... train, calling epoch_end.on_epoch_end after each epoch ...
@@ -25,9 +25,10 @@ from vaepipe import paths, tracking
 from vaepipe.config import Params, flat_params
 from vaepipe.prepared import TrainingInputs
 from vaepipe.tracking import model_logging
-from vaepipe.train.checkpoint import Checkpoint, drop_other_checkpoints
+from vaepipe.train.checkpoint import Checkpoint
 from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before
 from vaepipe.train.provenance import checkpoint_key, key_parts
+from vaepipe.train.retention import keep_other_checkpoints
 
 
 class TrainingSession:
@@ -39,7 +40,7 @@ class TrainingSession:
         provenance = key_parts(params)
         key = checkpoint_key(params)
         self.directory = paths.checkpoint_dir(key)
-        drop_other_checkpoints(keep=self.directory, provenance=provenance)
+        keep_other_checkpoints(current=self.directory, provenance=provenance)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.checkpoint = Checkpoint(self.directory, key, provenance)
         self.epoch_log = self.directory / "train_log.csv"
