@@ -175,8 +175,10 @@ def disk_full_error(path: Path | str | None, needed: int | None = None, written:
     `replacing`: the write was to a temporary file (atomic_path), so the file at `path` is the previous
     version, unchanged, and (when `needed` is unknown) its size stands in for it, as an estimate.
     """
-    target = Path(path) if path is not None else None
-    shown = _shown(target) if target is not None else "a file (the library did not name it)"
+    if path is None:  # nothing says which file, nor so which filesystem filled up
+        return DiskFull("no space left on device writing a file the error does not name")
+    target = Path(path)
+    shown = _shown(target)
     previous = _size_of(target) if replacing else None
     if needed is not None:
         need = f"it needs {_human(needed)}"
@@ -186,13 +188,13 @@ def disk_full_error(path: Path | str | None, needed: int | None = None, written:
         need = f"it needs about {_human(previous)} (the size of the version it replaces)"
     else:
         need = "the size it needs is not known"
-    mount = _mount_point(target.parent if target is not None else ROOT)
+    mount = _mount_point(target.parent)
     try:
         stat = os.statvfs(mount)
         free = f"{_human(stat.f_bavail * stat.f_frsize)} free on {mount}"
     except OSError:
         free = f"free space on {mount} unknown"
-    kept = f"; the previous {target.name} is unchanged" if replacing and target is not None and target.exists() else ""
+    kept = f"; the previous {target.name} is unchanged" if replacing and target.exists() else ""
     return DiskFull(f"no space left on device writing {shown}: {need}, {free}{kept}")
 
 

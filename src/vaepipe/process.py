@@ -39,7 +39,7 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
         if not isinstance(error, VaepipeError) and (full := disk_full_cause(error)) is not None:
             from vaepipe import paths  # a full disk outside paths.atomic_path (e.g. an appended log)
 
-            error = paths.disk_full_error(full.filename, replacing=False)
+            error = paths.disk_full_error(full.filename2 or full.filename, replacing=False)  # (src, dst): dst
         if not isinstance(error, VaepipeError):
             raise  # a bug: its traceback, the ordinary way
         print(f"error: {error}", file=sys.stderr)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import copy_repo, mlflow_runs, run_stage, write_params
+from pipeline_repo import PROJECT, copy_repo, mlflow_runs, run_stage, write_params
 
 from vaepipe.errors import DiskFull
 
@@ -154,3 +155,42 @@ def test_prepare_on_a_full_disk_keeps_the_previous_prepared_data(repo, small_fs)
     result, root = stage_on_full_disk(repo, small_fs, "prepare", ["data"])
     assert_disk_full(result, "data/prepared/train.npz", small_fs)
     assert files(root, ["data/prepared"]) == before, "a prepared file changed, or a temporary file was left"
+
+
+COPYING = """
+import os, shutil, sys
+from vaepipe.process import run_stage
+
+def main():  # library code writing in place, not through paths.atomic_path
+    if sys.argv[1] == "copy":
+        shutil.copyfile(sys.argv[2], sys.argv[3])  # its OSError names both files: (source, destination)
+    else:
+        fd = os.open(sys.argv[3], os.O_WRONLY | os.O_APPEND)  # os.write's OSError names no file
+        while True:
+            os.write(fd, b"x" * 65536)
+
+run_stage(main)
+"""
+
+
+def test_a_full_disk_outside_the_atomic_writer_is_one_line_too(small_fs, tmp_path):
+    """process.run_stage's own net: any ENOSPC that reaches it becomes one line and exit code 3, not a
+    traceback; it names the destination when the error does, and never claims the file is unchanged."""
+    source, log = tmp_path / "source.bin", small_fs / "copied.bin"
+    source.write_bytes(b"y" * 2_000_000)
+    log.write_text("row 1\n")
+    fill(small_fs)
+    program = tmp_path / "copying_stage.py"
+    program.write_text(COPYING)
+    for how in ("copy", "append"):
+        result = subprocess.run([sys.executable, str(program), how, str(source), str(log)], cwd=tmp_path,
+                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
+                                timeout=60)
+        assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        last = result.stderr.strip().splitlines()[-1]
+        if how == "copy":
+            assert last.startswith("error: no space left on device writing small/copied.bin: "), last
+            assert "the size it needs is not known" in last and f"free on {small_fs}" in last, last
+        else:
+            assert last == "error: no space left on device writing a file the error does not name", last
+        assert "unchanged" not in last
