@@ -80,7 +80,8 @@ clean-checkpoints: setup
 
 train-multiworker: setup
 	@echo ">> dvc exp run with train.distribute=multi_worker on $(WORKERS) local worker processes (docs/scaling.md)"
-	VAEPIPE_WORKERS=$(WORKERS) dvc exp run -S train.distribute=multi_worker
+	@echo ">> their gRPC ports listen on all network interfaces, unauthenticated: run this on a private network or behind a firewall"
+	VAEPIPE_WORKERS=$(WORKERS) VAEPIPE_WORKERS_LISTEN_ANYWHERE=1 dvc exp run -S train.distribute=multi_worker
 
 bench: setup
 	python bench/run.py

@@ -15,9 +15,10 @@ def main() -> None:
         # One machine (e.g. under `dvc repro`): become the launcher of $VAEPIPE_WORKERS local workers
         # (default 2), each running this script with its own TF_CONFIG; task 0 writes the outputs.
         from vaepipe import paths
-        from vaepipe.train.launcher import run_local_workers
+        from vaepipe.train.launcher import require_listen_anywhere, run_local_workers
         from vaepipe.train.provenance import checkpoint_key
 
+        require_listen_anywhere()  # first: a refusal needs no prepared data (the key below hashes it)
         run_local_workers(run_id_file=paths.checkpoint_run_id_file(checkpoint_key(params)))
         return
     if params.train.distribute == "none":

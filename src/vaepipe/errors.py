@@ -3,6 +3,7 @@ that makes SIGTERM stop a stage the way Ctrl-C does. vaepipe.process turns both 
 
 from __future__ import annotations
 
+import errno
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,29 @@ class DataError(VaepipeError):
     """A data file is missing, corrupt or not what it claims to be."""
 
     exit_code = 3
+
+
+class DiskFull(DataError):
+    """No space left (ENOSPC, or EDQUOT: over quota) on the filesystem an output is written to.
+
+    Exit code 3, as for the other files that cannot be read or written; the message names the path, the
+    space needed if known and the space free (paths.disk_full_error builds it).
+    """
+
+
+def disk_full_cause(error: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind `error` (itself, or up its chain of causes), if any.
+
+    Libraries re-raise a failed write as their own exception (h5py, zipfile, Keras's saving code); the
+    chain still holds the OSError that says why.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class TrackingError(VaepipeError):

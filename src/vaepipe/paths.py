@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vaepipe.errors import DiskFull, disk_full_cause
+
 
 def repo_root() -> Path:
     """The directory holding dvc.yaml: the current directory or the nearest parent that has one.
@@ -106,18 +108,125 @@ def xla_cache_dir() -> Path:
 
 
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
 
-    A crash or Ctrl-C mid-write leaves the previous `final` untouched and no half-written file.
+    A crash or Ctrl-C mid-write leaves the previous `final` untouched and no half-written file. A full
+    disk raises DiskFull naming `final` (`size`: the bytes the block writes, when the caller knows them).
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with _temporary(final, size) as tmp:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, final)
+
+
+class ReplacedTogether:
+    """Files written each to a temporary name, renamed into place together (see replaced_together)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []
+
+    @contextmanager
+    def write(self, final: Path, size: int | None = None) -> Iterator[Path]:
+        """Like atomic_path, but the rename waits for the end of the replaced_together block."""
+        with _temporary(final, size) as tmp:
+            yield tmp
+        self.pending.append((tmp, final))
+
+
+@contextmanager
+def replaced_together() -> Iterator[ReplacedTogether]:
+    """Outputs that belong together (a model and its log; prepared splits and their meta.json): every
+    file is written before any is renamed, so a failure (a full disk) leaves all of them as they were."""
+    together = ReplacedTogether()
+    try:
+        yield together
+        for tmp, final in together.pending:
+            os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in together.pending:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _temporary(final: Path, size: int | None) -> Iterator[Path]:
+    """A temporary file beside `final`, removed if the block fails; a full disk becomes DiskFull naming
+    `final`, the path the user knows (the OSError names the temporary file, or no file at all)."""
+    tmp: Path | None = None
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix, dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        yield tmp
+    except BaseException as error:
+        written = _size_of(tmp)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # before the free space is measured: it was never the file's to keep
+        if isinstance(error, Exception) and not isinstance(error, DiskFull) and disk_full_cause(error):
+            raise disk_full_error(final, needed=size, written=written) from error
+        raise
+
+
+def disk_full_error(path: Path | str | None, needed: int | None = None, written: int | None = None,
+                    replacing: bool = True) -> DiskFull:
+    """DiskFull with one line: the path, the space needed if known, what is free and where.
+
+    `replacing`: the write was to a temporary file (atomic_path), so the file at `path` is the previous
+    version, unchanged, and (when `needed` is unknown) its size stands in for it, as an estimate.
+    """
+    if path is None:  # nothing says which file, nor so which filesystem filled up
+        return DiskFull("no space left on device writing a file the error does not name")
+    target = Path(path)
+    shown = _shown(target)
+    previous = _size_of(target) if replacing else None
+    if needed is not None:
+        need = f"it needs {_human(needed)}"
+    elif written and (not previous or written >= previous):
+        need = f"it needs more than the {_human(written)} written when the disk filled"
+    elif previous:
+        need = f"it needs about {_human(previous)} (the size of the version it replaces)"
+    else:
+        need = "the size it needs is not known"
+    mount = _mount_point(target.parent)
+    try:
+        stat = os.statvfs(mount)
+        free = f"{_human(stat.f_bavail * stat.f_frsize)} free on {mount}"
+    except OSError:
+        free = f"free space on {mount} unknown"
+    kept = f"; the previous {target.name} is unchanged" if replacing and target.exists() else ""
+    return DiskFull(f"no space left on device writing {shown}: {need}, {free}{kept}")
+
+
+def _size_of(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository root when it is inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(ROOT))
+    except ValueError:
+        return str(absolute)
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding `path` (its nearest existing ancestor)."""
+    path = Path(os.path.realpath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    device = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
+
+
+def _human(size: int) -> str:
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"

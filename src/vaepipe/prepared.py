@@ -127,12 +127,6 @@ def write_splits(dataset: Dataset, params: DataParams) -> dict:
     train, validation = split_off_validation(dataset.train, params.val_size, params.split_seed)
     splits = {"train": train, "validation": validation, "test": dataset.test}
     paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        if split is None:  # data.val_size = 0: no validation split, and no stale one left behind
-            paths.prepared_split(name).unlink(missing_ok=True)
-            continue
-        with paths.atomic_path(paths.prepared_split(name)) as tmp:
-            save_split(split, tmp)
     meta = {
         "dataset": params.dataset,
         "source": dataset.source,
@@ -141,8 +135,16 @@ def write_splits(dataset: Dataset, params: DataParams) -> dict:
                        "chosen": "first val_size of numpy default_rng(split_seed).permutation(training images)"},
         "sha256": {name: arrays_sha256(split) for name, split in splits.items() if split is not None},
     }
-    with paths.atomic_path(paths.PREPARED_META) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    with paths.replaced_together() as outputs:  # a failure (a full disk) replaces none of them
+        for name, split in splits.items():
+            if split is not None:
+                with outputs.write(paths.prepared_split(name)) as tmp:
+                    save_split(split, tmp)
+        with outputs.write(paths.PREPARED_META) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    for name, split in splits.items():
+        if split is None:  # data.val_size = 0: no validation split, and no stale one left behind
+            paths.prepared_split(name).unlink(missing_ok=True)
     return meta
 
 

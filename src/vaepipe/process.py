@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from vaepipe.errors import VaepipeError, interruptible, received_signal
+from vaepipe.errors import VaepipeError, disk_full_cause, interruptible, received_signal
 
 
 def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
@@ -36,6 +36,10 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     except Exception as error:
         if received_signal() is not None:  # a signal that library code turned into this error
             _stopped(stage, received_signal(), rerun, f"it surfaced as {type(error).__name__}: {error}")
+        if not isinstance(error, VaepipeError) and (full := disk_full_cause(error)) is not None:
+            from vaepipe import paths  # a full disk outside paths.atomic_path (e.g. an appended log)
+
+            error = paths.disk_full_error(full.filename2 or full.filename, replacing=False)  # (src, dst): dst
         if not isinstance(error, VaepipeError):
             raise  # a bug: its traceback, the ordinary way
         print(f"error: {error}", file=sys.stderr)

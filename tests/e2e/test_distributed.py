@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from pipeline_repo import PROJECT, VENV_BIN, epoch_rows, make_repo, mlflow_runs, run_stage, stage_env, wait_for
 
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.e2e
 DIST_PARAMS = {"data": {"limit": 512, "val_size": 128}, "train": {"epochs": 2, "batch_size": 64, "steps_per_execution": 4}}
 NOISE_STD = {"loss": [0.046, 0.479], "val_loss": [0.191, 0.779]}  # see the module docstring
 LAUNCHER = PROJECT / "scripts" / "launch_workers.py"
+# The opt-in without which the launcher starts no worker (their ports listen on all interfaces).
+LISTEN_ANYWHERE = {"VAEPIPE_WORKERS_LISTEN_ANYWHERE": "1"}
 
 
 def read_log(repo: Path) -> list[dict[str, float]]:
@@ -93,7 +96,7 @@ def test_multi_worker_matches_single_process_and_only_the_chief_writes(single, t
     started = time.monotonic()
     result = subprocess.run([str(VENV_BIN / "python"), str(LAUNCHER), "--workers", "2", "--",
                              str(VENV_BIN / "python"), "-c", enter, str(chief_repo), str(worker_repo)],
-                            cwd=chief_repo, env=stage_env(PYTHONDONTWRITEBYTECODE="1"),
+                            cwd=chief_repo, env=stage_env(PYTHONDONTWRITEBYTECODE="1", **LISTEN_ANYWHERE),
                             capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -126,7 +129,7 @@ def test_a_killed_worker_fails_the_run_fast_and_the_rerun_resumes(tmp_path):
     params = {"data": {"limit": 512, "val_size": 128}, "train": {"epochs": 3, "batch_size": 16, "steps_per_execution": 4,
                                                 "distribute": "multi_worker"}}
     repo = make_repo(tmp_path / "repo", params)
-    process = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=stage_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=stage_env(**LISTEN_ANYWHERE), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
@@ -155,11 +158,88 @@ def test_a_killed_worker_fails_the_run_fast_and_the_rerun_resumes(tmp_path):
     assert epoch_rows(logs()[0]) >= 1, "the checkpoint of the finished epoch is kept"
     assert [status for _, status in mlflow_runs(repo)] == ["FAILED"], "the launcher closes the stopped chief's run"
 
-    result = dvc(repo, "repro", "train")
+    result = dvc(repo, "repro", "train", **LISTEN_ANYWHERE)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"resuming after epoch [12] of 3", result.stdout + result.stderr)
     assert [int(row["epoch"]) for row in read_log(repo)] == [0, 1, 2]
     assert [status for _, status in mlflow_runs(repo)] == ["FINISHED"], "the interrupted run is continued"
+
+
+def test_the_launcher_starts_no_worker_listening_on_all_interfaces_unless_told(tmp_path):
+    """Without VAEPIPE_WORKERS_LISTEN_ANYWHERE=1: the train stage and the script refuse in one line naming
+    the variable and why, exit code 2, no worker started; with it, one line says what listens where."""
+    repo = make_repo(tmp_path / "repo", {"train": {"distribute": "multi_worker"}})
+    marker = tmp_path / "worker-ran"
+    command = ["--", str(VENV_BIN / "python"), "-c", f"open({str(marker)!r}, 'a').write('ran')"]
+    for value in (None, "0", "yes"):
+        extra = {} if value is None else {"VAEPIPE_WORKERS_LISTEN_ANYWHERE": value}
+        stage = run_stage(repo, "train", **extra)
+        script = subprocess.run([str(VENV_BIN / "python"), str(LAUNCHER), "-n", "2", *command], cwd=repo,
+                                env=stage_env(PYTHONPATH="src", **extra), capture_output=True, text=True, timeout=60)
+        for result in (stage, script):
+            assert result.returncode == 2, result.stderr[-3000:]
+            lines = result.stderr.strip().splitlines()
+            assert lines[-1].startswith("error: not starting multi_worker workers: their gRPC ports would listen "
+                                        "on all network interfaces, unauthenticated"), result.stderr[-3000:]
+            assert "set VAEPIPE_WORKERS_LISTEN_ANYWHERE=1 to start them anyway" in lines[-1]
+            assert (f"(it is {value!r})" in lines[-1]) == (value is not None), lines[-1]
+            assert "Traceback" not in result.stderr and "launch: worker" not in result.stderr
+        assert not marker.exists(), "a worker was started"
+    allowed = subprocess.run([str(VENV_BIN / "python"), str(LAUNCHER), "-n", "2", *command], cwd=repo,
+                             env=stage_env(PYTHONPATH="src", **LISTEN_ANYWHERE), capture_output=True, text=True,
+                             timeout=60)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    said = [line for line in allowed.stderr.splitlines() if "listen on all network interfaces" in line]
+    assert len(said) == 1 and said[0].startswith("launch: VAEPIPE_WORKERS_LISTEN_ANYWHERE=1: "), allowed.stderr
+    assert marker.read_text() == "ranran", "both workers ran"
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: whoever adopted it has not reaped it yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_die_with_a_sigkilled_launcher(tmp_path):
+    """The train stage as launcher (as `dvc repro` runs it), SIGKILLed in epoch 2 of 30: both workers must
+    be gone within 10 s (the kernel's parent-death signal), and nothing written in the repo afterwards."""
+    params = {"data": {"limit": 512, "val_size": 128},
+              "train": {"epochs": 30, "batch_size": 16, "steps_per_execution": 4, "distribute": "multi_worker"}}
+    repo = make_repo(tmp_path / "repo", params)
+    assert run_stage(repo, "prepare").returncode == 0
+    launcher = subprocess.Popen([str(VENV_BIN / "python"), "stages/train.py"], cwd=repo,
+                                env=stage_env(PYTHONPATH="src", **LISTEN_ANYWHERE), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(launcher.stdout.readline, "")), daemon=True)
+    reader.start()
+    pids: list[int] = []
+    try:
+        def started() -> list[int] | None:
+            found = [int(pid) for pid in re.findall(r"launch: worker \d pid (\d+)", "".join(lines))]
+            return found if len(found) == 2 else None
+
+        pids = wait_for(started, timeout=60, what="both workers' pids")
+        logs = lambda: list((repo / "checkpoints").glob("*/train_log.csv"))  # noqa: E731
+        wait_for(lambda: logs() and epoch_rows(logs()[0]) >= 1, timeout=180, what="epoch 1")
+        assert not any(gone(pid) for pid in pids), "both workers are training"
+        launcher.kill()
+        killed = time.monotonic()
+        launcher.wait(timeout=30)
+        wait_for(lambda: all(gone(pid) for pid in pids), timeout=10, interval=0.1,
+                 what=f"workers {pids} to die with their launcher")
+        print(f"\nworkers gone {time.monotonic() - killed:.2f} s after the launcher's SIGKILL")
+        after = tree_state(repo)
+        time.sleep(3)  # a chief still running would write the next epoch's checkpoint and log row by then
+        assert tree_state(repo) == after, "something wrote into the repo after the launcher died"
+        assert not (repo / "models" / "vae.keras").exists()
+    finally:
+        for pid in pids:  # only if the test failed: the workers this test started
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    reader.join(timeout=5)
 
 
 def test_a_fresh_clone_pulls_from_the_dvc_remote_and_has_nothing_to_rerun(single, tmp_path):

@@ -35,7 +35,7 @@ from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, build_vae
 from vaepipe.train.callbacks import check_finite
 from vaepipe.train.epoch_end import EpochEnd
-from vaepipe.train.inputs import VAL_BATCH_SIZE, epoch_permutation, epoch_seed
+from vaepipe.train.inputs import VAL_BATCH_SIZE, batches_per_epoch, epoch_permutation, epoch_seed
 from vaepipe.train.schedules import make_optimizer
 from vaepipe.train.session import TrainingSession
 from vaepipe.train.strategy import is_chief, make_strategy, num_workers
@@ -160,7 +160,7 @@ class DistributedTrainer:
         self.seed_epoch(epoch)
         order = epoch_permutation(len(x_train), self.params.train.seed, epoch).numpy()
         train_data = replica_batches(self.strategy, x_train, order, batch)
-        logs = self._pass(self._train_steps, train_data, -(-len(x_train) // batch))
+        logs = self._pass(self._train_steps, train_data, batches_per_epoch(len(x_train), self.params))
         if val_data is not None:
             val = self._pass(self._eval_steps, val_data, n_val_batches)
             logs.update({f"val_{name}": value for name, value in val.items()})
@@ -212,7 +212,7 @@ def train(params: Params) -> None:
           f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
     inputs = prepared.training_inputs(params.data.binarize)
     x_train = inputs.x_train
-    trainer = DistributedTrainer(params, strategy, batches_per_epoch=-(-len(x_train) // params.train.batch_size))
+    trainer = DistributedTrainer(params, strategy, batches_per_epoch=batches_per_epoch(len(x_train), params))
     val_data, n_val_batches = validation_batches(strategy, inputs.x_val)
 
     # Only the chief has a session (checkpoint, log, MLflow run); the others get its restored state.

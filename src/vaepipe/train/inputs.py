@@ -7,10 +7,13 @@ makes a resumed run compute bit for bit what an uninterrupted one computes, on e
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from vaepipe.config import Params
 
 
 def epoch_permutation(n: int, seed: int, epoch) -> tf.Tensor:
@@ -27,6 +30,11 @@ def epoch_seed(seed: int, epoch: int, index: int, replica: int = 0) -> int:
     """
     entropy = [seed, epoch, index] + ([replica] if replica else [])
     return int(np.random.SeedSequence(entropy).generate_state(1)[0]) >> 1
+
+
+def batches_per_epoch(n_images: int, params: Params) -> int:
+    """Training batches per epoch: the last one may be short (every image is seen once per epoch)."""
+    return -(-n_images // params.train.batch_size)
 
 
 # Validation images are only read: a batch this large gives the same mean in fewer steps. A constant,

@@ -12,7 +12,13 @@ TF_CONFIG is set (so `dvc repro` just works), and `scripts/launch_workers.py` is
 Network exposure: TF_CONFIG names `localhost`, but TensorFlow's gRPC server binds every worker's port
 on all interfaces whatever host TF_CONFIG gives (grpc_server_lib.cc builds its listening address as
 "0.0.0.0:" + port, and ServerDef has a port field but no host field), and it serves unauthenticated
-gRPC. Run workers on a private network or behind a firewall that closes their ports to others.
+gRPC. So the launcher starts no worker unless VAEPIPE_WORKERS_LISTEN_ANYWHERE=1 says the user accepts
+that (on a private network, or behind a firewall that closes those ports to others).
+
+Workers die with their launcher: on Linux each worker starts through a few lines of Python that ask the
+kernel to SIGKILL it when the launcher dies (prctl PR_SET_PDEATHSIG), then exec the worker's command
+(same pid). A launcher killed with SIGKILL (it cannot stop anyone then) leaves no worker running, and
+no chief that writes outputs after DVC has reported the stage failed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 from vaepipe.errors import ConfigError, VaepipeError
 
 WORKERS_ENV = "VAEPIPE_WORKERS"
+LISTEN_ANYWHERE_ENV = "VAEPIPE_WORKERS_LISTEN_ANYWHERE"
 DEFAULT_WORKERS = 2
 POLL_S = 0.2
 GRACE_S = 5.0  # how long a stopped worker gets to exit on SIGTERM before SIGKILL
@@ -53,6 +60,36 @@ def worker_count() -> int:
     if count < 1:
         raise ConfigError(f"{WORKERS_ENV} = {value!r}: must be a whole number of workers, at least 1")
     return count
+
+
+def require_listen_anywhere() -> None:
+    """Refuse (ConfigError, one line) unless VAEPIPE_WORKERS_LISTEN_ANYWHERE=1: the workers' ports would
+    listen on every network interface with unauthenticated gRPC, and nothing can bind them to localhost."""
+    value = os.environ.get(LISTEN_ANYWHERE_ENV, "")
+    if value != "1":
+        now = f" (it is {value!r})" if value else ""
+        raise ConfigError(f"not starting multi_worker workers: their gRPC ports would listen on all network "
+                          f"interfaces, unauthenticated (TensorFlow binds 0.0.0.0 whatever TF_CONFIG says; "
+                          f"docs/scaling.md); set {LISTEN_ANYWHERE_ENV}=1 to start them anyway{now}")
+
+
+# Run as `python -c DIE_WITH_PARENT <launcher pid> <command...>`: set the parent-death signal (Linux
+# prctl PR_SET_PDEATHSIG = 1, SIGKILL), exit if the launcher already died (the worker was orphaned before
+# the prctl), then become the command. A separate exec rather than Popen's preexec_fn, which is unsafe
+# in a process with threads (the train stage has imported MLflow). The signal survives the exec.
+DIE_WITH_PARENT = ("import ctypes, os, sys\n"
+                   f"if ctypes.CDLL(None, use_errno=True).prctl(1, {int(signal.SIGKILL)}, 0, 0, 0) != 0:\n"
+                   "    sys.exit(f'launch: cannot set the parent-death signal: {os.strerror(ctypes.get_errno())}')\n"
+                   "if os.getppid() != int(sys.argv[1]):\n"
+                   "    sys.exit('launch: the launcher died before this worker started')\n"
+                   "os.execvp(sys.argv[2], sys.argv[2:])\n")
+
+
+def dying_with_this_process(command: list[str]) -> list[str]:
+    """`command`, started so that the kernel kills it when this process dies (Linux; as is elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -90,13 +127,21 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 def launch(workers: int, command: list[str], cwd: Path | None = None) -> int:
-    """Run `command` as `workers` TF workers; return the chief's exit code (raise WorkerFailed on a death)."""
+    """Run `command` as `workers` TF workers; return the chief's exit code (raise WorkerFailed on a death).
+
+    Refuses unless VAEPIPE_WORKERS_LISTEN_ANYWHERE=1 (require_listen_anywhere)."""
+    require_listen_anywhere()
     ports = free_ports(workers)
+    print(f"launch: {LISTEN_ANYWHERE_ENV}=1: the workers' gRPC ports {', '.join(map(str, ports))} listen on all "
+          f"network interfaces, unauthenticated", file=sys.stderr, flush=True)
+    if not sys.platform.startswith("linux"):
+        print(f"launch: on {sys.platform} the workers do not die with the launcher if it is killed (no "
+              f"parent-death signal): stop them yourself then", file=sys.stderr, flush=True)
     processes: list[subprocess.Popen] = []
     try:
         for index in range(workers):
             env = {**os.environ, "TF_CONFIG": tf_config(ports, index)}
-            processes.append(subprocess.Popen(command, cwd=cwd, env=env))
+            processes.append(subprocess.Popen(dying_with_this_process(command), cwd=cwd, env=env))
             print(f"launch: worker {index} pid {processes[-1].pid} on port {ports[index]} (all interfaces)"
                   f"{' (chief)' if index == 0 else ''}", file=sys.stderr, flush=True)
         return _watch(processes)

@@ -97,10 +97,11 @@ def log_model_summary(vae: keras.Model) -> None:
 
 def write_outputs(vae: keras.Model, epoch_log, run_id: str) -> None:
     """The stage's outputs, each renamed into place only when complete, and the model in MLflow."""
-    with paths.atomic_path(paths.MODEL_FILE) as tmp_model:
-        vae.save(tmp_model)
-    with paths.atomic_path(paths.TRAIN_LOG) as tmp_log:
-        shutil.copyfile(epoch_log, tmp_log)
+    with paths.replaced_together() as outputs:  # a failure (a full disk) replaces neither
+        with outputs.write(paths.MODEL_FILE) as tmp_model:
+            vae.save(tmp_model)
+        with outputs.write(paths.TRAIN_LOG, size=epoch_log.stat().st_size) as tmp_log:
+            shutil.copyfile(epoch_log, tmp_log)
     model_logging.log_model(paths.MODEL_FILE)
     with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
         tmp_id.write_text(run_id + "\n")

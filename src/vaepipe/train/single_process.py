@@ -14,13 +14,9 @@ from vaepipe import prepared
 from vaepipe.config import Params
 from vaepipe.model import VAE, build_vae, has_convolutions
 from vaepipe.train.callbacks import EpochRandomState, EpochTimer, StopOnSignal
-from vaepipe.train.inputs import Batches, make_datasets
+from vaepipe.train.inputs import Batches, batches_per_epoch, make_datasets
 from vaepipe.train.schedules import make_optimizer
 from vaepipe.train.session import TrainingSession
-
-
-def batches_per_epoch(n_images: int, params: Params) -> int:
-    return -(-n_images // params.train.batch_size)
 
 
 def compile_vae(params: Params, batches_per_epoch: int) -> VAE:
