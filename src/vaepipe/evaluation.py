@@ -3,6 +3,8 @@ and a k-nearest-neighbour probe of the latent means. Arrays in, numbers out; see
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,27 +176,32 @@ def load_inputs(params: Params) -> EvaluationInputs:
                             prepared.model_inputs(train, params.data.binarize, training=False), train.labels)
 
 
-def score(inputs: EvaluationInputs, params: Params) -> dict:
-    """Every test metric of the model, with the protocol that produced it."""
+def score(inputs: EvaluationInputs, params: Params, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Every test metric of the model, with the protocol that produced it.
+
+    Each part (ELBO terms, IW NLL, kNN probe) shows its progress and time left (vaepipe.progress, timed
+    by `clock`), and says so first when it would take more than 5 minutes, naming the param that
+    shortens it."""
     vae, settings = inputs.vae, params.evaluate
     n_test = len(inputs.x_test)
+
+    def progress(part: str, why: str, param: str) -> PartProgress:
+        return PartProgress(part, n_test, "image", why, param, clock=clock)
+
     metrics = elbo_terms(vae, inputs.x_test, settings.mc_samples, settings.batch_size, settings.seed,
-                         progress=PartProgress("ELBO terms", n_test, "image",
-                                               f"evaluate.mc_samples={settings.mc_samples} z draws per image",
-                                               "evaluate.mc_samples"))
+                         progress=progress("ELBO terms", f"evaluate.mc_samples={settings.mc_samples} z draws "
+                                           "per image", "evaluate.mc_samples"))
     log_px = iw_log_likelihood(vae, inputs.x_test, settings.iw_samples, settings.seed,
-                               progress=PartProgress("IW NLL", n_test, "image",
-                                                     f"evaluate.iw_samples={settings.iw_samples} importance "
-                                                     "samples per image", "evaluate.iw_samples"))
+                               progress=progress("IW NLL", f"evaluate.iw_samples={settings.iw_samples} "
+                                                 "importance samples per image", "evaluate.iw_samples"))
     metrics["test_nll_iw"] = float(-np.mean(log_px))
     test_z = encode_means(vae, inputs.x_test)
     metrics["active_units"] = active_units(test_z)
     train_z = encode_means(vae, inputs.x_train)
     # Each test image is compared with every training image: data.limit shortens both.
-    knn_progress = PartProgress("kNN probe", n_test, "image", f"{n_test} test x {len(train_z)} training images",
-                                "data.limit")
-    metrics["knn_accuracy"] = knn_accuracy(train_z, inputs.train_labels, test_z, inputs.test_labels,
-                                           progress=knn_progress)
+    metrics["knn_accuracy"] = knn_accuracy(
+        train_z, inputs.train_labels, test_z, inputs.test_labels,
+        progress=progress("kNN probe", f"{n_test} test x {len(train_z)} training images", "data.limit"))
     metrics["protocol"] = {
         "n_test": len(inputs.x_test),
         "binarize": params.data.binarize,

@@ -41,8 +41,13 @@ def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.nd
         log = _read_log(paths.TRAIN_LOG)
     except (OSError, ValueError) as error:
         raise DataError(f"{paths.TRAIN_LOG}: unreadable epoch log ({error}); rerun `dvc repro train`") from None
-    class_names = CLASS_NAMES.get(prepared.read_meta().get("dataset"), CLASS_NAMES["mnist"])
-    return vae, images, prepared.model_inputs(images, params.data.binarize, training=False), log, split, class_names
+    return (vae, images, prepared.model_inputs(images, params.data.binarize, training=False), log, split,
+            dataset_class_names())
+
+
+def dataset_class_names() -> tuple[str, ...]:
+    """The names of the prepared dataset's classes (meta.json's dataset; digits for MNIST)."""
+    return CLASS_NAMES.get(prepared.read_meta().get("dataset"), CLASS_NAMES["mnist"])
 
 
 def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray], split: str,
