@@ -107,7 +107,7 @@ def batches_in_elements(elements: int, n: int, batch_size: int, batches_per_stac
     full_stacks = -(-full // size)
     if elements <= full_stacks:
         return min(elements * size, full)
-    return full + (1 if rest and elements > full_stacks else 0)
+    return full + (1 if rest else 0)  # the partial last batch: a stack of its own
 
 
 def _elements(n: int, batch_size: int, steps: int) -> int:
