@@ -273,6 +273,13 @@ SOURCES = {
     "fashion_mnist": {"keras": fashion_from_keras, "debian": fashion_from_debian},
 }
 
+# What each label 0..9 means, for figures (the dataset's own class names: Fashion-MNIST's README).
+CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
+
 
 def load_dataset(dataset: str, source: str, cache: Path) -> Dataset:
     """Get a dataset from the named source, or with source='auto' from the first that works."""

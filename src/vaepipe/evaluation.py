@@ -3,6 +3,8 @@ and a k-nearest-neighbour probe of the latent means. Arrays in, numbers out; see
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,7 @@ from vaepipe import objectives, paths, prepared
 from vaepipe.config import KNN_K, Params
 from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, has_convolutions, load_vae
+from vaepipe.progress import PartProgress
 
 
 def _batches(x: np.ndarray, batch_size: int):
@@ -36,7 +39,7 @@ ELBO_DRAWS_PER_CALL = 20000  # (z draw, image) pairs decoded per call: ~63 MB of
 
 
 def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int,
-               draws_per_call: int = ELBO_DRAWS_PER_CALL) -> dict[str, float]:
+               draws_per_call: int = ELBO_DRAWS_PER_CALL, progress: PartProgress | None = None) -> dict[str, float]:
     """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
 
     test_loss is the training objective (objectives.negative_elbo) at beta = 1: the averages of its
@@ -46,6 +49,7 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
     A batch's draws are decoded in one call while mc_samples x batch fits in `draws_per_call` (the
     defaults, 10 x 500, do: their numbers are those of one call); beyond that in chunks of samples, so
     memory stays bounded at mc_samples = 10000 (docs/reliability.md has the measured peak).
+    `progress` is told the images done (a fraction of a batch per chunk of draws) after each call.
     """
     generator = tf.random.Generator.from_seed(seed)
     totals = {"test_recon": 0.0, "test_kl": 0.0, "test_tutorial_loss": 0.0}
@@ -73,17 +77,20 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
             if not start:  # analytic: the same for every chunk of draws
                 totals["test_kl"] += float(kl)
             totals["test_tutorial_loss"] += float(tutorial_total)
+            if progress is not None:
+                progress.advance(len(images) * min(chunk, mc_samples - start) / mc_samples)
     metrics = {key: value / len(x) for key, value in totals.items()}
     metrics["test_loss"] = metrics["test_recon"] + metrics["test_kl"]
     return metrics
 
 
 def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: int = 20,
-                      chunk: int = 1000) -> np.ndarray:
+                      chunk: int = 1000, progress: PartProgress | None = None) -> np.ndarray:
     """Importance-sampled log p(x) per image (Burda et al. 2015): log mean_k p(x|z_k) p(z_k) / q(z_k|x).
 
     Samples are drawn in chunks of at most `chunk` per image, so memory stays bounded for k = 5000;
-    the chunks' log-weights are combined exactly with a running log-sum-exp.
+    the chunks' log-weights are combined exactly with a running log-sum-exp. `progress` is told the
+    images done after each call.
     """
     generator = tf.random.Generator.from_seed(seed)
     latent_dim = vae.decoder.inputs[0].shape[-1]
@@ -111,6 +118,8 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
             lw = log_weights(images, mean, log_var, generator.normal((n, len(images), latent_dim)))
             part = tf.reduce_logsumexp(lw, axis=0)
             running = part if running is None else tf.reduce_logsumexp(tf.stack([running, part]), axis=0)
+            if progress is not None:
+                progress.advance(len(mean) * n / k)
         results.append(np.asarray(running) - np.log(k))
     return np.concatenate(results)
 
@@ -121,12 +130,14 @@ def active_units(z_means: np.ndarray, threshold: float = 0.01) -> int:
 
 
 def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray,
-                 test_labels: np.ndarray, k: int = KNN_K, chunk: int = 500) -> float:
+                 test_labels: np.ndarray, k: int = KNN_K, chunk: int = 500,
+                 progress: PartProgress | None = None) -> float:
     """Accuracy of a k-nearest-neighbour (Euclidean, majority vote) classifier on latent means.
 
     Neighbours at equal distance (common: many images share a latent mean) are taken in training-set
     order. The selection is tf.math.top_k: faster than np.argpartition on these 500 x 50000 blocks
-    (bench/NOTES.md), and argpartition breaks such ties arbitrarily.
+    (bench/NOTES.md), and argpartition breaks such ties arbitrarily. `progress` is told the test images
+    done after each chunk.
     """
     train_z = train_z.astype(np.float32)
     train_sq = np.sum(train_z**2, axis=1)
@@ -138,6 +149,8 @@ def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarr
         votes = train_labels[nearest]
         predicted = np.array([np.bincount(row, minlength=10).argmax() for row in votes])
         correct += int(np.sum(predicted == test_labels[start:start + chunk]))
+        if progress is not None:
+            progress.advance(len(query))
     return correct / len(test_z)
 
 
@@ -163,16 +176,32 @@ def load_inputs(params: Params) -> EvaluationInputs:
                             prepared.model_inputs(train, params.data.binarize, training=False), train.labels)
 
 
-def score(inputs: EvaluationInputs, params: Params) -> dict:
-    """Every test metric of the model, with the protocol that produced it."""
+def score(inputs: EvaluationInputs, params: Params, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Every test metric of the model, with the protocol that produced it.
+
+    Each part (ELBO terms, IW NLL, kNN probe) shows its progress and time left (vaepipe.progress, timed
+    by `clock`), and says so first when it would take more than 5 minutes, naming the param that
+    shortens it."""
     vae, settings = inputs.vae, params.evaluate
-    metrics = elbo_terms(vae, inputs.x_test, settings.mc_samples, settings.batch_size, settings.seed)
-    log_px = iw_log_likelihood(vae, inputs.x_test, settings.iw_samples, settings.seed)
+    n_test = len(inputs.x_test)
+
+    def progress(part: str, why: str, param: str) -> PartProgress:
+        return PartProgress(part, n_test, "image", why, param, clock=clock)
+
+    metrics = elbo_terms(vae, inputs.x_test, settings.mc_samples, settings.batch_size, settings.seed,
+                         progress=progress("ELBO terms", f"evaluate.mc_samples={settings.mc_samples} z draws "
+                                           "per image", "evaluate.mc_samples"))
+    log_px = iw_log_likelihood(vae, inputs.x_test, settings.iw_samples, settings.seed,
+                               progress=progress("IW NLL", f"evaluate.iw_samples={settings.iw_samples} "
+                                                 "importance samples per image", "evaluate.iw_samples"))
     metrics["test_nll_iw"] = float(-np.mean(log_px))
     test_z = encode_means(vae, inputs.x_test)
     metrics["active_units"] = active_units(test_z)
-    metrics["knn_accuracy"] = knn_accuracy(encode_means(vae, inputs.x_train), inputs.train_labels,
-                                           test_z, inputs.test_labels)
+    train_z = encode_means(vae, inputs.x_train)
+    # Each test image is compared with every training image: data.limit shortens both.
+    metrics["knn_accuracy"] = knn_accuracy(
+        train_z, inputs.train_labels, test_z, inputs.test_labels,
+        progress=progress("kNN probe", f"{n_test} test x {len(train_z)} training images", "data.limit"))
     metrics["protocol"] = {
         "n_test": len(inputs.x_test),
         "binarize": params.data.binarize,

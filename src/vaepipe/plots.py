@@ -54,12 +54,16 @@ def project_2d(z: np.ndarray) -> tuple[np.ndarray, str]:
     return centred @ components[:2].T, "principal component"
 
 
-def latent_scatter(z_means: np.ndarray, labels: np.ndarray, split: str = "validation") -> Figure:
-    """Latent means of a split's images coloured by label (a PCA projection when latent_dim > 2)."""
+def latent_scatter(z_means: np.ndarray, labels: np.ndarray, split: str = "validation",
+                   class_names: tuple[str, ...] | None = None) -> Figure:
+    """Latent means of a split's images coloured by label (a PCA projection when latent_dim > 2), the
+    colour bar naming each label's class (data.CLASS_NAMES: digits, or Fashion-MNIST's T-shirt/top...)."""
     points, axis_name = project_2d(z_means)
     fig, ax = plt.subplots(figsize=(7, 6))
     scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=2, vmin=-0.5, vmax=9.5)
-    fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
+    bar = fig.colorbar(scatter, ax=ax, ticks=range(10), label="class")
+    if class_names:
+        bar.ax.set_yticklabels(class_names)
     ax.set_xlabel(f"{axis_name} 1")
     ax.set_ylabel(f"{axis_name} 2")
     ax.set_title(f"{split}-set latent means (latent_dim={z_means.shape[1]})")

@@ -13,7 +13,7 @@ from keras import ops
 
 from vaepipe import paths, plots, prepared
 from vaepipe.config import Params
-from vaepipe.data import Split
+from vaepipe.data import CLASS_NAMES, Split
 from vaepipe.errors import DataError
 from vaepipe.evaluation import encode_means
 from vaepipe.model import VAE, load_vae
@@ -30,9 +30,10 @@ def _read_log(path: Path) -> dict[str, np.ndarray]:
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
 
 
-def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray], str]:
-    """Model, the images to draw, their model inputs, the epoch log and the split's name; read before
-    the MLflow run is reopened, so a bad input leaves the run untouched."""
+def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray], str, tuple[str, ...]]:
+    """Model, the images to draw, their model inputs, the epoch log, the split's name and the names of
+    the dataset's classes (meta.json's dataset); read before the MLflow run is reopened, so a bad input
+    leaves the run untouched."""
     vae = load_vae(paths.MODEL_FILE)
     split = "validation" if prepared.has_validation() else "train"
     images = prepared.load_verified(split)
@@ -40,10 +41,17 @@ def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.nd
         log = _read_log(paths.TRAIN_LOG)
     except (OSError, ValueError) as error:
         raise DataError(f"{paths.TRAIN_LOG}: unreadable epoch log ({error}); rerun `dvc repro train`") from None
-    return vae, images, prepared.model_inputs(images, params.data.binarize, training=False), log, split
+    return (vae, images, prepared.model_inputs(images, params.data.binarize, training=False), log, split,
+            dataset_class_names())
 
 
-def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray], split: str) -> list[Path]:
+def dataset_class_names() -> tuple[str, ...]:
+    """The names of the prepared dataset's classes (meta.json's dataset; digits for MNIST)."""
+    return CLASS_NAMES.get(prepared.read_meta().get("dataset"), CLASS_NAMES["mnist"])
+
+
+def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray], split: str,
+             class_names: tuple[str, ...] = CLASS_NAMES["mnist"]) -> list[Path]:
     """Write every figure into plots/ (each atomically), remove the ones it no longer draws, return the paths."""
     z = encode_means(vae, x)
     rng = np.random.default_rng(FIGURE_SEED)
@@ -52,7 +60,7 @@ def draw_all(vae: VAE, images: Split, x: np.ndarray, log: dict[str, np.ndarray],
     figures = {
         "reconstructions.png": plots.reconstructions(x[:10], _decode(vae, z[:10])),
         "loss_curves.png": plots.loss_curves(log),
-        "latent_space.png": plots.latent_scatter(z, images.labels, split),
+        "latent_space.png": plots.latent_scatter(z, images.labels, split, class_names),
         "prior_samples.png": plots.image_grid(
             _decode(vae, rng.standard_normal((100, latent_dim))), 10, 10, "decoded samples from the prior N(0, I)"),
     }

@@ -118,6 +118,8 @@ def test_mirrored_on_two_logical_cpus_matches_single_process(single, tmp_path):
     result = dvc(repo, "repro", "train", VAEPIPE_LOGICAL_CPUS="2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "mirrored over 2 replicas" in result.stdout + result.stderr
+    # Its progress: one plain line per epoch, counting the epoch's 6 global batches.
+    assert re.findall(r"^epoch (\d)/2: 6/6 batches in ", result.stdout + result.stderr, re.M) == ["1", "2"]
     assert_matches_single_process(read_log(repo), read_log(single))
     assert [status for _, status in mlflow_runs(repo)] == ["FINISHED"]
     assert "didn't change" in dvc(repo, "repro", "train").stdout

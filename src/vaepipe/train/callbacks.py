@@ -1,14 +1,16 @@
 """Keras callbacks of the single-process loop around its epochs: per-epoch randomness, timing, the stop
-on a lost signal, and the NaN guard both loops apply before an epoch is logged."""
+on a lost signal, progress in batches, and the NaN guard both loops apply before an epoch is logged."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
 from vaepipe.errors import VaepipeError, stop_if_signalled
+from vaepipe.progress import EpochProgress
 from vaepipe.train.inputs import epoch_seed
 
 
@@ -66,3 +68,23 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs["epoch_time"] = time.perf_counter() - self._start
+
+
+class BatchProgress(keras.callbacks.Callback):
+    """fit's progress in batches (fit runs with verbose=0): Keras's own bar counts its steps, which are
+    stacks of batches on the fast path (23/23 for an epoch of 1563 batches). `batches_after(k)` is the
+    number of batches in the epoch's first k elements (inputs.batches_in_elements)."""
+
+    def __init__(self, progress: EpochProgress, batches_after: Callable[[int], int]):
+        super().__init__()
+        self.progress = progress
+        self.batches_after = batches_after
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.progress.begin(epoch)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.progress.update(self.batches_after(batch + 1))  # `batch`: the call's last element, from 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.progress.end(epoch, logs or {})

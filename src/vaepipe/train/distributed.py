@@ -33,6 +33,7 @@ from vaepipe import objectives, prepared, tracking
 from vaepipe.config import Params
 from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, build_vae
+from vaepipe.progress import EpochProgress
 from vaepipe.train.callbacks import check_finite
 from vaepipe.train.epoch_end import EpochEnd
 from vaepipe.train.inputs import VAL_BATCH_SIZE, batches_per_epoch, epoch_permutation, epoch_seed
@@ -139,7 +140,8 @@ class DistributedTrainer:
 
         assign()
 
-    def _pass(self, steps, data: tf.distribute.DistributedDataset, n_batches: int) -> dict[str, float]:
+    def _pass(self, steps, data: tf.distribute.DistributedDataset, n_batches: int,
+              progress: EpochProgress | None = None) -> dict[str, float]:
         self.sums.assign(tf.zeros([4], tf.float64))
         iterator = iter(data)
         chunk = max(1, self.params.train.steps_per_execution)
@@ -149,18 +151,21 @@ class DistributedTrainer:
             count = min(chunk, n_batches - done)
             steps(iterator, tf.constant(count))
             done += count
+            if progress is not None:
+                progress.update(done)
         totals = self.sums.read_value().numpy()  # a collective in multi_worker: every worker reads
         return {name: float(totals[i] / totals[3]) for i, name in enumerate(METRICS)}
 
     def run_epoch(self, epoch: int, x_train: np.ndarray, val_data: tf.distribute.DistributedDataset | None,
-                  n_val_batches: int) -> dict[str, float]:
-        """Train one epoch and validate (if there is a validation split); return the logs fit gives."""
+                  n_val_batches: int, progress: EpochProgress | None = None) -> dict[str, float]:
+        """Train one epoch and validate (if there is a validation split); return the logs fit gives.
+        `progress` is told the training batches done after each call."""
         batch = self.params.train.batch_size
         start = time.perf_counter()
         self.seed_epoch(epoch)
         order = epoch_permutation(len(x_train), self.params.train.seed, epoch).numpy()
         train_data = replica_batches(self.strategy, x_train, order, batch)
-        logs = self._pass(self._train_steps, train_data, batches_per_epoch(len(x_train), self.params))
+        logs = self._pass(self._train_steps, train_data, batches_per_epoch(len(x_train), self.params), progress)
         if val_data is not None:
             val = self._pass(self._eval_steps, val_data, n_val_batches)
             logs.update({f"val_{name}": value for name, value in val.items()})
@@ -232,11 +237,12 @@ def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int,
                   val_data, n_val_batches: int, epoch_end: EpochEnd | None) -> None:
     """The epochs, each ended by the session's end-of-epoch path (the chief) or by the NaN check alone
     (the other workers: the loss is all-reduced, hence identical, so all stop together on a NaN)."""
+    progress = EpochProgress(params.train.epochs, -(-len(x_train) // params.train.batch_size))
     for epoch in range(start_epoch, params.train.epochs):
-        logs = trainer.run_epoch(epoch, x_train, val_data, n_val_batches)
+        progress.begin(epoch)
+        logs = trainer.run_epoch(epoch, x_train, val_data, n_val_batches, progress)
         if epoch_end is None:
             check_finite(epoch, logs)
         else:
             epoch_end.on_epoch_end(epoch, logs)
-        print(f"epoch {epoch + 1}/{params.train.epochs}: " +
-              " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())), flush=True)
+        progress.end(epoch, logs)

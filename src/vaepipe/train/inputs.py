@@ -105,6 +105,19 @@ def stack_size(full_batches: int, steps: int) -> int:
     return divisor if 2 * divisor >= steps else steps
 
 
+def batches_in_elements(elements: int, n: int, batch_size: int, batches_per_stack: int = 1) -> int:
+    """How many batches an epoch's first `elements` elements hold (stacks of batches, as make_datasets
+    makes them, or batches): the progress bar counts batches, Keras counts elements."""
+    full, rest = divmod(n, batch_size)
+    if batches_per_stack <= 1:
+        return min(elements, full + (1 if rest else 0))
+    size = stack_size(full, batches_per_stack)
+    full_stacks = -(-full // size)
+    if elements <= full_stacks:
+        return min(elements * size, full)
+    return full + (1 if rest else 0)  # the partial last batch: a stack of its own
+
+
 def _elements(n: int, batch_size: int, steps: int) -> int:
     """How many elements (batches, or stacks of up to `steps` batches) one pass over n images has."""
     full, rest = divmod(n, batch_size)

@@ -5,16 +5,15 @@
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 
 from vaepipe import prepared
 from vaepipe.config import Params
 from vaepipe.model import VAE, build_vae, has_convolutions
-from vaepipe.train.callbacks import EpochRandomState, EpochTimer, StopOnSignal
-from vaepipe.train.inputs import Batches, batches_per_epoch, make_datasets
+from vaepipe.progress import EpochProgress
+from vaepipe.train.callbacks import BatchProgress, EpochRandomState, EpochTimer, StopOnSignal
+from vaepipe.train.inputs import Batches, batches_in_elements, batches_per_epoch, make_datasets
 from vaepipe.train.schedules import make_optimizer
 from vaepipe.train.session import TrainingSession
 
@@ -59,6 +58,14 @@ def fit_callbacks(params: Params) -> list[keras.callbacks.Callback]:
     return [StopOnSignal(), EpochRandomState(params.train.seed), EpochTimer()]
 
 
+def progress_callback(vae: VAE, params: Params, n_images: int) -> BatchProgress:
+    """The progress of fit's epochs in batches (progress.EpochProgress), whatever stacks Keras counts."""
+    batch_size, stack = params.train.batch_size, vae.batches_per_stack
+    batches = batches_per_epoch(n_images, params)
+    return BatchProgress(EpochProgress(params.train.epochs, batches),
+                         lambda elements: batches_in_elements(elements, n_images, batch_size, stack))
+
+
 def train(params: Params) -> None:
     """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
     inputs = prepared.training_inputs(params.data.binarize)
@@ -70,8 +77,5 @@ def train(params: Params) -> None:
         if start_epoch < params.train.epochs:
             vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                     epochs=params.train.epochs, initial_epoch=start_epoch,
-                    callbacks=[*fit_callbacks(params), epoch_end], shuffle=False, verbose=2 if _quiet() else 1)
-
-
-def _quiet() -> bool:
-    return os.environ.get("VAEPIPE_QUIET") == "1"
+                    callbacks=[*fit_callbacks(params), progress_callback(vae, params, len(inputs.x_train)), epoch_end],
+                    shuffle=False, verbose=0)  # progress in batches: progress_callback
