@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker
+.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker exp presets tune tune-status
 
 setup: $(STAMP)
 
@@ -94,3 +94,12 @@ serve: setup
 compare: setup
 	python -m vaepipe.compare --ui-host $(HOST) --ui-port $(PORT) $(if $(SWEEP),--sweep '$(SWEEP)') \
 		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER")
+
+# A named preset (presets/<name>.yaml) as a DVC experiment `<preset>-<short hash>`: PRESET=conv, QUEUE=1 to
+# queue it instead, S='train.epochs=5 data.limit=2000' for extra -S overrides (one word each).
+exp: setup
+	@test -n "$(PRESET)" || { echo "error: PRESET= is missing: make exp PRESET=name (the presets: make presets)" >&2; exit 2; }
+	python -m vaepipe.presets run '$(PRESET)' $(if $(QUEUE),--queue) $(foreach s,$(S),-S '$(s)')
+
+presets: setup
+	@python -m vaepipe.presets --list

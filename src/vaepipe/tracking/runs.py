@@ -92,7 +92,7 @@ def start_or_resume_run(run_id: str | None, run_name: str, params: dict[str, Any
         if not run_id:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, log_system_metrics=True)
             mlflow.log_params({key: _param_value(value) for key, value in params.items()
-                               if not key.startswith("tracking.")})  # bookkeeping, a tag: not a param
+                               if not key.startswith(("tracking.", "tune."))})  # bookkeeping, tags: not params
             log_prepared_inputs()
         mlflow.set_tags({**tags, **run_description_tags(params)})
     except mlflow.exceptions.MlflowException as error:
