@@ -103,3 +103,12 @@ exp: setup
 
 presets: setup
 	@python -m vaepipe.presets --list
+
+# An Optuna search over DVC experiments (docs/search.md): SEARCH=path (default search.yaml), STORAGE=<Optuna
+# storage URL> (default .optuna/journal.log; passed in the environment, never echoed), FINAL=1 for the chosen
+# trials' full runs only. `make tune-status` prints the study's trials.
+tune: setup
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune $(if $(SEARCH),--search '$(SEARCH)') $(if $(FINAL),--final)
+
+tune-status: setup
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune status $(if $(SEARCH),--search '$(SEARCH)') $(if $(STUDY),--study '$(STUDY)')

@@ -158,6 +158,11 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def format_errors(error: ValidationError, source: str) -> str:
+    """pydantic's report as one line per problem, `source: dotted.key = value: message` (search files too)."""
+    return _format_errors(error, source)
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as loaded from YAML); raise ConfigError naming each bad value."""
     if raw is None:

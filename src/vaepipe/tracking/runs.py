@@ -257,6 +257,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
             mlflow.log_metrics(values, step=step)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    """Tag the active run (e.g. a pruned trial's vaepipe.pruned)."""
+    with store_call("setting tags " + ", ".join(tags)):
+        mlflow.set_tags(tags)
+
+
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     with store_call(f"logging {path.name}"):
         retry_http_errors(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))

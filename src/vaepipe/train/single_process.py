@@ -74,7 +74,18 @@ def train(params: Params) -> None:
         if start_epoch < params.train.epochs:
             vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                     epochs=params.train.epochs, initial_epoch=start_epoch,
-                    callbacks=[*fit_callbacks(params), epoch_end], shuffle=False, verbose=2 if _quiet() else 1)
+                    callbacks=[*fit_callbacks(params), epoch_end, *search_callbacks(params)], shuffle=False,
+                    verbose=2 if _quiet() else 1)
+
+
+def search_callbacks(params: Params) -> list[keras.callbacks.Callback]:
+    """A search's trial (docs/search.md) reports each epoch's val_loss to its study and stops when the pruner
+    says so: after the end-of-epoch path, so the epoch is logged and checkpointed first."""
+    if params.tune.trial < 0 or params.tune.final or not params.tune.study:
+        return []
+    from vaepipe.tune.pruning import pruning_callbacks  # Optuna only in a trial's train stage
+
+    return pruning_callbacks(params.tune.study, params.tune.trial, params.train.epochs)
 
 
 def _quiet() -> bool:
