@@ -119,7 +119,10 @@ def parse_search(raw: Any, path: Path) -> Search:
         parsed = _SearchFile.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_errors(error, source)) from None
-    preset_overrides = load_preset(parsed.preset) if parsed.preset else {}
+    try:
+        preset_overrides = load_preset(parsed.preset) if parsed.preset else {}
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     base = merge_overrides(raw_params(), preset_overrides)
     fixed = _dotted(parsed.fixed, source, "fixed")
     base = merge_overrides(base, nest(fixed))
