@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from vaepipe.errors import ConfigError, VaepipeError
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
 from vaepipe.tune.search import Search, params_values, suggest, trial_overrides
-from vaepipe.tune.storage import open_storage, resolve_storage, storage_label
+from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
 from vaepipe.tune.trials import Experiment, experiment_ref, final_experiment, read_experiment_json, trial_experiment
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -56,9 +56,18 @@ def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
 def open_study(search: Search, storage: str) -> optuna.Study:
     """The search's study, created on first use; the same directions are required of an existing one."""
     directions = search.directions
-    study = optuna.create_study(study_name=search.study, storage=open_storage(storage), sampler=make_sampler(search),
-                                pruner=make_pruner(search.pruner, search.pruner_startup, _epochs(search)),
-                                directions=directions, load_if_exists=True)
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(study_name=search.study, storage=open_storage(storage),
+                                        sampler=make_sampler(search),
+                                        pruner=make_pruner(search.pruner, search.pruner_startup, _epochs(search)),
+                                        directions=directions, load_if_exists=True)
+            break
+        except Exception as error:  # noqa: BLE001  (two processes creating one new database's tables at once)
+            if attempt == 4 or isinstance(error, (ConfigError, ValueError)):
+                raise ConfigError(f"cannot open study {search.study!r} in {storage_label(storage)}: "
+                                  f"{type(error).__name__}: {redact((str(error).splitlines() or [''])[0], storage)}") from None
+            time.sleep(1.0 + attempt)
     have = [direction.name.lower() for direction in study.directions]
     if have != directions:
         raise ConfigError(f"{search.path.name}: objective {search.objective}: study {search.study!r} in "

@@ -46,6 +46,12 @@ def storage_label(storage: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def redact(text: str, storage: str) -> str:
+    """`text` (an error message) without the storage URL's password."""
+    password = urllib.parse.urlsplit(storage).password if "://" in storage else None
+    return text.replace(password, "***") if password else text
+
+
 def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage | str:
     """The Optuna storage object for a resolved storage string (a journal file or a URL)."""
     storage = resolve_storage(storage)
@@ -76,9 +82,6 @@ def load_study(name: str, storage: str | None = None, pruner: optuna.pruners.Bas
     except Exception as error:  # SQLAlchemy / connection errors: one line, without the password
         if isinstance(error, ConfigError):
             raise
-        reason = (str(error).splitlines() or [""])[0]
-        password = urllib.parse.urlsplit(resolve_storage(storage)).password
-        if password:
-            reason = reason.replace(password, "***")
+        reason = redact((str(error).splitlines() or [""])[0], resolve_storage(storage))
         raise ConfigError(f"cannot open the Optuna storage {storage_label(resolve_storage(storage))}: "
                           f"{type(error).__name__}: {reason}") from None
