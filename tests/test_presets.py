@@ -42,7 +42,7 @@ BAD = [
     ("model:\n  arch: rnn\n", ["presets/broken.yaml", "model.arch", "'rnn'"]),
     ("model:\n  latnet_dim: 3\n", ["presets/broken.yaml", "model.latnet_dim", "unknown key"]),
     ("trian:\n  epochs: 3\n", ["presets/broken.yaml", "trian"]),
-    ("train:\n  learning_rate: 1e-3\n", ["presets/broken.yaml", "train.learning_rate", "decimal point"]),
+    ("train:\n  learning_rate: 0.0\n", ["presets/broken.yaml", "train.learning_rate", "greater than 0"]),
     ("model: conv\n", ["presets/broken.yaml", "model", "section"]),
     ("tune:\n  trial: 3\n", ["presets/broken.yaml", "tune", "make tune"]),
     ("model: [\n", ["presets/broken.yaml", "not valid YAML"]),
@@ -90,6 +90,13 @@ def test_a_formatted_value_reads_back_as_itself(value, tmp_path):
     import yaml
 
     assert yaml.safe_load(presets.format_value(value)) == value
+
+
+def test_floats_read_as_dvc_writes_them(tmp_path, monkeypatch):
+    # `dvc exp run -S train.learning_rate=1e-7` writes `1e-07` into params.yaml (YAML 1.2): a number.
+    (tmp_path / "small.yaml").write_text("train:\n  learning_rate: 1e-07\n")
+    monkeypatch.setattr(paths, "PRESETS_DIR", tmp_path)
+    assert presets.load_preset("small") == {"train": {"learning_rate": 1e-07}}
 
 
 def test_merge_is_what_dvc_exp_run_set_does():

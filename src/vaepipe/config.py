@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -136,6 +137,24 @@ class Params(_Section):
     tune: TuneParams = TuneParams()
 
 
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC, which writes params.yaml with ruamel) does:
+    `1e-07` is a number. DVC writes `dvc exp run -S train.learning_rate=1e-7` into params.yaml as `1e-07`,
+    which YAML 1.1 would read as text."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as params.yaml, presets and search files are read (floats as in YAML 1.2)."""
+    return yaml.load(text, Loader=_Yaml12Floats)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _looks_numeric(text: str) -> bool:
     try:
         float(text)
@@ -181,7 +200,7 @@ def load_params(path: Path | None = None) -> Params:
 
     path = path or PARAMS_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as error:
@@ -231,7 +250,7 @@ def raw_params(path: Path | None = None) -> dict[str, Any]:
 
     path = path or PARAMS_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as error:

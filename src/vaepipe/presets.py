@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from vaepipe import paths
-from vaepipe.config import flatten, merge_overrides, nest, parse_partial, raw_params
+from vaepipe.config import flatten, merge_overrides, nest, parse_partial, raw_params, read_yaml
 from vaepipe.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,48}$"
@@ -46,7 +46,7 @@ def load_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"preset {name!r}: no file {source}; the presets are: {', '.join(preset_names()) or 'none'}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
     raw = raw or {}
@@ -100,7 +100,7 @@ def parse_set(assignments: list[str], source: str = "-S") -> dict[str, Any]:
         if not sep or "." not in key:
             raise ConfigError(f"{source} {assignment!r}: expected section.key=value, e.g. train.epochs=5")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = read_yaml(value)
         except yaml.YAMLError:
             raise ConfigError(f"{source} {assignment!r}: the value is not valid YAML") from None
         if isinstance(parsed, str):  # DVC's -S (Hydra's grammar) reads 1e-4 as a number, where YAML 1.1 does not

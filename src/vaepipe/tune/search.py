@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vaepipe.config import format_errors, merge_overrides, nest, parse_partial, raw_params
+from vaepipe.config import format_errors, merge_overrides, nest, parse_partial, raw_params, read_yaml
 from vaepipe.errors import ConfigError
 from vaepipe.presets import format_value, load_preset
 
@@ -100,7 +100,7 @@ class Search:
 def load_search(path: Path) -> Search:
     """Read and check a search file; ConfigError naming the file and the key for anything wrong."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: search file not found (SEARCH=path names another)") from None
     except yaml.YAMLError as error:
