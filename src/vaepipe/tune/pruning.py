@@ -30,6 +30,8 @@ def attach(study_name: str, number: int) -> optuna.trial.Trial | None:
     except Exception as error:  # noqa: BLE001  (a reproduction without the study: train all the same)
         print(f"tune: not reporting to study {study_name!r}: {error}", file=sys.stderr, flush=True)
         return None
+    if len(study.directions) > 1:
+        return None  # Optuna takes no intermediate values (and prunes nothing) in a multi-objective study
     spec = study.user_attrs.get(PRUNER_ATTR) or {}
     study.pruner = make_pruner(spec.get("kind", "none"), spec.get("startup", 5), spec.get("epochs", 1))
     found = [trial for trial in study.get_trials(deepcopy=False) if trial.number == number]

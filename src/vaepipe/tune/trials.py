@@ -127,15 +127,25 @@ class Experiment:
                 pass
 
     def error_line(self) -> str:
-        """The first line saying what went wrong: the stage's `error: ...`, else DVC's ERROR, else the last line."""
+        """The first line saying what went wrong: the stage's `error: ...`, a traceback's exception, else DVC's
+        ERROR, else the last line."""
         try:
-            lines = [line.strip() for line in log_file(self.name).read_text(errors="replace").splitlines() if line.strip()]
+            raw = [line.rstrip() for line in log_file(self.name).read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
             return "no log"
-        for prefix in ("error:", "interrupted by", "ERROR:", "Traceback"):
+        lines = [line.strip() for line in raw]
+        for prefix in ("error:", "interrupted by"):
             for line in lines:
                 if line.startswith(prefix):
                     return line
+        if "Traceback (most recent call last):" in lines:  # a bug: the exception's own line ends the traceback
+            start = len(lines) - 1 - lines[::-1].index("Traceback (most recent call last):")
+            for line in raw[start + 1:]:
+                if not line.startswith((" ", "\t")) and not line.startswith("ERROR:"):
+                    return line.strip()
+        for line in lines:
+            if line.startswith("ERROR:"):
+                return line
         return lines[-1] if lines else f"dvc exp run exited with {self.process.returncode if self.process else '?'}"
 
 
