@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker clean-checkpoints
+.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker clean-checkpoints exp presets tune tune-status
 
 setup: $(STAMP)
 
@@ -100,3 +100,21 @@ serve: setup
 compare: setup
 	python -m vaepipe.compare --ui-host $(HOST) --ui-port $(PORT) $(if $(SWEEP),--sweep '$(SWEEP)') \
 		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER")
+
+# A named preset (presets/<name>.yaml) as a DVC experiment `<preset>-<short hash>`: PRESET=conv, QUEUE=1 to
+# queue it instead, S='train.epochs=5 data.limit=2000' for extra -S overrides (one word each).
+exp: setup
+	@test -n "$(PRESET)" || { echo "error: PRESET= is missing: make exp PRESET=name (the presets: make presets)" >&2; exit 2; }
+	python -m vaepipe.presets run '$(PRESET)' $(if $(QUEUE),--queue) $(foreach s,$(S),-S '$(s)')
+
+presets: setup
+	@python -m vaepipe.presets --list
+
+# An Optuna search over DVC experiments (docs/search.md): SEARCH=path (default search.yaml), STORAGE=<Optuna
+# storage URL> (default .optuna/journal.log; passed in the environment, never echoed), FINAL=1 for the chosen
+# trials' full runs only. `make tune-status` prints the study's trials.
+tune: setup
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune $(if $(SEARCH),--search '$(SEARCH)') $(if $(FINAL),--final)
+
+tune-status: setup
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune status $(if $(SEARCH),--search '$(SEARCH)') $(if $(STUDY),--study '$(STUDY)')

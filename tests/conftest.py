@@ -45,6 +45,7 @@ def mnist_wheel(session_cache) -> Path:
 # other is idle (xdist hands out work in this order, one group or test at a time). The rest follow in
 # the order they are collected: the other end-to-end tests, then the unit tests.
 LONGEST_FIRST = (
+    "tests/e2e/test_tune.py",
     "tests/e2e/test_sweep_compare.py",
     "tests/e2e/test_tracking.py::test_queued_experiments_land_in_the_main_store",
     "tests/e2e/test_browser.py",
@@ -58,7 +59,7 @@ LONGEST_FIRST = (
 # their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.
 MODULE_FIXTURES = ("tests/e2e/test_browser.py", "tests/e2e/test_distributed.py", "tests/e2e/test_pipeline.py",
                    "tests/e2e/test_serving_input.py", "tests/test_corrupt_files.py", "tests/test_evaluation.py",
-                   "tests/test_tracking_store.py")
+                   "tests/test_tracking_store.py", "tests/e2e/test_tune.py")
 # Modules with a module-scoped fixture whose tests may still go to both workers: the fixture costs less
 # than the tests (test_fast_path_math: about 13 s, against about 3 minutes of tests on one worker).
 SPLIT_MODULES = ("tests/test_fast_path_math.py",)

@@ -96,3 +96,13 @@ def test_prepare_runs_no_tensorflow():
     files = {script, *import_closure(script)}
     heavy = {str(file.name): names & {"tensorflow", "keras"} for file in files if (names := _third_party(file))}
     assert not any(heavy.values()), heavy
+
+
+def test_only_tune_talks_to_optuna_and_its_driver_runs_no_tensorflow():
+    talkers = {module_name(path) for path in PACKAGE.rglob("*.py") if "optuna" in _third_party(path)}
+    assert talkers and all(name.startswith("vaepipe.tune") for name in talkers), talkers
+    # `make tune` and its status never import TensorFlow (7 s and ~760 MB): only the trial's callback does.
+    driver = PACKAGE / "tune" / "__main__.py"
+    files = {driver, *import_closure(driver)}
+    heavy = {file.name: names & {"tensorflow", "keras"} for file in files if (names := _third_party(file))}
+    assert not any(heavy.values()), heavy

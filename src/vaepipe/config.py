@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -115,12 +116,43 @@ class TrackingParams(_Section):
                        description="letters, digits, '_', '.', '-'; at most 64; empty = no sweep")
 
 
+class TuneParams(_Section):
+    # Set by `make tune` on each trial's DVC experiment (docs/search.md), never by hand: which study and
+    # trial this run is (MLflow tags vaepipe.study / vaepipe.trial; the train stage reports its epochs to
+    # that trial for pruning), and whether it is a chosen trial's final full run. In params, not in the
+    # environment, so that each trial is its own experiment (never restored from DVC's run-cache) and
+    # `dvc exp show` names it. The defaults mean "not a trial".
+    study: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+                       description="letters, digits, '_', '.', '-'; at most 64; empty = not a study's run")
+    trial: int = Field(default=-1, ge=-1, description="the Optuna trial number; -1 = not a trial")
+    final: bool = False
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    tune: TuneParams = TuneParams()
+
+
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC, which writes params.yaml with ruamel) does:
+    `1e-07` is a number. DVC writes `dvc exp run -S train.learning_rate=1e-7` into params.yaml as `1e-07`,
+    which YAML 1.1 would read as text."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as params.yaml, presets and search files are read (floats as in YAML 1.2)."""
+    return yaml.load(text, Loader=_Yaml12Floats)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _looks_numeric(text: str) -> bool:
@@ -145,6 +177,11 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def format_errors(error: ValidationError, source: str) -> str:
+    """pydantic's report as one line per problem, `source: dotted.key = value: message` (search files too)."""
+    return _format_errors(error, source)
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as loaded from YAML); raise ConfigError naming each bad value."""
     if raw is None:
@@ -163,12 +200,77 @@ def load_params(path: Path | None = None) -> Params:
 
     path = path or PARAMS_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return parse_params(raw, source=path.name)
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` (a nested params mapping) with `overrides` laid over it: nested mappings merge key by key,
+    anything else (a list too) replaces, as `dvc exp run -S` does."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{"model.latent_dim": 4} -> {"model": {"latent_dim": 4}}."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *sections, name = key.split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return nested
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of nest: {"model": {"latent_dim": 4}} -> {"model.latent_dim": 4} (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def raw_params(path: Path | None = None) -> dict[str, Any]:
+    """params.yaml as a nested mapping, unvalidated (the base that presets and search files override)."""
+    from vaepipe.paths import PARAMS_FILE
+
+    path = path or PARAMS_FILE
+    try:
+        raw = read_yaml(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def parse_partial(overrides: Any, source: str, base: dict[str, Any] | None = None) -> Params:
+    """Validate a partial params mapping (a preset, a search file's values): laid over `base` (default:
+    params.yaml's values) and checked by the one schema; an error names `source` and the dotted key."""
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping of params sections (as in params.yaml), "
+                          f"got {type(overrides).__name__}")
+    for section, values in overrides.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section} = {values!r}: expected a section of params.yaml "
+                              f"(data, model, train, evaluate, tracking) holding keys, as in params.yaml")
+    return parse_params(merge_overrides(raw_params() if base is None else base, overrides), source=source)
 
 
 def flat_params(params: Params) -> dict[str, Any]:

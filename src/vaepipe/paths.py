@@ -52,7 +52,16 @@ RUN_ID_FILE = MODELS_DIR / "mlflow_run_id"
 TRAIN_LOG = ROOT / "train_log.csv"
 CHECKPOINTS_DIR = ROOT / "checkpoints"
 METRICS_FILE = ROOT / "metrics.json"
+VAL_METRICS_FILE = ROOT / "val_metrics.json"  # train's validation summary (what a search's objectives read)
 PLOTS_DIR = ROOT / "plots"
+PRESETS_DIR = ROOT / "presets"
+SEARCH_FILE = ROOT / "search.yaml"
+
+
+def optuna_dir() -> Path:
+    """The main repository's .optuna/ (git-ignored): the default study journal and the launch lock of
+    `make tune`, shared with the trials' temporary DVC copies."""
+    return main_repo_root() / ".optuna"
 
 
 def stage_script(name: str) -> Path:

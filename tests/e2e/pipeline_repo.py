@@ -84,7 +84,7 @@ def prepared_copy(source: Path, dest: Path, overrides: dict) -> Path:
     starts at train, as in a make_repo(dest, overrides) repo after its prepare stage."""
     copy_repo(source, dest)
     for name in ("mlflow.db", "mlartifacts", "checkpoints", "plots", "models/vae.keras", "models/mlflow_run_id",
-                 "metrics.json", "train_log.csv"):
+                 "metrics.json", "val_metrics.json", "train_log.csv"):
         path = dest / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -70,7 +70,7 @@ def test_one_finished_run_holds_params_histories_metrics_and_figures(pipeline):
     run = client.get_run(runs[0][0])
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     expected = {f"{section}.{key}": value for section, values in params.items() for key, value in values.items()
-                if section != "tracking"}  # bookkeeping (the sweep's name) is a tag, not a param
+                if section not in ("tracking", "tune")}  # bookkeeping (sweep, study, trial): tags, not params
     assert set(run.data.params) == set(expected)
     assert "tracking.sweep" not in run.data.params and "mlflow.note.content" in run.data.tags
     assert run.data.params["train.epochs"] == "2" and run.data.params["data.limit"] == "512"

@@ -10,7 +10,17 @@
 - __main__: `python -m vaepipe.tracking ui|server|serve|store` for the Makefile
 """
 
-from vaepipe.tracking.details import SWEEP_TAG, SYSTEM_METRICS_INTERVAL_S, prepared_datasets, run_description_tags
+from vaepipe.tracking.details import (
+    DVC_EXPERIMENT_TAG,
+    FINAL_TAG,
+    PRUNED_TAG,
+    STUDY_TAG,
+    SWEEP_TAG,
+    SYSTEM_METRICS_INTERVAL_S,
+    TRIAL_TAG,
+    prepared_datasets,
+    run_description_tags,
+)
 from vaepipe.tracking.runs import (
     KILLED_REASON_TAG,
     TRAIN_RUN_TAG,
@@ -26,6 +36,7 @@ from vaepipe.tracking.runs import (
     read_run_id,
     run_name,
     run_tags,
+    set_tags,
     start_or_resume_run,
 )
 from vaepipe.tracking.store import (
@@ -41,10 +52,11 @@ from vaepipe.tracking.store import (
 )
 
 __all__ = [
-    "EXPERIMENT_NAME", "KILLED_REASON_TAG", "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S",
+    "DVC_EXPERIMENT_TAG", "EXPERIMENT_NAME", "FINAL_TAG", "KILLED_REASON_TAG", "PRUNED_TAG", "STUDY_TAG",
+    "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S", "TRIAL_TAG",
     "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_reachable",
     "close_abandoned_run", "connect", "end_run", "experiment_url", "kill_run_if_running", "log_artifact", "log_metrics",
     "log_text", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
-    "run_description_tags", "run_name", "run_tags", "run_url",
+    "run_description_tags", "run_name", "run_tags", "run_url", "set_tags",
     "start_or_resume_run", "tracking_uri", "ui_base_url",
 ]

@@ -1,5 +1,5 @@
 """What the MLflow UI shows of the experiment and of a run: the experiment's kind and description, the
-prepared datasets as run inputs (the Dataset column), a one-line description, the sweep tag.
+prepared datasets as run inputs (the Dataset column), a one-line description, the sweep and study tags.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ EXPERIMENT_TAGS = {
 }
 SYSTEM_METRICS_INTERVAL_S = 2.0  # CPU and memory every 2 s: a run of under a minute still gets a curve
 SWEEP_TAG = "vaepipe.sweep"
+# A search's runs (docs/search.md): the study, the trial number, the trial's DVC experiment; a pruned trial's
+# run gets PRUNED_TAG = "true" (and ends FINISHED), a chosen trial's full run FINAL_TAG = "true".
+STUDY_TAG, TRIAL_TAG, DVC_EXPERIMENT_TAG = "vaepipe.study", "vaepipe.trial", "vaepipe.dvc_experiment"
+PRUNED_TAG, FINAL_TAG = "vaepipe.pruned", "vaepipe.final"
 DESCRIPTION_TAG = "mlflow.note.content"
 SPLIT_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}  # meta.json key -> context
 DIGEST_CHARS = 16  # MLflow caps a dataset digest at 36 characters: the sha256's first 16 hex digits
@@ -82,4 +86,17 @@ def run_description_tags(params: dict[str, Any], meta_file: Path | None = None) 
     description = (f"{dataset} VAE, arch {params.get('model.arch', '?')}, latent_dim {params.get('model.latent_dim', '?')}, "
                    f"beta {params.get('train.beta', '?')}, DVC experiment {experiment}"
                    + (f", sweep {sweep}" if sweep else ""))
-    return {DESCRIPTION_TAG: description, **({SWEEP_TAG: sweep} if sweep else {})}
+    return {DESCRIPTION_TAG: description, **({SWEEP_TAG: sweep} if sweep else {}), **study_tags(params)}
+
+
+def study_tags(params: dict[str, Any]) -> dict[str, str]:
+    """The tags of a search's trial (or of a chosen trial's final run); none for any other run."""
+    study, trial = str(params.get("tune.study") or ""), params.get("tune.trial", -1)
+    if not study or trial is None or int(trial) < 0:
+        return {}
+    tags = {STUDY_TAG: study, TRIAL_TAG: str(int(trial))}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[DVC_EXPERIMENT_TAG] = os.environ["DVC_EXP_NAME"]
+    if params.get("tune.final"):
+        tags[FINAL_TAG] = "true"
+    return tags

@@ -93,7 +93,7 @@ def start_or_resume_run(run_id: str | None, run_name: str, params: dict[str, Any
         if not run_id:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, log_system_metrics=True)
             mlflow.log_params({key: _param_value(value) for key, value in params.items()
-                               if not key.startswith("tracking.")})  # bookkeeping, a tag: not a param
+                               if not key.startswith(("tracking.", "tune."))})  # bookkeeping, tags: not params
             log_prepared_inputs()
         mlflow.set_tags({**tags, **run_description_tags(params)})
     except mlflow.exceptions.MlflowException as error:
@@ -290,6 +290,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
             if not server_unreachable(error) or time.monotonic() - started > 5:
                 raise
             mlflow.log_metrics(values, step=step)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tag the active run (e.g. a pruned trial's vaepipe.pruned)."""
+    with store_call("setting tags " + ", ".join(tags)):
+        mlflow.set_tags(tags)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:

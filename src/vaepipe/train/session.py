@@ -15,9 +15,12 @@ uninterrupted run computes, and continues the same MLflow run.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -26,7 +29,7 @@ from vaepipe.config import Params, flat_params
 from vaepipe.prepared import TrainingInputs
 from vaepipe.tracking import model_logging
 from vaepipe.train.checkpoint import Checkpoint
-from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before
+from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before, read_log
 from vaepipe.train.provenance import checkpoint_key, key_parts
 from vaepipe.train.retention import keep_other_checkpoints
 
@@ -73,7 +76,7 @@ class TrainingSession:
                 epoch_end.flush_after_error()
                 raise
             epoch_end.flush()
-            write_outputs(vae, self.epoch_log, run_id)
+            write_outputs(vae, self.epoch_log, run_id, self.params)
         # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -95,7 +98,7 @@ def log_model_summary(vae: keras.Model) -> None:
     tracking.log_text("\n".join(summary), "model_summary.txt")
 
 
-def write_outputs(vae: keras.Model, epoch_log, run_id: str) -> None:
+def write_outputs(vae: keras.Model, epoch_log: Path, run_id: str, params: Params) -> None:
     """The stage's outputs, each renamed into place only when complete, and the model in MLflow."""
     with paths.replaced_together() as outputs:  # a failure (a full disk) replaces neither
         with outputs.write(paths.MODEL_FILE) as tmp_model:
@@ -103,5 +106,32 @@ def write_outputs(vae: keras.Model, epoch_log, run_id: str) -> None:
         with outputs.write(paths.TRAIN_LOG, size=epoch_log.stat().st_size) as tmp_log:
             shutil.copyfile(epoch_log, tmp_log)
     model_logging.log_model(paths.MODEL_FILE)
+    write_json(paths.VAL_METRICS_FILE, validation_summary(epoch_log, run_id, params.train.epochs))
+    if params.tune.trial >= 0 and not params.tune.final:
+        # A search's trial runs up to train only: the metrics.json it carries is its baseline's, test numbers
+        # of another model. Replaced by a marker, `dvc exp show` shows no test metrics for it (and dvc.lock
+        # then says evaluate has not run on this model, which is true).
+        write_json(paths.METRICS_FILE, {"train_only": True, "mlflow_run_id": run_id})
     with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
         tmp_id.write_text(run_id + "\n")
+
+
+def validation_summary(epoch_log: Path, run_id: str, epochs: int) -> dict[str, Any]:
+    """val_metrics.json: the validation numbers a search's objectives name (the last epoch's val_loss,
+    val_recon and val_kl; the best val_loss), the epochs trained, whether it stopped early (pruned),
+    and the MLflow run id. Values are null without a validation split (data.val_size 0)."""
+    header, rows = read_log(epoch_log)
+    columns = {name: [row[index] for row in rows] for index, name in enumerate(header)}
+
+    def last(name: str) -> float | None:
+        return float(columns[name][-1]) if columns.get(name) else None
+
+    val_losses = columns.get("val_loss") or []
+    return {"val_loss": last("val_loss"), "best_val_loss": float(min(val_losses)) if val_losses else None,
+            "val_recon": last("val_recon"), "val_kl": last("val_kl"), "epochs": len(rows),
+            "pruned": len(rows) < epochs, "mlflow_run_id": run_id}
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    with paths.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")

@@ -77,5 +77,16 @@ def train(params: Params) -> None:
         if start_epoch < params.train.epochs:
             vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                     epochs=params.train.epochs, initial_epoch=start_epoch,
-                    callbacks=[*fit_callbacks(params), progress_callback(vae, params, len(inputs.x_train)), epoch_end],
+                    callbacks=[*fit_callbacks(params), progress_callback(vae, params, len(inputs.x_train)), epoch_end,
+                               *search_callbacks(params)],
                     shuffle=False, verbose=0)  # progress in batches: progress_callback
+
+
+def search_callbacks(params: Params) -> list[keras.callbacks.Callback]:
+    """A search's trial (docs/search.md) reports each epoch's val_loss to its study and stops when the pruner
+    says so: after the end-of-epoch path, so the epoch is logged and checkpointed first."""
+    if params.tune.trial < 0 or params.tune.final or not params.tune.study:
+        return []
+    from vaepipe.tune.pruning import pruning_callbacks  # Optuna only in a trial's train stage
+
+    return pruning_callbacks(params.tune.study, params.tune.trial, params.train.epochs)

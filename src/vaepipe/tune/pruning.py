@@ -1,0 +1,71 @@
+"""Pruning inside a trial's train stage: after each epoch (once the end-of-epoch path has logged and
+checkpointed it) the epoch's val_loss goes to the trial in the study, and when the study's pruner says so
+the fit stops. The stage then ends as a finished run: outputs written (val_metrics.json says `pruned`),
+the MLflow run FINISHED with the tag vaepipe.pruned = "true", exit 0, so DVC commits the experiment and
+the driver tells the study PRUNED.
+
+The stage attaches to the RUNNING trial the driver asked for (`optuna.trial.Trial(study, trial_id)`), in
+the storage the driver passes through the environment (storage.STORAGE_ENV). The study's pruner is
+rebuilt from what the driver recorded in the study's user attributes (PRUNER_ATTR).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+import optuna
+
+from vaepipe import tracking
+from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
+from vaepipe.tune.storage import load_study, resolve_storage, storage_label
+
+
+def attach(study_name: str, number: int) -> optuna.trial.Trial | None:
+    """The RUNNING trial `number` of the study, or None (with one line saying why) when there is nothing to
+    report to: e.g. an applied trial's experiment reproduced again, long after its study ended."""
+    storage = resolve_storage()
+    try:
+        study = load_study(study_name, storage)
+    except Exception as error:  # noqa: BLE001  (a reproduction without the study: train all the same)
+        print(f"tune: not reporting to study {study_name!r}: {error}", file=sys.stderr, flush=True)
+        return None
+    if len(study.directions) > 1:
+        return None  # Optuna takes no intermediate values (and prunes nothing) in a multi-objective study
+    spec = study.user_attrs.get(PRUNER_ATTR) or {}
+    study.pruner = make_pruner(spec.get("kind", "none"), spec.get("startup", 5), spec.get("epochs", 1))
+    found = [trial for trial in study.get_trials(deepcopy=False) if trial.number == number]
+    if not found or found[0].state != optuna.trial.TrialState.RUNNING:
+        state = found[0].state.name if found else "missing"
+        print(f"tune: trial {number} of study {study_name!r} in {storage_label(storage)} is {state}, not RUNNING: "
+              "training without reporting to it", file=sys.stderr, flush=True)
+        return None
+    return optuna.trial.Trial(study, found[0]._trial_id)
+
+
+class ReportAndPrune(keras.callbacks.Callback):
+    """Report each epoch's val_loss to the trial; stop the fit when the pruner says so."""
+
+    def __init__(self, trial: optuna.trial.Trial, epochs: int):
+        super().__init__()
+        self.trial = trial
+        self.epochs = epochs
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get("val_loss")
+        if value is None:
+            return
+        self.trial.report(float(value), step=epoch)
+        if epoch < self.epochs - 1 and self.trial.should_prune():  # after the last epoch: nothing left to save
+            self.pruned_at = epoch
+            tracking.set_tags({tracking.PRUNED_TAG: "true"})
+            print(f"tune: trial {self.trial.number} pruned after epoch {epoch + 1} (val_loss {float(value):.3f})",
+                  file=sys.stderr, flush=True)
+            self.model.stop_training = True
+
+
+def pruning_callbacks(study_name: str, number: int, epochs: int) -> list[keras.callbacks.Callback]:
+    """[ReportAndPrune] for a trial that is RUNNING in its study, else []."""
+    trial = attach(study_name, number)
+    return [ReportAndPrune(trial, epochs)] if trial is not None else []

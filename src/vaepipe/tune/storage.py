@@ -1,0 +1,87 @@
+"""Where studies live: by default the journal file `.optuna/journal.log` under the main repository (git-ignored,
+also when a trial's train stage runs in DVC's temporary copy), or any Optuna storage URL (`STORAGE=` /
+`--storage`, e.g. `postgresql://host/db` or `sqlite:///studies.db`), which several `make tune` processes,
+on one machine or many, share.
+
+A trial's train stage reaches the storage through the environment (STORAGE_ENV, inherited by
+`dvc exp run --temp`), never through params: a URL may hold a password, and params end up in git,
+dvc.lock and MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+import optuna
+
+from vaepipe import paths
+from vaepipe.errors import ConfigError
+
+STORAGE_ENV = "VAEPIPE_TUNE_STORAGE"
+JOURNAL_NAME = "journal.log"
+
+
+def default_journal() -> Path:
+    return paths.optuna_dir() / JOURNAL_NAME
+
+
+def resolve_storage(url: str | None = None) -> str:
+    """The storage to use: `url` if given, else $VAEPIPE_TUNE_STORAGE, else the default journal file
+    (its absolute path). A URL has a scheme (`sqlite:///...`, `postgresql://...`); anything else is a
+    journal file's path."""
+    url = url or os.environ.get(STORAGE_ENV) or str(default_journal())
+    if "://" not in url:
+        return str(Path(url).expanduser().resolve())
+    return url
+
+
+def storage_label(storage: str) -> str:
+    """The storage as it may be printed: a URL's password replaced by ***."""
+    parts = urllib.parse.urlsplit(storage)
+    if parts.password is None:
+        return storage
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact(text: str, storage: str) -> str:
+    """`text` (an error message) without the storage URL's password."""
+    password = urllib.parse.urlsplit(storage).password if "://" in storage else None
+    return text.replace(password, "***") if password else text
+
+
+def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage | str:
+    """The Optuna storage object for a resolved storage string (a journal file or a URL)."""
+    storage = resolve_storage(storage)
+    if "://" in storage:
+        return storage  # Optuna opens RDB URLs itself (SQLAlchemy: sqlite, postgresql, mysql)
+    path = Path(storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_names(storage: str | None = None) -> list[str]:
+    return sorted(summary.study_name for summary in optuna.get_all_study_summaries(open_storage(storage),
+                                                                                  include_best_trial=False))
+
+
+def load_study(name: str, storage: str | None = None, pruner: optuna.pruners.BasePruner | None = None,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """The study `name` in `storage` (resolve_storage's default if None); ConfigError in one line, naming
+    the studies there, if it does not exist."""
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage), pruner=pruner, sampler=sampler)
+    except KeyError:
+        known = study_names(storage)
+        raise ConfigError(f"no study {name!r} in {storage_label(resolve_storage(storage))}; the studies there: "
+                          f"{', '.join(known) or 'none'}") from None
+    except Exception as error:  # SQLAlchemy / connection errors: one line, without the password
+        if isinstance(error, ConfigError):
+            raise
+        reason = redact((str(error).splitlines() or [""])[0], resolve_storage(storage))
+        raise ConfigError(f"cannot open the Optuna storage {storage_label(resolve_storage(storage))}: "
+                          f"{type(error).__name__}: {reason}") from None

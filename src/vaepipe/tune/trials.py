@@ -1,0 +1,190 @@
+"""One trial as one DVC experiment: `dvc exp run --temp -n <study>-t<number> -S ... train`, read back from
+the commit DVC made for it.
+
+Why `--temp` and not the queue (`dvc exp run --queue` + `dvc queue start -j N`): a temp-dir experiment
+runs in a process this driver starts and owns, so it inherits the environment (the storage URL reaches the
+train stage without ever being written into params), its exit is the trial's end (no polling of
+`dvc queue status`, no detached Celery workers whose idle monitor can die under load), and Ctrl-C stops
+exactly the trials this driver runs. `jobs` trials run at once as `jobs` such processes.
+
+DVC's temp-dir runs take their stash entry with `first(stash)` (dvc/repo/experiments/queue/tempdir.py):
+two `dvc exp run --temp` started at the same moment in one repository can swap, or one can run both.
+So a launch holds a lock file (.optuna/launch.lock, also across `make tune` processes of one repository)
+until DVC has taken this experiment's entry: its executor's info file, which names the experiment, exists.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaepipe import paths
+from vaepipe.presets import set_options
+from vaepipe.tune.storage import STORAGE_ENV
+
+LAUNCH_TIMEOUT_S = 300
+STOP_GRACE_S = 90  # after SIGINT, how long a trial has to end its MLflow run and exit before SIGKILL
+
+
+def trial_experiment(study: str, number: int) -> str:
+    return f"{study}-t{number}"
+
+
+def final_experiment(study: str, number: int) -> str:
+    return f"{study}-final-t{number}"
+
+
+def log_file(name: str) -> Path:
+    return paths.optuna_dir() / "logs" / f"{name}.log"
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True)
+
+
+def baseline_rev() -> str:
+    return _git("rev-parse", "HEAD").stdout.strip()
+
+
+def experiment_ref(name: str, baseline: str | None = None) -> str | None:
+    """The git ref of DVC experiment `name` on the current baseline, if DVC committed one."""
+    baseline = baseline or baseline_rev()
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+    return ref if _git("rev-parse", "--verify", "-q", ref).returncode == 0 else None
+
+
+def read_experiment_json(ref: str, filename: str) -> dict[str, Any] | None:
+    """A JSON file (val_metrics.json, metrics.json) as the experiment's commit holds it."""
+    prefix = _git("rev-parse", "--show-prefix").stdout.strip()
+    shown = _git("show", f"{ref}:{prefix}{filename}")
+    if shown.returncode != 0:
+        return None
+    try:
+        return json.loads(shown.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+@dataclass
+class Experiment:
+    """A running `dvc exp run --temp` of one trial (or of a final run), in its own process group."""
+
+    name: str
+    overrides: dict[str, Any]
+    target: str | None  # "train" for a trial: the search never runs evaluate
+    storage: str
+    process: subprocess.Popen | None = None
+    interrupted: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def command(self) -> list[str]:
+        return ["dvc", "exp", "run", "--temp", "-n", self.name, *set_options(self.overrides),
+                *([self.target] if self.target else [])]
+
+    def start(self) -> None:
+        """Launch under the launch lock; return once DVC has taken this experiment's stash entry."""
+        log = log_file(self.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, STORAGE_ENV: self.storage}
+        with (paths.optuna_dir() / "launch.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with log.open("w") as out:
+                self.process = subprocess.Popen(["dvc", "--wait-for-lock", *self.command()[1:]], cwd=paths.ROOT,
+                                                env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+            while self.process.poll() is None and not _executor_started(self.name) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def wait(self) -> int:
+        assert self.process is not None
+        code = self.process.wait()
+        _wait_group_gone(self.process.pid, STOP_GRACE_S)
+        return code
+
+    def stop(self) -> None:
+        """Ctrl-C for this experiment's whole process group (DVC and the stage): the stage marks its MLflow
+        run KILLED and leaves nothing half-written; DVC commits nothing."""
+        self.interrupted = True
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def error_line(self) -> str:
+        """The first line saying what went wrong: the stage's `error: ...`, a traceback's exception, else DVC's
+        ERROR, else the last line."""
+        try:
+            raw = [line.rstrip() for line in log_file(self.name).read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        lines = [line.strip() for line in raw]
+        for prefix in ("error:", "interrupted by"):
+            for line in lines:
+                if line.startswith(prefix):
+                    return line
+        if "Traceback (most recent call last):" in lines:  # a bug: the exception's own line ends the traceback
+            start = len(lines) - 1 - lines[::-1].index("Traceback (most recent call last):")
+            for line in raw[start + 1:]:
+                if not line.startswith((" ", "\t")) and not line.startswith("ERROR:"):
+                    return line.strip()
+        for line in lines:
+            if line.startswith("ERROR:"):
+                return line
+        return lines[-1] if lines else f"dvc exp run exited with {self.process.returncode if self.process else '?'}"
+
+
+def _executor_started(name: str) -> bool:
+    """DVC has taken the experiment's stash entry: an executor info file naming it exists
+    (.dvc/tmp/exps/run/<rev>/<rev>.run, written by the executor's init_git right after the entry is dropped)."""
+    for info in (paths.ROOT / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"):
+        try:
+            if json.loads(info.read_text()).get("name") == name:
+                return True
+        except (OSError, json.JSONDecodeError):
+            continue
+    return False
+
+
+def _group_members(pgid: int) -> list:
+    """The live (not zombie) processes of process group `pgid`."""
+    import psutil
+
+    members = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return members
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until no live process of the group is left (the stage may outlive DVC by a moment); SIGKILL after
+    `timeout`. Zombies do not count: a container's init may never reap them."""
+    deadline = time.monotonic() + timeout
+    while members := _group_members(pgid):
+        if time.monotonic() > deadline:
+            for process in members:
+                try:
+                    process.kill()
+                except Exception:  # noqa: BLE001  (gone meanwhile)
+                    pass
+            return
+        time.sleep(0.3)

@@ -1,0 +1,319 @@
+"""`make tune` end to end, in a copy of one small reproduced repository whose baseline results (metrics.json
+with test numbers) are committed, as the project's are: trials as DVC experiments up to train, told
+their val_metrics.json, MLflow runs tagged; no trial has test metrics; the final run of the best trial
+has them; Ctrl-C and a rerun; two processes on one storage; pruning; two objectives; and a preset run
+as an experiment whose params are the preset's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from pipeline_repo import PROJECT, VENV_BIN, copy_repo, dvc_repro, make_repo, stage_env, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# Small: 500 training and 100 validation images, 2 epochs, no XLA (a new latent size would recompile).
+TUNE_PARAMS = {"data": {"limit": 600, "val_size": 100},
+               "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100, "jit_compile": False}}
+TEST_METRICS = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "knn_accuracy")
+
+
+@pytest.fixture(scope="module")
+def tune_repo(tmp_path_factory) -> Path:
+    """A reproduced small repo (all four stages) with its results committed, presets/ included."""
+    repo = make_repo(tmp_path_factory.mktemp("tune-base") / "repo", TUNE_PARAMS)
+    shutil.copytree(PROJECT / "presets", repo / "presets")
+    result = dvc_repro(repo, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    env = stage_env()
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=repo, env=env, check=True, capture_output=True)
+    assert "test_loss" in json.loads((repo / "metrics.json").read_text())
+    return repo
+
+
+def write_search(repo: Path, name: str = "search.yaml", **fields) -> Path:
+    search = {"study": "s", "fixed": {"train.epochs": 2},
+              "space": {"model.latent_dim": {"int": [2, 8]},
+                        "train.learning_rate": {"float": [1.0e-4, 1.0e-2], "log": True}},
+              "objective": {"val_loss": "minimize"}, "trials": 2, "jobs": 1, "pruner": "none", "final": 0,
+              "seed": 0, **fields}
+    path = repo / name
+    path.write_text(yaml.safe_dump(search, sort_keys=False))
+    return path
+
+
+def tune_command(search: Path, *extra: str) -> list[str]:
+    return [str(VENV_BIN / "python"), "-m", "vaepipe.tune", "--search", str(search), *extra]
+
+
+def run_tune(repo: Path, search: Path, *extra: str, timeout: float = 1500, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(tune_command(search, *extra), cwd=repo, env=stage_env(PYTHONPATH="src", **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def journal(repo: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(repo / ".optuna" / "journal.log")))
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """{experiment name: {"params": params.yaml, "metrics": metrics.json, "val": val_metrics.json}}, as
+    `dvc exp show --json` reports them."""
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=stage_env(),
+                                      capture_output=True, text=True, check=True).stdout)
+    found: dict[str, dict] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            data = node.get("data") or {}
+            if node.get("name") and "params" in data:
+                metrics = data.get("metrics") or {}
+                found[node["name"]] = {"params": (data["params"].get("params.yaml") or {}).get("data", {}),
+                                       "metrics": (metrics.get("metrics.json") or {}).get("data", {}),
+                                       "val": (metrics.get("val_metrics.json") or {}).get("data", {})}
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(shown)
+    return found
+
+
+def mlflow_table(repo: Path) -> dict[str, dict]:
+    """{run id: {"status", "tags", "metrics"}} from the repo's SQLite MLflow store."""
+    runs: dict[str, dict] = {}
+    with sqlite3.connect(repo / "mlflow.db") as conn:
+        for run_id, status in conn.execute("SELECT run_uuid, status FROM runs WHERE lifecycle_stage = 'active'"):
+            runs[run_id] = {"status": status, "tags": {}, "metrics": set()}
+        for run_id, key, value in conn.execute("SELECT run_uuid, key, value FROM tags"):
+            if run_id in runs:
+                runs[run_id]["tags"][key] = value
+        for run_id, key in conn.execute("SELECT DISTINCT run_uuid, key FROM metrics"):
+            if run_id in runs:
+                runs[run_id]["metrics"].add(key)
+    return runs
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def test_a_study_of_six_trials_then_the_best_in_full(tune_repo, tmp_path):
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    search = write_search(repo, study="six", trials=6, jobs=2, pruner="median", final=1)
+    started = time.monotonic()
+    result = run_tune(repo, search)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"tune: storage {repo / '.optuna' / 'journal.log'}, study six", lines[:2]
+
+    study = optuna.load_study(study_name="six", storage=journal(repo))
+    trials = study.get_trials()
+    assert len(trials) == 6 and len(counted(study)) == 6, [(t.number, t.state) for t in trials]
+    shown = experiments(repo)
+    runs = mlflow_table(repo)
+    for trial in trials:
+        name = trial.user_attrs["dvc_experiment"]
+        assert name == f"six-t{trial.number}"
+        exp = shown[name]  # its DVC experiment
+        assert exp["params"]["tune"] == {"study": "six", "trial": trial.number, "final": False}
+        assert exp["params"]["model"]["latent_dim"] == trial.params["model.latent_dim"]
+        assert exp["params"]["train"]["learning_rate"] == pytest.approx(trial.params["train.learning_rate"])
+        # No test metrics: the baseline's metrics.json is replaced by the train-only marker.
+        assert exp["metrics"] == {"train_only": True, "mlflow_run_id": trial.user_attrs["mlflow_run_id"]}
+        assert exp["val"]["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == exp["val"]["val_loss"]  # told exactly what its train stage wrote
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run["status"] == "FINISHED"
+        assert {key: run["tags"].get(key) for key in ("vaepipe.study", "vaepipe.trial", "vaepipe.dvc_experiment")} == {
+            "vaepipe.study": "six", "vaepipe.trial": str(trial.number), "vaepipe.dvc_experiment": name}
+        assert not {m for m in run["metrics"] if m.startswith("test_")}, run["metrics"]
+    best = study.best_trial
+    assert best.value == shown[f"six-t{best.number}"]["val"]["val_loss"]
+
+    # The final full run of the best trial: the only experiment of the study with test metrics.
+    final = shown[f"six-final-t{best.number}"]
+    assert all(isinstance(final["metrics"].get(name), float) for name in TEST_METRICS), final["metrics"]
+    assert final["val"]["val_loss"] == pytest.approx(best.value, rel=1e-4)  # the same training, replayed
+    final_run = runs[final["metrics"]["mlflow_run_id"]]
+    assert {"vaepipe.study": "six", "vaepipe.trial": str(best.number), "vaepipe.final": "true"}.items() <= \
+        final_run["tags"].items()
+    assert set(TEST_METRICS) <= final_run["metrics"]
+    assert [name for name in shown if name.startswith("six-final")] == [f"six-final-t{best.number}"]
+    assert f"best trial {best.number} (six-t{best.number})" in result.stdout
+    assert f"test_loss {final['metrics']['test_loss']:.4f}" in result.stdout
+
+    status = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "status", "--study", "six", "--json"],
+                            cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["storage"] == str(repo / ".optuna" / "journal.log")
+    assert [(row["number"], row["dvc_experiment"], row["mlflow_run_id"]) for row in report["trials"]] == [
+        (t.number, t.user_attrs["dvc_experiment"], t.user_attrs["mlflow_run_id"]) for t in trials]
+    assert report["finals"][str(best.number)]["dvc_experiment"] == f"six-final-t{best.number}"
+    print(f"six trials, two at a time, and the final run: {elapsed:.0f} s")
+
+
+def test_ctrl_c_in_the_third_trial_then_tune_again_finishes_the_count(tune_repo, tmp_path):
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    search = write_search(repo, study="stop", trials=3, jobs=1)
+    env = stage_env(PYTHONPATH="src")
+    out = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(tune_command(search), cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        def third_trial_training() -> bool:  # its train stage has opened its MLflow run
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            return any(run["tags"].get("vaepipe.trial") == "2" and run["status"] == "RUNNING"
+                       for run in mlflow_table(repo).values())
+
+        wait_for(third_trial_training, timeout=900, interval=0.5, what="trial 2's train stage")
+        os.killpg(first.pid, signal.SIGINT)  # as Ctrl-C in a terminal
+        assert first.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        out.close()
+    log = (tmp_path / "first.log").read_text()
+    assert "trial 2 interrupted" in log, log[-3000:]
+    study = optuna.load_study(study_name="stop", storage=journal(repo))
+    assert [(t.number, t.state.name, t.user_attrs.get("interrupted")) for t in study.get_trials()] == [
+        (0, "COMPLETE", None), (1, "COMPLETE", None), (2, "FAIL", True)]
+    assert not [run for run in mlflow_table(repo).values() if run["status"] == "RUNNING"]
+    assert "stop-t2" not in experiments(repo)  # nothing committed for the killed trial
+
+    again = run_tune(repo, search)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    study = optuna.load_study(study_name="stop", storage=journal(repo))
+    assert len(counted(study)) == 3 and [t.number for t in counted(study)] == [0, 1, 3]
+    runs = mlflow_table(repo)
+    assert not [run for run in runs.values() if run["status"] == "RUNNING"]
+    trial_runs = [run["tags"]["vaepipe.trial"] for run in runs.values() if run["tags"].get("vaepipe.study") == "stop"]
+    assert sorted(trial_runs) == ["0", "1", "2", "3"]  # each trial ran once (trial 2's run is KILLED)
+    assert sorted(name for name in experiments(repo) if name.startswith("stop-")) == ["stop-t0", "stop-t1", "stop-t3"]
+
+
+def test_two_processes_on_one_storage_share_the_count(tune_repo, tmp_path):
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"  # an Optuna storage URL, as STORAGE= passes it
+    search = write_search(repo, study="shared", trials=3, jobs=1, seed=None)
+    env = stage_env(PYTHONPATH="src", VAEPIPE_TUNE_STORAGE=storage)
+    logs = [(tmp_path / f"p{index}.log").open("w") for index in range(2)]
+    processes = [subprocess.Popen(tune_command(search), cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+                 for log in logs]
+    try:
+        codes = [process.wait(timeout=1500) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for log in logs:
+            log.close()
+    outputs = [(tmp_path / f"p{index}.log").read_text() for index in range(2)]
+    assert codes == [0, 0], outputs
+    assert all(output.startswith(f"tune: storage {storage}, study shared") for output in outputs)
+    study = optuna.load_study(study_name="shared", storage=storage)
+    done = counted(study)
+    assert len(done) == 3
+    ran = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    assert len(ran) == 3  # every trial that ran is counted: none twice, none beyond the count
+    both = [sum(f"trial {t.number} starts" in output for output in outputs) for t in done]
+    assert both == [1, 1, 1]
+    assert all("starts" in output for output in outputs)  # both processes ran trials
+    trial_runs = sorted(run["tags"]["vaepipe.trial"] for run in mlflow_table(repo).values()
+                        if run["tags"].get("vaepipe.study") == "shared")
+    assert trial_runs == sorted(str(t.number) for t in done)
+    assert sorted(name for name in experiments(repo) if name.startswith("shared-")) == sorted(
+        f"shared-t{t.number}" for t in done)
+
+
+def test_a_clearly_worse_trial_is_pruned_before_its_last_epoch(tune_repo, tmp_path):
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    search = write_search(repo, study="prune", trials=2, jobs=1, pruner="median", pruner_startup=1,
+                          fixed={"train.epochs": 3}, space={"train.learning_rate": {"float": [1.0e-7, 1.0e-2],
+                                                                                    "log": True}})
+    (repo / ".optuna").mkdir()
+    study = optuna.create_study(study_name="prune", storage=journal(repo), direction="minimize")
+    study.enqueue_trial({"train.learning_rate": 5.0e-3})  # learns: the median's first trial
+    study.enqueue_trial({"train.learning_rate": 1.0e-7})  # barely moves: clearly worse after epoch 1
+    result = run_tune(repo, search)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="prune", storage=journal(repo))
+    good, bad = study.get_trials()
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED"), result.stdout
+    assert sorted(bad.intermediate_values) == [0]  # reported epoch 1, then stopped
+    exp = experiments(repo)["prune-t1"]  # committed: not an error for DVC
+    assert exp["val"]["epochs"] == 1 and exp["val"]["pruned"] is True
+    run = mlflow_table(repo)[bad.user_attrs["mlflow_run_id"]]
+    assert run["status"] == "FINISHED" and run["tags"].get("vaepipe.pruned") == "true"
+    assert "vaepipe.pruned" not in mlflow_table(repo)[good.user_attrs["mlflow_run_id"]]["tags"]
+
+
+def test_two_objectives_give_a_pareto_front_run_in_full(tune_repo, tmp_path):
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    search = write_search(repo, study="rd", trials=3, jobs=2, objective={"val_recon": "minimize", "val_kl": "minimize"},
+                          final=2)
+    result = run_tune(repo, search)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="rd", storage=journal(repo))
+    assert len(counted(study)) == 3 and "sampler nsga2, pruner none" in result.stdout
+    shown = experiments(repo)
+    for trial in study.get_trials():
+        val = shown[f"rd-t{trial.number}"]["val"]
+        assert trial.values == [val["val_recon"], val["val_kl"]]
+    front = {t.number for t in study.best_trials}
+    finals = {int(name.rsplit("-t", 1)[1]) for name in shown if name.startswith("rd-final-")}
+    assert finals and finals <= front and len(finals) == min(2, len(front))
+    for number in finals:
+        assert isinstance(shown[f"rd-final-t{number}"]["metrics"].get("test_loss"), float)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"objective": {"test_loss": "minimize"}}, ["objective test_loss", "validation metrics only", "val_loss"]),
+    ({"space": {"model.latnet_dim": {"int": [2, 8]}}}, ["space model.latnet_dim", "unknown key"]),
+    ({"fixed": {"train.epochs": 0}}, ["train.epochs = 0"]),
+    ({"trails": 3}, ["trails", "unknown key"]),
+])
+def test_a_bad_search_file_is_refused_before_any_trial(tmp_path, change, words):
+    repo = make_repo(tmp_path / "repo")
+    search = write_search(repo, **change)
+    result = run_tune(repo, search, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""  # not even the storage line: nothing ran
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: search.yaml"), result.stderr
+    for word in words:
+        assert word in error[0], error[0]
+    assert not (repo / ".optuna").exists()
+
+
+def test_a_preset_runs_as_an_experiment_with_the_presets_params(tune_repo, tmp_path):
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    result = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.presets", "run", "mlp", "-S", "train.epochs=1"],
+                            cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    names = [name for name in experiments(repo) if name.startswith("mlp-")]
+    assert len(names) == 1
+    params = experiments(repo)[names[0]]["params"]
+    preset = yaml.safe_load((repo / "presets" / "mlp.yaml").read_text())
+    for section, values in preset.items():
+        for key, value in values.items():
+            assert params[section][key] == value, (section, key)
+    assert params["train"]["epochs"] == 1 and params["data"]["limit"] == 600  # the extra, the base
+    assert "test_loss" in experiments(repo)[names[0]]["metrics"]

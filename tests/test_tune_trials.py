@@ -1,0 +1,40 @@
+"""What the driver tells the study of a failed trial: the first line that says what went wrong, from the
+experiment's log; and the experiment's command (a trial runs up to train only)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vaepipe import paths
+from vaepipe.tune import trials
+
+LOGS = [
+    ("Running stage 'train':\nerror: params.yaml: train.epochs = 0: Input should be greater than or equal to 1\n"
+     "ERROR: failed to reproduce 'train': failed to run: python stages/train.py, exited with 2\n",
+     "error: params.yaml: train.epochs = 0: Input should be greater than or equal to 1"),
+    ("Epoch 1/2\nTraceback (most recent call last):\n  File \"stages/train.py\", line 31, in <module>\n    main()\n"
+     "NotImplementedError: Trial.report is not supported\n"
+     "ERROR: failed to reproduce 'train': failed to run: python stages/train.py, exited with 1\n",
+     "NotImplementedError: Trial.report is not supported"),
+    ("Reproducing experiment 'x'\nERROR: Experiment conflicts with existing experiment 'x'.\n",
+     "ERROR: Experiment conflicts with existing experiment 'x'."),
+    ("something\nlast words\n", "last words"),
+]
+
+
+@pytest.mark.parametrize("log, line", LOGS, ids=["stage error", "traceback", "dvc error", "last line"])
+def test_the_error_told_to_the_study_is_the_line_that_says_why(log, line, tmp_path, monkeypatch):
+    monkeypatch.setattr(trials, "log_file", lambda name: tmp_path / f"{name}.log")
+    (tmp_path / "x.log").write_text(log)
+    assert trials.Experiment("x", {}, None, "").error_line() == line
+
+
+def test_a_trial_runs_up_to_train_in_a_temporary_copy():
+    command = trials.Experiment("s-t3", {"model": {"latent_dim": 4}, "tune": {"study": "s", "trial": 3}},
+                                "train", "").command()
+    assert command == ["dvc", "exp", "run", "--temp", "-n", "s-t3", "-S", "model.latent_dim=4",
+                       "-S", "tune.study=s", "-S", "tune.trial=3", "train"]
+    final = trials.Experiment("s-final-t3", {"tune": {"final": True}}, None, "").command()
+    assert final[-2:] == ["-S", "tune.final=true"]  # no target: the whole pipeline
+    assert trials.trial_experiment("s", 3) == "s-t3" and trials.final_experiment("s", 3) == "s-final-t3"
+    assert paths.optuna_dir().name == ".optuna"
