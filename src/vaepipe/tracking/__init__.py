@@ -7,6 +7,7 @@
 - model_logging: the pyfunc model (from code, no pickles), its requirements, signature and example
   (imported from there by train's session only: serving.py is train's code, not evaluate's)
 - search: reading runs back for `make compare` (imported from there, so no stage depends on it)
+- server: `make server`'s store, artifact destination and logins (VAEPIPE_SERVER_*)
 - __main__: `python -m vaepipe.tracking ui|server|serve|store` for the Makefile
 """
 
@@ -43,8 +44,10 @@ from vaepipe.tracking.store import (
     EXPERIMENT_NAME,
     TrackingUnavailable,
     artifact_location,
+    check_can_log,
     check_reachable,
     experiment_url,
+    masked_url,
     retry_budget_s,
     run_url,
     tracking_uri,
@@ -54,9 +57,9 @@ from vaepipe.tracking.store import (
 __all__ = [
     "DVC_EXPERIMENT_TAG", "EXPERIMENT_NAME", "FINAL_TAG", "KILLED_REASON_TAG", "PRUNED_TAG", "STUDY_TAG",
     "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S", "TRIAL_TAG",
-    "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_reachable",
+    "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_can_log", "check_reachable",
     "close_abandoned_run", "connect", "end_run", "experiment_url", "kill_run_if_running", "log_artifact", "log_metrics",
-    "log_text", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
+    "log_text", "masked_url", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
     "run_description_tags", "run_name", "run_tags", "run_url", "set_tags",
     "start_or_resume_run", "tracking_uri", "ui_base_url",
 ]

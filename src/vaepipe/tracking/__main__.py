@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from vaepipe.errors import TrackingError
+from vaepipe.errors import VaepipeError
 from vaepipe.tracking.model_logging import REGISTERED_MODEL
 from vaepipe.tracking.runs import connect
 from vaepipe.tracking.store import (
@@ -16,6 +16,7 @@ from vaepipe.tracking.store import (
     experiment_url,
     is_http,
     local_store,
+    masked_url,
     tracking_uri,
     ui_base_url,
 )
@@ -33,21 +34,23 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     args = parser.parse_args(argv)
     store, artifacts = local_store()
     if args.action == "store":
-        print(f"tracking URI: {tracking_uri()}\nartifact location: {artifact_location() or '(the server decides)'}")
+        print(f"tracking URI: {masked_url(tracking_uri())}\nartifact location: {artifact_location() or '(the server decides)'}")
         return None
-    if args.action == "server":  # serves the local store, which the stages then reach by MLFLOW_TRACKING_URI
-        print(f">> mlflow server on http://{args.host}:{args.port}: {store}, artifacts in {artifacts}", flush=True)
-        return ["mlflow", "server", "--host", args.host, "--port", str(args.port), "--workers", "1",
-                "--backend-store-uri", store, "--artifacts-destination", str(artifacts)]
+    if args.action == "server":  # the stages then reach it by MLFLOW_TRACKING_URI (tracking/server.py)
+        from vaepipe.tracking.server import server_command
+
+        argv, line = server_command(args.host, args.port)
+        print(line, flush=True)
+        return argv
     if args.action == "serve":
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
         print(f">> serving models:/{REGISTERED_MODEL}/latest from {tracking_uri()} on http://{args.host}:{args.port}",
               flush=True)
         return ["mlflow", "models", "serve", "-m", f"models:/{REGISTERED_MODEL}/latest", "--host", args.host,
                 "--port", str(args.port), "--env-manager", "local"]
-    link = experiment_url(ui_base_url(args.host, args.port), connect())
+    link = experiment_url(ui_base_url(args.host, args.port), connect(write=False))
     if is_http(tracking_uri()):
-        print(f">> the store is the server {tracking_uri()}; its runs: {link}")
+        print(f">> the store is the server {masked_url(tracking_uri())}; its runs: {link}")
         return None
     print(f">> mlflow ui on http://{args.host}:{args.port} ({store}); the runs of experiment "
           f"{EXPERIMENT_NAME} in the model-training view:\n{link}", flush=True)
@@ -58,8 +61,9 @@ def command(argv: list[str] | None = None) -> list[str] | None:
 if __name__ == "__main__":
     try:
         argv = command()
-    except TrackingError as error:
-        sys.exit(f"error: {error}")
+    except VaepipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     if argv:
         beside = Path(sys.executable).parent / argv[0]  # the venv's mlflow, also when PATH lacks the venv
         os.execvp(str(beside) if beside.exists() else argv[0], argv)
