@@ -9,8 +9,10 @@ from vaepipe.process import run_stage
 def main() -> None:
     params = load_params()  # validated before TensorFlow is even imported
     from vaepipe import tracking
+    from vaepipe.tracking.model_logging import REGISTERED_MODEL
 
-    tracking.check_reachable(tracking.tracking_uri())  # fail in seconds, not after loading TensorFlow
+    # Fail in seconds, not after loading TensorFlow: a server that is down, a wrong login, a READ user.
+    tracking.check_can_log(registered_model=REGISTERED_MODEL)
     if params.train.distribute == "multi_worker" and "TF_CONFIG" not in os.environ:
         # One machine (e.g. under `dvc repro`): become the launcher of $VAEPIPE_WORKERS local workers
         # (default 2), each running this script with its own TF_CONFIG; task 0 writes the outputs.

@@ -9,6 +9,7 @@
 - aliases: which registered version a model URI or the workspace's run means; `champion`, moved only
   by `make promote` (imported from there, by __main__)
 - search: reading runs back for `make compare` (imported from there, so no stage depends on it)
+- server: `make server`'s store, artifact destination and logins (VAEPIPE_SERVER_*)
 - __main__: `python -m vaepipe.tracking ui|server|serve|promote|store` for the Makefile
 """
 
@@ -32,8 +33,10 @@ from vaepipe.tracking.store import (
     EXPERIMENT_NAME,
     TrackingUnavailable,
     artifact_location,
+    check_can_log,
     check_reachable,
     experiment_url,
+    masked_url,
     retry_budget_s,
     run_url,
     tracking_uri,
@@ -42,9 +45,9 @@ from vaepipe.tracking.store import (
 
 __all__ = [
     "EXPERIMENT_NAME", "SWEEP_TAG", "SYSTEM_METRICS_INTERVAL_S",
-    "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_reachable",
+    "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_can_log", "check_reachable",
     "close_abandoned_run", "connect", "end_run", "experiment_url", "log_artifact", "log_metrics",
-    "log_text", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
+    "log_text", "masked_url", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
     "run_description_tags", "run_name", "run_tags", "run_url",
     "start_or_resume_run", "tracking_uri", "ui_base_url",
 ]

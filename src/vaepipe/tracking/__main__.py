@@ -26,7 +26,7 @@ from vaepipe.tracking.store import (
 
 
 def command(argv: list[str] | None = None) -> list[str] | None:
-    """`python -m vaepipe.tracking ui|server|serve|store`: the mlflow command line to exec (None: done)."""
+    """`python -m vaepipe.tracking ui|server|serve|promote|store`: the mlflow command line to exec (None: done)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m vaepipe.tracking",
@@ -42,10 +42,12 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     if args.action == "store":
         print(f"tracking URI: {tracking_uri()}\nartifact location: {artifact_location() or '(the server decides)'}")
         return None
-    if args.action == "server":  # serves the local store, which the stages then reach by MLFLOW_TRACKING_URI
-        print(f">> mlflow server on http://{args.host}:{args.port}: {store}, artifacts in {artifacts}", flush=True)
-        return ["mlflow", "server", "--host", args.host, "--port", str(args.port), "--workers", "1",
-                "--backend-store-uri", store, "--artifacts-destination", str(artifacts)]
+    if args.action == "server":  # the stages then reach it by MLFLOW_TRACKING_URI (tracking/server.py)
+        from vaepipe.tracking.server import server_command
+
+        argv, line = server_command(args.host, args.port)
+        print(line, flush=True)
+        return argv
     if args.action == "serve":
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
         served = served_model(args.model)
@@ -59,7 +61,7 @@ def command(argv: list[str] | None = None) -> list[str] | None:
         print(f">> {REGISTERED_MODEL}@{aliases.CHAMPION}: version {before or 'none'} -> {after} "
               f"(run {run_id}{f', DVC experiment {experiment}' if experiment else ''})")
         return None
-    link = experiment_url(ui_base_url(args.host, args.port), connect())
+    link = experiment_url(ui_base_url(args.host, args.port), connect(write=False))
     if is_http(tracking_uri()):
         print(f">> the store is the server {tracking_uri()}; its runs: {link}")
         return None

@@ -28,11 +28,13 @@ from vaepipe.tracking.store import (
     EXPERIMENT_NAME,
     TrackingUnavailable,
     artifact_location,
+    check_can_log,
     check_reachable,
     is_http,
     retry_budget_s,
     retry_http_errors,
     server_unreachable,
+    shown_uri,
     single_try,
     store_call,
     tracking_uri,
@@ -41,11 +43,16 @@ from vaepipe.tracking.store import (
 TRAIN_RUN_TAG = "vaepipe.train_run_id"  # on a run that evaluate/plot opened for a train run this store lacks
 
 
-def connect() -> str:
-    """Point MLflow at the store and make sure the experiment exists; return its id."""
+def connect(write: bool = True) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id. `write`: the
+    user must be allowed to log runs there (a server with logins), checked before anything is written."""
     uri = tracking_uri()
-    check_reachable(uri)
+    if write:
+        check_can_log()
+    else:
+        check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    uri = shown_uri()
     try:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is not None:
@@ -96,7 +103,7 @@ def start_or_resume_run(run_id: str | None, run_name: str, params: dict[str, Any
             log_prepared_inputs()
         mlflow.set_tags({**tags, **run_description_tags(params)})
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"MLflow store {tracking_uri()}: {(str(error).splitlines() or [''])[0]}") from None
+        raise TrackingError(f"MLflow store {shown_uri()}: {(str(error).splitlines() or [''])[0]}") from None
     return run.info.run_id
 
 
@@ -117,7 +124,7 @@ def _reopen_for_resume(run_id: str):
                 return None
             if time.monotonic() + wait > deadline:
                 raise TrackingError(
-                    f"cannot reopen MLflow run {run_id} in {tracking_uri()} to resume its checkpoint: "
+                    f"cannot reopen MLflow run {run_id} in {shown_uri()} to resume its checkpoint: "
                     f"{(str(error).splitlines() or [''])[0]}; no new run opened (the next `dvc repro` tries again)"
                 ) from None
         time.sleep(wait)
@@ -162,7 +169,7 @@ def end_run(error: BaseException | None) -> None:
                     return  # the stage's one error line already says the server is gone and the run open
                 reason = (str(store_error).splitlines() or [""])[0]
                 message = (f"could not mark MLflow run {run_id} {RunStatus.to_string(status)} in "
-                           f"{tracking_uri()} (store gone or read-only?): {reason}")
+                           f"{shown_uri()} (store gone or read-only?): {reason}")
                 if error is not None:  # keep the stage's own error as the one reported
                     print(f"warning: {message}", file=sys.stderr, flush=True)
                     return
@@ -208,9 +215,9 @@ def _reopen_or_link(train_run_id: str) -> str:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=f"linked to train run {train_run_id}",
                                    tags={TRAIN_RUN_TAG: train_run_id, **run_tags("")})
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"cannot reopen MLflow run {train_run_id} in {tracking_uri()}: "
+        raise TrackingError(f"cannot reopen MLflow run {train_run_id} in {shown_uri()}: "
                             f"{(str(error).splitlines() or [''])[0]}") from None
-    print(f"mlflow: train run {train_run_id} is not in {tracking_uri()}; logging to run {run.info.run_id} "
+    print(f"mlflow: train run {train_run_id} is not in {shown_uri()}; logging to run {run.info.run_id} "
           f"({'opened' if not linked else 'continued'}, tag {TRAIN_RUN_TAG}={train_run_id})",
           file=sys.stderr, flush=True)
     return run.info.run_id
@@ -268,7 +275,7 @@ def log_text(text: str, artifact_file: str) -> None:
 
 
 def print_run_link(run_id: str) -> None:
-    print(f"mlflow: run {run_id} in {tracking_uri()} (experiment {EXPERIMENT_NAME})", file=sys.stderr)
+    print(f"mlflow: run {run_id} in {shown_uri()} (experiment {EXPERIMENT_NAME})", file=sys.stderr)
 
 
 def run_name(params) -> str:

@@ -8,7 +8,7 @@ import mlflow
 
 from vaepipe.errors import TrackingError
 from vaepipe.tracking.details import SWEEP_TAG
-from vaepipe.tracking.store import EXPERIMENT_NAME, check_reachable, local_store_exists, tracking_uri
+from vaepipe.tracking.store import EXPERIMENT_NAME, check_reachable, local_store_exists, shown_uri, tracking_uri
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def search_runs(filter_string: str = "", sweep: str | None = None) -> list[RunRe
             if not token:
                 return records
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"MLflow store {uri}: cannot search runs ({filter_string=}): {error}") from None
+        raise TrackingError(f"MLflow store {shown_uri()}: cannot search runs ({filter_string=}): {error}") from None
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
@@ -62,6 +62,6 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     try:
         history = mlflow.MlflowClient().get_metric_history(run_id, key)
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"MLflow store {tracking_uri()}: metric {key} of run {run_id}: {error}") from None
+        raise TrackingError(f"MLflow store {shown_uri()}: metric {key} of run {run_id}: {error}") from None
     by_step = {m.step: m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
     return sorted(by_step.items())

@@ -71,7 +71,7 @@ def store_call(what: str) -> Iterator[None]:
     naming the store, or for an artifact the server that answered and the status. SQLite writes hold
     Ctrl-C (an interrupted write leaves the database locked); HTTP calls do not, so Ctrl-C during a
     2-minute retry still stops the stage at once."""
-    uri = tracking_uri()
+    uri = shown_uri()
     try:
         with (nullcontext() if is_http(uri) else deferred_signals()):
             yield
@@ -132,7 +132,7 @@ def http_error_line(error: requests.exceptions.HTTPError, what: str) -> str:
     status = f"HTTP {response.status_code} {response.reason or ''}".strip() if response is not None else _first_line(error)
     retried = (response is not None and response.status_code in _TRANSIENT
                and int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) > 0)
-    return (f"MLflow artifact store {_server_of(url) or tracking_uri()} answered {status} while {what}"
+    return (f"MLflow artifact store {_server_of(url) or shown_uri()} answered {status} while {what}"
             + (f" ({retry_budget_s():.0f} s of retries)" if retried else ""))
 
 
@@ -170,21 +170,94 @@ def artifact_location() -> str | None:
     return (main_repo_root() / "mlartifacts").as_uri()
 
 
+def masked_url(url: str) -> str:
+    """The URL with the password of its user:password@ part shown as ***: what messages print."""
+    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+
+
+def shown_uri() -> str:
+    """The tracking URI as messages show it (a password in it masked)."""
+    return masked_url(tracking_uri())
+
+
 def check_reachable(uri: str) -> None:
-    """Raise TrackingError at once if an HTTP tracking server does not answer /health."""
+    """Raise TrackingError at once if an HTTP tracking server does not answer /health, or does not take
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (a server with logins); one try, no retries."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as response:
             if response.status == 200:
+                _check_login(uri)
                 return
             problem = f"HTTP {response.status}"
     except (urllib.error.URLError, OSError) as error:
         problem = str(getattr(error, "reason", error))
     raise TrackingError(
-        f"MLflow tracking server {uri} is unreachable ({problem}); start it (`make server`) "
+        f"MLflow tracking server {masked_url(uri)} is unreachable ({problem}); start it (`make server`) "
         "or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
     )
+
+
+def _user() -> str | None:
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or None
+
+
+def _get(uri: str, endpoint: str, **query: str) -> requests.Response:
+    """One GET to the server with MLflow's own credentials from the environment, no retries."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    return http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=HEALTH_TIMEOUT_S,
+                        params=query or None)
+
+
+def _refused(uri: str, what: str) -> TrackingError:
+    user = _user()
+    who = f"refused user {user!r}" if user else "needs a login (it has MLflow's basic auth)"
+    return TrackingError(f"MLflow server {masked_url(uri)} {who}: {what}")
+
+
+def _check_login(uri: str) -> None:
+    """A server with MLflow's basic auth answers 401 without a login or to a wrong password."""
+    try:
+        response = _get(uri, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT_NAME)
+    except (requests.exceptions.RequestException, mlflow.exceptions.MlflowException) as error:
+        raise TrackingError(f"MLflow tracking server {masked_url(uri)} did not answer a request: "
+                            f"{_first_line(error)}") from None
+    if response.status_code == 401:
+        raise _refused(uri, ("wrong password or no such user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+                             if _user() else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"))
+    if response.status_code == 403:
+        raise _refused(uri, f"needs READ permission on experiment {EXPERIMENT_NAME}")
+
+
+def check_can_log(registered_model: str | None = None) -> None:
+    """check_reachable, then on a server with MLflow's basic auth: the user may write runs to the
+    experiment (EDIT on it) and, for train, new versions of `registered_model`. An experiment or model
+    that does not exist yet is the user's to create. One try each, before the stage does any work."""
+    uri = tracking_uri()
+    if not is_http(uri):
+        return
+    check_reachable(uri)
+    user = _get(uri, "/api/2.0/mlflow/users/current")
+    if user.status_code == 404 or not user.headers.get("Content-Type", "").startswith("application/json"):
+        return  # no basic auth here: anyone who reaches the server may write
+    if user.status_code != 200 or user.json().get("user", {}).get("is_admin"):
+        return
+    name = user.json()["user"]["username"]
+    experiment = _get(uri, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT_NAME)
+    checks = []
+    if experiment.status_code == 200:
+        checks.append(("experiment", experiment.json()["experiment"]["experiment_id"], f"experiment {EXPERIMENT_NAME}"))
+    if registered_model and _get(uri, "/api/2.0/mlflow/registered-models/get", name=registered_model).status_code == 200:
+        checks.append(("registered_model", registered_model, f"registered model {registered_model}"))
+    for resource_type, resource_id, what in checks:
+        answer = _get(uri, "/api/3.0/mlflow/users/permissions/get", username=name, resource_type=resource_type,
+                      resource_id=resource_id)
+        permission = answer.json().get("permission", "?") if answer.status_code == 200 else f"HTTP {answer.status_code}"
+        if permission not in ("EDIT", "MANAGE"):
+            raise _refused(uri, f"needs EDIT permission on {what} (has {permission}); an admin grants it")
 
 
 def local_store() -> tuple[str, Path]:
