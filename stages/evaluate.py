@@ -8,9 +8,12 @@ from vaepipe.process import run_stage
 
 def main() -> None:
     params = load_params()
-    from vaepipe import evaluation, paths, tracking
+    from vaepipe import paths, tracking
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
+    tracking.check_can_log()  # a wrong login or a READ-only user stops here, before TensorFlow loads
+    from vaepipe import evaluation
+
     inputs = evaluation.load_inputs(params)  # a bad input stops here, before the run is touched
     # The run logged into: the train run, or in a store without it (another clone) a run linked to it.
     with tracking.active_run(run_id) as logged_run_id:

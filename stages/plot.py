@@ -6,9 +6,12 @@ from vaepipe.process import run_stage
 
 def main() -> None:
     params = load_params()
-    from vaepipe import paths, plotting, tracking
+    from vaepipe import paths, tracking
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
+    tracking.check_can_log()  # a wrong login or a READ-only user stops here, before TensorFlow loads
+    from vaepipe import plotting
+
     inputs = plotting.load_inputs(params)  # a bad input stops here, before the run is touched
     with tracking.active_run(run_id):
         for png in plotting.draw_all(*inputs):

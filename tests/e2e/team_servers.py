@@ -179,10 +179,10 @@ class TeamServer:
         return env
 
     @contextmanager
-    def as_admin(self) -> Iterator[None]:
-        """In-process MLflow calls in the block go to this server as its admin (MLflow reads the env per call)."""
+    def as_user(self, username: str, password: str) -> Iterator[None]:
+        """In-process MLflow calls in the block go to this server as `username` (MLflow reads the env per call)."""
         saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-        os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=self.admin_password)
+        os.environ.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
         try:
             yield
         finally:
@@ -191,6 +191,10 @@ class TeamServer:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+    def as_admin(self):
+        """as_user with the admin's credentials (MLFLOW_AUTH_ADMIN_USERNAME=admin, a random password)."""
+        return self.as_user(ADMIN, self.admin_password)
 
     def create_user(self, username: str, password: str, experiment_permission: str | None = None,
                     experiment: str = "vaepipe") -> None:

@@ -96,7 +96,7 @@ def _password_to_env(url: str, env: dict[str, str]) -> str:
     if parsed.get_backend_name() != "postgresql" or parsed.password is None:
         return url
     env["PGPASSWORD"] = str(parsed.password)
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
 def auth_database(store: str) -> str:
