@@ -80,7 +80,9 @@ train-multiworker: setup
 bench: setup
 	python bench/run.py
 
-# The store's URI and artifact location come from vaepipe.tracking, as the stages' do.
+# The store's URI and artifact location come from vaepipe.tracking, as the stages' do. SQLite by default;
+# VAEPIPE_SERVER_STORE=postgresql://..., VAEPIPE_SERVER_ARTIFACTS=DIR|URI, VAEPIPE_SERVER_AUTH=basic (admin:
+# MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD), see docs/tracking.md "Team server".
 server: setup
 	python -m vaepipe.tracking server --host $(HOST) --port $(PORT)
 

@@ -4,7 +4,7 @@
     pg = PostgresCluster.started()               # skips (fails under CI=true) without Debian's postgresql
     server = TeamServer(tmp, store=pg.url("mlflow"), artifacts=tmp / "artifacts")
     server.start(); server.wait_healthy()        # ~25-40 s
-    server.create_user("alice", "alice-pw-123", experiment_permission="EDIT")
+    server.create_user("alice", "alice-pw-123", experiment_permission="EDIT", model_permission="EDIT")
     run_stage(repo, "train", **server.client_env("alice", "alice-pw-123"))
     ...
     server.stop(); pg.stop()
@@ -197,17 +197,21 @@ class TeamServer:
         return self.as_user(ADMIN, self.admin_password)
 
     def create_user(self, username: str, password: str, experiment_permission: str | None = None,
-                    experiment: str = "vaepipe") -> None:
-        """A user (the server gives new users READ); with `experiment_permission` (READ, EDIT, MANAGE) granted
-        on `experiment`, which the admin creates first if it does not exist."""
+                    model_permission: str | None = None, experiment: str = "vaepipe") -> None:
+        """A user (the server gives new users READ). `experiment_permission` (READ, EDIT, MANAGE) is granted on
+        `experiment`, which the admin creates first if it does not exist; `model_permission` on every registered
+        model (a wildcard grant: vaepipe-vae may not exist yet). Train needs EDIT on both once vaepipe-vae exists
+        (its creator gets MANAGE on it)."""
         import mlflow
         from mlflow.server import get_app_client
 
         with self.as_admin():
-            get_app_client("basic-auth", tracking_uri=self.base).create_user(username, password)
+            auth = get_app_client("basic-auth", tracking_uri=self.base)
+            auth.create_user(username, password)
             if experiment_permission:
                 client = mlflow.MlflowClient(self.base)
                 found = client.get_experiment_by_name(experiment)
                 experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-                get_app_client("basic-auth", tracking_uri=self.base).grant_user_permission(
-                    username, "experiment", experiment_id, experiment_permission)
+                auth.grant_user_permission(username, "experiment", experiment_id, experiment_permission)
+            if model_permission:
+                auth.grant_user_permission(username, "registered_model", "*", model_permission)

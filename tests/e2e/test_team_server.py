@@ -176,3 +176,16 @@ def test_an_unreachable_store_fails_in_seconds_naming_it_with_the_password_maske
         f"error: MLflow server store postgresql://user:***@127.0.0.1:{closed}/db is unreachable: "), lines
     assert f"s3cret-{closed}" not in result.stdout + result.stderr and "Traceback" not in result.stderr
     assert took < 20, took
+
+
+def test_a_user_who_may_not_add_model_versions_fails_before_training(team, trained, quick, tmp_path):
+    """EDIT on the experiment, READ on vaepipe-vae (alice registered it, so it is hers): train would log
+    the whole run and fail at the very end; it fails before it starts instead."""
+    team.server.create_user("carol", "carol-pw-" + "91c0d2e6", experiment_permission="EDIT")
+    repo = prepared_copy(quick, tmp_path / "repo", {})
+    before = team.runs()
+    result = run_stage(repo, "train", **team.server.client_env("carol", "carol-pw-" + "91c0d2e6"))
+    assert result.returncode == 4 and error_lines(result) == [
+        f"error: MLflow server {team.server.base} refused user 'carol': needs EDIT permission on registered model "
+        "vaepipe-vae (has READ); an admin grants it"], error_lines(result)
+    assert team.runs() == before
