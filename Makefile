@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test test-fast bench server ui serve compare clean train-multiworker clean-checkpoints exp presets tune tune-status
+.PHONY: setup run test test-fast bench server ui serve promote compare clean train-multiworker clean-checkpoints exp presets tune tune-status
 
 setup: $(STAMP)
 
@@ -95,8 +95,15 @@ server: setup
 ui: setup
 	python -m vaepipe.tracking ui --host $(HOST) --port $(PORT)
 
+# The workspace's model (models/mlflow_run_id's registered version) by default; MODEL= any MLflow model URI,
+# e.g. MODEL=models:/vaepipe-vae@champion, models:/vaepipe-vae/7, runs:/<run id>/model. SERVE_PORT= its port.
+SERVE_PORT ?= 5001
 serve: setup
-	python -m vaepipe.tracking serve --host $(HOST) --port 5001
+	python -m vaepipe.tracking serve --host $(HOST) --port $(SERVE_PORT) $(if $(MODEL),--model '$(MODEL)')
+
+# Moves the alias champion of vaepipe-vae to the version of RUN= (an MLflow run id or a DVC experiment name).
+promote: setup
+	python -m vaepipe.tracking promote '$(RUN)'
 
 # reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric
 compare: setup

@@ -6,9 +6,11 @@
 - details: what the UI shows: the experiment's kind, the run's datasets, description and sweep tag
 - model_logging: the pyfunc model (from code, no pickles), its requirements, signature and example
   (imported from there by train's session only: serving.py is train's code, not evaluate's)
+- aliases: which registered version a model URI or the workspace's run means; `champion`, moved only
+  by `make promote` (imported from there, by __main__)
 - search: reading runs back for `make compare` (imported from there, so no stage depends on it)
 - server: `make server`'s store, artifact destination and logins (VAEPIPE_SERVER_*)
-- __main__: `python -m vaepipe.tracking ui|server|serve|store` for the Makefile
+- __main__: `python -m vaepipe.tracking ui|server|serve|promote|store` for the Makefile
 """
 
 from vaepipe.tracking.details import (

@@ -1,15 +1,19 @@
-"""`python -m vaepipe.tracking ui|server|serve|store`: MLflow on the store the stages use (the Makefile's
-ui, server and serve targets), so the two can never disagree."""
+"""`python -m vaepipe.tracking ui|server|serve|promote|store`: MLflow on the store the stages use (the
+Makefile's ui, server, serve and promote targets), so the two can never disagree."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
-from vaepipe.errors import VaepipeError
+from vaepipe import paths
+from vaepipe.errors import ConfigError, VaepipeError
+from vaepipe.experiments import experiment_run_id
+from vaepipe.tracking import aliases
 from vaepipe.tracking.model_logging import REGISTERED_MODEL
-from vaepipe.tracking.runs import connect
+from vaepipe.tracking.runs import connect, read_run_id
 from vaepipe.tracking.store import (
     EXPERIMENT_NAME,
     artifact_location,
@@ -23,12 +27,15 @@ from vaepipe.tracking.store import (
 
 
 def command(argv: list[str] | None = None) -> list[str] | None:
-    """`python -m vaepipe.tracking ui|server|serve|store`: the mlflow command line to exec (None: done)."""
+    """`python -m vaepipe.tracking ui|server|serve|promote|store`: the mlflow command line to exec (None: done)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m vaepipe.tracking",
                                      description="Start MLflow on the store the pipeline's stages use.")
-    parser.add_argument("action", choices=["ui", "server", "serve", "store"])
+    parser.add_argument("action", choices=["ui", "server", "serve", "promote", "store"])
+    parser.add_argument("run", nargs="?", default="",
+                        help="promote: the MLflow run id or DVC experiment name whose model becomes champion")
+    parser.add_argument("--model", default="", help="serve: an MLflow model URI (default: the workspace's model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
@@ -44,10 +51,17 @@ def command(argv: list[str] | None = None) -> list[str] | None:
         return argv
     if args.action == "serve":
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
-        print(f">> serving models:/{REGISTERED_MODEL}/latest from {tracking_uri()} on http://{args.host}:{args.port}",
+        served = served_model(args.model)
+        print(f">> serving {describe(served, args.model)} from {tracking_uri()} on http://{args.host}:{args.port}",
               flush=True)
-        return ["mlflow", "models", "serve", "-m", f"models:/{REGISTERED_MODEL}/latest", "--host", args.host,
+        return ["mlflow", "models", "serve", "-m", served.uri, "--host", args.host,
                 "--port", str(args.port), "--env-manager", "local"]
+    if args.action == "promote":
+        run_id, experiment = run_of(args.run)
+        before, after = aliases.promote(run_id)
+        print(f">> {REGISTERED_MODEL}@{aliases.CHAMPION}: version {before or 'none'} -> {after} "
+              f"(run {run_id}{f', DVC experiment {experiment}' if experiment else ''})")
+        return None
     link = experiment_url(ui_base_url(args.host, args.port), connect(write=False))
     if is_http(tracking_uri()):
         print(f">> the store is the server {masked_url(tracking_uri())}; its runs: {link}")
@@ -56,6 +70,45 @@ def command(argv: list[str] | None = None) -> list[str] | None:
           f"{EXPERIMENT_NAME} in the model-training view:\n{link}", flush=True)
     return ["mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1",
             "--backend-store-uri", store, "--default-artifact-root", artifacts.as_uri()]
+
+
+def served_model(model: str) -> aliases.ServedModel:
+    """MODEL= as given (an MLflow model URI), else the workspace's run's registered version."""
+    if model:
+        return aliases.resolve_model(model)
+    return aliases.workspace_model(read_run_id(paths.RUN_ID_FILE))
+
+
+def describe(served: aliases.ServedModel, model: str) -> str:
+    """`models:/vaepipe-vae/3 (run ..., the workspace's model)`, or MODEL= and what it resolved to."""
+    run = f"run {served.run_id}" if served.run_id else "no MLflow run"
+    if not model:
+        return f"{served.uri} ({run}, the workspace's model)"
+    version = f"version {served.version} of {REGISTERED_MODEL}" if served.version else "not a registered version"
+    return f"{model}" + (f" = {served.uri}" if served.uri != model else "") + f" ({version}, {run})"
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def run_of(value: str) -> tuple[str, str | None]:
+    """RUN= for promote: (the MLflow run id, the DVC experiment name if RUN= was one)."""
+    if not value:
+        raise ConfigError("RUN= is empty: pass an MLflow run id or a DVC experiment name "
+                          "(`dvc exp show` lists them), e.g. make promote RUN=<name>")
+    if RUN_ID.fullmatch(value) and aliases.run_exists(value):
+        return value, None
+    run_id = experiment_run_id(value, paths.repo_root())
+    if run_id is None:
+        tagged = aliases.runs_tagged_with_experiment(value)
+        if len(tagged) > 1:
+            raise ConfigError(f"RUN={value}: {len(tagged)} MLflow runs carry dvc.exp_name={value} "
+                              f"({', '.join(tagged)}); pass one run id")
+        if not tagged:
+            raise ConfigError(f"RUN={value}: no MLflow run has that id and no DVC experiment that name "
+                              "(`dvc exp pull origin NAME` fetches a teammate's)")
+        run_id = tagged[0]
+    return run_id, value
 
 
 if __name__ == "__main__":

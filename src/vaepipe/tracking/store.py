@@ -204,12 +204,18 @@ def _user() -> str | None:
 
 
 def _get(uri: str, endpoint: str, **query: str) -> requests.Response:
-    """One GET to the server with MLflow's own credentials from the environment, no retries."""
+    """One GET to the server with MLflow's own credentials from the environment. With MLflow's retries
+    and request timeout: check_reachable already failed fast on a server that is down, a refusal (401,
+    403) is not retried, and a busy server (two queued experiments starting at once on a loaded machine
+    timed out a 5 s, no-retry check) is waited for. No answer at all: one line."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    return http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=HEALTH_TIMEOUT_S,
-                        params=query or None)
+    try:
+        return http_request(get_default_host_creds(uri), endpoint, "GET", params=query or None)
+    except mlflow.exceptions.MlflowException as error:
+        raise TrackingError(f"MLflow tracking server {masked_url(uri)} did not answer {endpoint} "
+                            f"({retry_budget_s():.0f} s of retries): {_first_line(error)}") from None
 
 
 def _refused(uri: str, what: str) -> TrackingError:

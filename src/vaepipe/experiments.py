@@ -1,0 +1,47 @@
+"""DVC experiments by name, read from git: the MLflow run id an experiment's commit recorded.
+
+DVC keeps each experiment as a commit under refs/exps/<baseline[:2]>/<baseline[2:]>/<name>, also one
+fetched by `dvc exp pull`. models/mlflow_run_id is a `cache: false` output, so it is in that commit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from vaepipe.errors import ConfigError
+
+RUN_ID_PATH = "models/mlflow_run_id"  # in the experiment's commit, relative to the repository root
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    except OSError as error:
+        raise ConfigError(f"git is needed to look up DVC experiments: {error}") from None
+
+
+def experiment_refs(name: str, root: Path) -> list[str]:
+    """The git refs of the DVC experiments called `name` (one per baseline commit that has one)."""
+    listed = _git(root, "for-each-ref", "--format=%(refname)", "refs/exps/")
+    refs = []
+    for ref in listed.stdout.split():
+        parts = ref.split("/")  # refs, exps, ab, cdef..., name (celery/exec/... namespaces have other shapes)
+        if len(parts) == 5 and len(parts[2]) == 2 and len(parts[3]) == 38 and parts[4] == name:
+            refs.append(ref)
+    return refs
+
+
+def experiment_run_id(name: str, root: Path) -> str | None:
+    """The MLflow run id of DVC experiment `name`, None if no experiment has that name here."""
+    refs = experiment_refs(name, root)
+    if not refs:
+        return None
+    if len(refs) > 1:
+        baselines = ", ".join(ref.split("/")[2] + ref.split("/")[3][:5] for ref in refs)
+        raise ConfigError(f"RUN={name}: DVC experiments of that name exist on several baselines ({baselines}); "
+                          "pass the MLflow run id instead")
+    shown = _git(root, "show", f"{refs[0]}:{RUN_ID_PATH}")
+    if shown.returncode != 0 or not shown.stdout.strip():
+        raise ConfigError(f"RUN={name}: DVC experiment {refs[0]} has no {RUN_ID_PATH} (did its train stage run?)")
+    return shown.stdout.strip()
