@@ -34,7 +34,8 @@ def test_a_run_missing_from_the_store_gets_a_new_run(tmp_path, monkeypatch, caps
 
 
 def fake_tracking_server(code: int):
-    """/health, the experiment and its tags as MLflow answers them; runs/get answered `code`."""
+    """/health, the experiment and its tags as MLflow answers them (no basic auth: users/current is 404);
+    runs/get answered `code`."""
     def answer(handler, _body):
         path = handler.path.split("?")[0]
         if path == "/health":
@@ -43,6 +44,8 @@ def fake_tracking_server(code: int):
             experiment = {"experiment_id": "1", "name": tracking.EXPERIMENT_NAME, "lifecycle_stage": "active",
                           "tags": [{"key": key, "value": value} for key, value in tracking.details.EXPERIMENT_TAGS.items()]}
             local_http.respond(handler, 200, json.dumps({"experiment": experiment}).encode(), "application/json")
+        elif path.endswith("/users/current"):  # MLflow without basic auth has no such endpoint
+            local_http.respond(handler, 404, b"<!doctype html><title>404 Not Found</title>", "text/html")
         elif path.endswith("/runs/get"):
             local_http.respond(handler, code, json.dumps({"error_code": "INTERNAL_ERROR", "message": "boom"}).encode(),
                                "application/json")
