@@ -1,0 +1,1 @@
+"""`make tune`: Optuna studies over params.yaml (the only package that talks to Optuna)."""
