@@ -8,7 +8,7 @@ no Optuna object leaves vaepipe.tune. Optuna's drawing style (ggplot) is confine
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.importance import PedAnovaImportanceEvaluator  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 
@@ -84,6 +84,10 @@ def param_importances(study: optuna.Study, names: list[str]):
                                     for p in {p for t in complete for p in t.params}):
         return None
     with _optuna_drawing():
+        if all(direction == optuna.study.StudyDirection.MINIMIZE for direction in study.directions):
+            # Per objective, PED-ANOVA ranks params by how they reach LOW values, and warns in case that
+            # is not meant: with every objective minimised (the search's val_* losses), it is.
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
         evaluator = PedAnovaImportanceEvaluator()
         if len(names) == 1:
             axes = optuna_plots.plot_param_importances(study, evaluator=evaluator, target_name=names[0])
@@ -96,18 +100,17 @@ def param_importances(study: optuna.Study, names: list[str]):
     return axes.figure
 
 
-def pareto_front(study: optuna.Study, target_names: tuple[str, str],
-                 targets: Callable[[FrozenTrial], tuple[float, float]] | None = None):
-    """The completed trials on the plane of `targets` (x, y; default the two objectives), the
+def pareto_front(study: optuna.Study, axis_names: tuple[str, str], points: dict[int, tuple[float, float]]):
+    """The completed trials at `points` (trial number -> (x, y), e.g. the rate-distortion plane), the
     Pareto-optimal ones (Optuna's: non-dominated in the study's objectives) highlighted and joined."""
     with _optuna_drawing():
-        axes = optuna_plots.plot_pareto_front(study, targets=targets, target_names=list(target_names))
-        best = sorted((targets or (lambda trial: tuple(trial.values)))(trial) for trial in study.best_trials)
+        axes = optuna_plots.plot_pareto_front(study, targets=lambda trial: points[trial.number],
+                                              target_names=list(axis_names))
+        best = sorted(points[trial.number] for trial in study.best_trials)
         if len(best) >= 2:
             axes.plot(*zip(*best, strict=True), color=plt.get_cmap("tab10")(3), linewidth=1, alpha=0.7)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            x, y = (targets or (lambda t: tuple(t.values)))(trial)
-            axes.annotate(str(trial.number), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        for number, (x, y) in points.items():
+            axes.annotate(str(number), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
         axes.set_title(f"Pareto front of study {study.study_name} (numbers: trials)")
         axes.figure.set_size_inches(7, 5.5)
     return axes.figure
