@@ -90,7 +90,9 @@ ui: setup
 serve: setup
 	python -m vaepipe.tracking serve --host $(HOST) --port 5001
 
-# reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric
+# reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric;
+# STUDY=name (STORAGE=url): a `make tune` study's runs, its trials table and Optuna's figures
 compare: setup
 	python -m vaepipe.compare --ui-host $(HOST) --ui-port $(PORT) $(if $(SWEEP),--sweep '$(SWEEP)') \
-		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER")
+		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER") \
+		$(if $(STUDY),--study '$(STUDY)') $(if $(STUDY),$(if $(STORAGE),--storage "$$STORAGE"))
