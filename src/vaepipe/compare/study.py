@@ -44,7 +44,11 @@ def study_part(name: str, storage: str | None, rows: list[Row], ui_base: str) ->
     if complete:
         for objective, figure in study_figures.optimization_history(study, names).items():
             figures[f"study_history_{objective}.png"] = png(figure)
-    importances = study_figures.param_importances(study, names)
+    try:
+        importances = study_figures.param_importances(study, names)
+    except (ValueError, RuntimeError) as error:  # an evaluator's refusal of this study: the page goes on
+        print(f"compare: study {name}: no parameter importances ({(str(error).splitlines() or [''])[0]})")
+        importances = None
     if importances is not None:
         figures["study_importances.png"] = png(importances)
     if len(record.directions) > 1 and complete:
