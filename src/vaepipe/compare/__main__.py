@@ -22,7 +22,7 @@ from vaepipe.compare import html
 from vaepipe.compare.figures import draw_all
 from vaepipe.compare.rows import METRICS, VAL_METRICS, Row, build_rows, has_test_metrics, select
 from vaepipe.compare.table import TRAIN_ONLY_COLUMNS, markdown, table
-from vaepipe.errors import ConfigError, TrackingError
+from vaepipe.errors import TrackingError, VaepipeError
 from vaepipe.tracking import search
 
 REPORTS_DIR = paths.ROOT / "reports"
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             from vaepipe.compare.study import study_part  # Optuna's import (~1 s) only for a study
 
             study = study_part(args.study, args.storage, [*rows, *only_rows], ui_base)
-    except (TrackingError, ConfigError) as error:
+    except VaepipeError as error:  # the store's failure (1, as always), or no such study (load_study's error)
         print(f"error: {error}", file=sys.stderr)
-        return error.exit_code if isinstance(error, ConfigError) else 1  # a store's failure: 1, as always
+        return 1 if isinstance(error, TrackingError) else error.exit_code
     summary = (f"{len(rows) + len(only_rows)} FINISHED run(s) of experiment {tracking.EXPERIMENT_NAME} in "
                f"{tracking.tracking_uri()} ({selection}{', last ' + str(args.last) if args.last else ''}): "
                f"{len(rows)} with test metrics, sorted by {args.sort}"
