@@ -105,10 +105,12 @@ serve: setup
 promote: setup
 	python -m vaepipe.tracking promote '$(RUN)'
 
-# reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric
+# reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric;
+# STUDY=name (STORAGE=url): a `make tune` study's runs, its trials table and Optuna's figures
 compare: setup
 	python -m vaepipe.compare --ui-host $(HOST) --ui-port $(PORT) $(if $(SWEEP),--sweep '$(SWEEP)') \
-		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER")
+		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER") \
+		$(if $(STUDY),--study '$(STUDY)') $(if $(STUDY),$(if $(STORAGE),--storage "$$STORAGE"))
 
 # A named preset (presets/<name>.yaml) as a DVC experiment `<preset>-<short hash>`: PRESET=conv, QUEUE=1 to
 # queue it instead, S='train.epochs=5 data.limit=2000' for extra -S overrides (one word each).

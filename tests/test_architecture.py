@@ -90,6 +90,11 @@ def test_only_tracking_talks_to_mlflow():
     assert {name for name in talkers if not name.startswith("vaepipe.tracking")} <= {"vaepipe.serving"}, talkers
 
 
+def test_only_tune_talks_to_optuna():
+    talkers = {module_name(path) for path in PACKAGE.rglob("*.py") if "optuna" in _third_party(path)}
+    assert talkers and all(name.startswith("vaepipe.tune") for name in talkers), talkers
+
+
 def test_prepare_runs_no_tensorflow():
     """prepare imports neither TensorFlow nor Keras, itself or through the package (its start-up stays quick)."""
     script = STAGES / "prepare.py"

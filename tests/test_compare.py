@@ -10,10 +10,20 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.entities import Metric, Param
+from PIL import Image
 
 from vaepipe import tracking
 from vaepipe.compare.__main__ import main
-from vaepipe.compare.figures import beta_lines, numeric_differing
+from vaepipe.compare.figures import (
+    FAINT,
+    HIGHLIGHT,
+    MAX_CURVES,
+    beta_lines,
+    metrics_against,
+    numeric_differing,
+    rate_distortion,
+    validation_curves,
+)
 from vaepipe.compare.rows import METRICS, build_rows
 from vaepipe.compare.table import COLUMNS
 
@@ -26,8 +36,9 @@ class Store:
         self.experiment_id = self.client.create_experiment(tracking.EXPERIMENT_NAME)
 
     def add(self, name: str, params: dict, metrics: dict | None = None, status: str = "FINISHED",
-            curve: list[float] = (), epoch_times: list[float] = (), sweep: str | None = None) -> str:
-        tags = {"dvc.exp_name": f"exp-{name}", **({tracking.SWEEP_TAG: sweep} if sweep else {})}
+            curve: list[float] = (), epoch_times: list[float] = (), sweep: str | None = None,
+            tags: dict | None = None) -> str:
+        tags = {"dvc.exp_name": f"exp-{name}", **({tracking.SWEEP_TAG: sweep} if sweep else {}), **(tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         history = [Metric("val_loss", value, 0, step) for step, value in enumerate(curve, start=1)]
         history += [Metric("epoch_time", value, 0, step) for step, value in enumerate(epoch_times, start=1)]
@@ -188,3 +199,94 @@ def test_bad_arguments_are_refused(capsys):
 
 def test_every_metric_read_back_has_a_column():
     assert set(METRICS) <= set(COLUMNS)
+
+
+# ---------------------------------------------------------------- readable at 30 runs and more
+
+
+def legend_texts(figure) -> list[str]:
+    return [text.get_text() for axes in figure.axes if axes.get_legend() for text in axes.get_legend().get_texts()]
+
+
+def test_legends_name_runs_briefly_and_the_table_carries_their_params(store, tmp_path):
+    """Runs differing in four params: every legend names runs (or a count of them), never the params."""
+    for index in range(12):
+        params = {**BASE, "model.latent_dim": 2 + index % 3, "train.beta": [0.5, 1.0][index % 2],
+                  "train.learning_rate": 0.001 * (1 + index % 4), "train.seed": index}
+        store.add(f"run{index:02d}", params, result(5.0 + index, 150.0 - index), curve=[200 - index, 190 - index])
+    rows = build_rows(tracking.search.search_runs(), "test_loss")
+    names = {f"run{index:02d}" for index in range(12)}
+    for figure in (validation_curves(rows), rate_distortion(rows), metrics_against(rows, "model.latent_dim")):
+        texts = legend_texts(figure)
+        assert texts and not any("=" in text for text in texts), texts
+        assert all(text in names or text.endswith("runs") or " and " in text for text in texts), texts
+    assert main(["--out", str(tmp_path)]) == 0
+    row = read_csv(tmp_path)[0]
+    assert {"model.latent_dim", "train.beta", "train.learning_rate", "train.seed"} <= row.keys()
+
+
+def test_a_param_the_arch_does_not_read_is_blank_and_not_differing(store, tmp_path):
+    tutorial = {**BASE, "model.activation": "relu"}
+    store.add("tut-a", {**tutorial, "model.hidden": "[512]", "model.latent_dim": 2}, result(5.0, 170.0))
+    store.add("tut-b", {**tutorial, "model.hidden": "[256]", "model.activation": "tanh", "model.latent_dim": 3},
+              result(6.0, 160.0))
+    store.add("mlp-a", {**tutorial, "model.arch": "mlp", "model.hidden": "[512]", "model.latent_dim": 2},
+              result(4.0, 150.0))
+    assert main(["--out", str(tmp_path / "a")]) == 0
+    rows = read_csv(tmp_path / "a")
+    # hidden and activation differ only between tutorial runs, which do not read them.
+    assert "model.hidden" not in rows[0] and "model.activation" not in rows[0], rows[0].keys()
+    assert "model.arch" in rows[0] and "model.latent_dim" in rows[0]
+
+    store.add("mlp-b", {**tutorial, "model.arch": "mlp", "model.hidden": "[1024]", "model.latent_dim": 2},
+              result(3.0, 140.0))
+    assert main(["--out", str(tmp_path / "b")]) == 0
+    hidden = {row["run"]: row["model.hidden"] for row in read_csv(tmp_path / "b")}
+    assert hidden == {"tut-a": "", "tut-b": "", "mlp-a": "[512]", "mlp-b": "[1024]"}
+
+
+def test_runs_without_test_metrics_are_listed_apart_from_the_ranked_table(store, tmp_path, capsys):
+    store.add("full-a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0), curve=[190, 180])
+    store.add("full-b", {**BASE, "model.latent_dim": 4}, result(9.0, 140.0), curve=[170, 160])
+    # Train-only: better validation numbers than either full run, but no test metrics to rank by.
+    store.add("train-only", {**BASE, "model.latent_dim": 8, "train.epochs": 5},
+              {"val_recon": 110.0, "val_kl": 10.0}, curve=[150, 130, 120, 121, 122])
+    store.add("trial-3", {**BASE, "model.latent_dim": 16}, {"val_recon": 100.0, "val_kl": 25.0},
+              curve=[140, 125], tags={"vaepipe.study": "s", "vaepipe.trial": "3", "vaepipe.pruned": "true"})
+    out = tmp_path / "reports"
+    assert main(["--out", str(out)]) == 0
+    assert [row["run"] for row in read_csv(out)] == ["full-b", "full-a"]
+    with (out / "compare_train_only.csv").open() as handle:
+        apart = list(csv.DictReader(handle))
+    assert [row["run"] for row in apart] == ["train-only", "trial-3"]  # by val_loss
+    assert apart[0]["best_val_loss"] == "120" and apart[0]["val_loss"] == "122"
+    assert apart[1]["trial"] == "3" and apart[1]["pruned"] == "pruned"
+    assert "test_loss" not in apart[0] and apart[0]["model.latent_dim"] == "8" and apart[0]["train.epochs"] == "5"
+    md = (out / "compare.md").read_text()
+    ranked, _, rest = md.partition("## Train-only runs")
+    assert "| full-a |" in ranked and "| train-only |" not in ranked and "| train-only |" in rest
+    page = (out / "compare.html").read_text()
+    assert page.count("<table>") == 2
+    assert page.index("full-b") < page.index("Train-only runs") < page.index("trial-3")
+    assert "2 train-only run(s)" in capsys.readouterr().out
+    # The curves figure still draws all four runs.
+    assert Image.open(out / "val_loss_curves.png").text["Description"] == "points=11"
+
+
+def test_more_than_ten_curves_highlight_the_five_best_and_draw_the_rest_faint(store):
+    lowest = {f"r{index:02d}": 100.0 + 7 * ((index * 5) % 14) for index in range(14)}  # 14 distinct minima
+    for name, low in lowest.items():
+        store.add(name, {**BASE, "train.seed": int(name[1:])}, result(1.0, 2.0), curve=[low + 30, low, low + 1])
+    rows = build_rows(tracking.search.search_runs(), "test_loss")
+    figure = validation_curves(rows)
+    lines = figure.axes[0].get_lines()
+    best = sorted(lowest, key=lowest.get)[:HIGHLIGHT]
+    bright = [line for line in lines if line.get_alpha() is None]
+    faint = [line for line in lines if line.get_alpha() == FAINT["alpha"]]
+    assert sorted(line.get_label() for line in bright) == sorted(best)
+    assert len(faint) == 14 - HIGHLIGHT and len(bright) + len(faint) == 14
+    assert legend_texts(figure) == [f"{14 - HIGHLIGHT} other runs", *[n for n in sorted(best, key=lowest.get)]]
+    assert "5 lowest of 14 runs highlighted" in figure.axes[0].get_title()
+    # At MAX_CURVES runs or fewer, every curve is drawn in colour with its own legend line.
+    few = validation_curves(rows[:MAX_CURVES])
+    assert all(line.get_alpha() is None for line in few.axes[0].get_lines()) and len(legend_texts(few)) == MAX_CURVES

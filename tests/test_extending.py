@@ -9,8 +9,10 @@ import sys
 import typing
 from pathlib import Path
 
+import pytest
+
 from vaepipe.architectures import ARCHITECTURES
-from vaepipe.config import ModelParams
+from vaepipe.config import ARCH_ONLY_PARAMS, ModelParams, param_applies
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaepipe"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -56,3 +58,26 @@ def test_the_documented_recipe_adds_a_working_architecture(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [float(v) for v in result.stdout.split("losses")[1].strip(" []\n").split(",")]
     assert len(losses) == 2 and losses[1] < losses[0]  # it trains
+
+
+CHANGED = {"model.hidden": [7], "model.activation": "tanh", "model.conv_filters": [4, 8], "model.conv_dense": 3}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_arch_only_params_are_the_ones_each_architecture_reads(arch):
+    """config.ARCH_ONLY_PARAMS (what `make compare` blanks) against the builders: changing a param changes
+    the built layers exactly where it applies."""
+    import keras
+
+    def layers_of(params: ModelParams) -> list[tuple]:
+        encoder, decoder = ARCHITECTURES[arch]
+        image, z = keras.Input((784,)), keras.Input((params.latent_dim,))
+        model = keras.Model([image, z], [encoder(params, image), decoder(params, z)])
+        return [(type(layer).__name__, *(layer.get_config().get(key) for key in ("units", "filters", "activation")))
+                for layer in model.layers]
+
+    assert set(CHANGED) == set(ARCH_ONLY_PARAMS)
+    default = layers_of(ModelParams(arch=arch))
+    for name, value in CHANGED.items():
+        changed = layers_of(ModelParams(arch=arch, **{name.split(".")[1]: value}))
+        assert (changed != default) == param_applies(name, arch), (arch, name)

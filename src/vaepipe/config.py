@@ -60,6 +60,15 @@ class DataParams(_Section):
 
 
 RENAMED_ARCHS = {"seed": "tutorial"}  # an old value -> its name now, refused with that name
+# The model params that only some architectures read (the rest of `model.*` applies to all): a run of
+# another arch ignores them, so `make compare` shows them blank there and never counts them as differing.
+ARCH_ONLY_PARAMS = {"model.hidden": ("mlp",), "model.activation": ("mlp",),
+                    "model.conv_filters": ("conv",), "model.conv_dense": ("conv",)}
+
+
+def param_applies(name: str, arch: str | None) -> bool:
+    """Whether dotted param `name` affects a model of architecture `arch` (None: unknown, so it may)."""
+    return arch is None or arch in ARCH_ONLY_PARAMS.get(name, (arch,))
 
 
 class ModelParams(_Section):

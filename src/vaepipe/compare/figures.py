@@ -1,5 +1,9 @@
 """The figures of `make compare`, as PNG bytes: validation-loss curves, the rate-distortion plane, and the
-main metrics against each numeric param that differs. A figure that needs two runs is left out with one."""
+main metrics against each numeric param that differs. A figure that needs two runs is left out with one.
+
+Readable with many runs: legends name runs briefly (Row.label: the run name or the trial number; the
+tables carry the params), and of more than MAX_CURVES curves the HIGHLIGHT best are drawn in colour,
+the others faint."""
 
 from __future__ import annotations
 
@@ -15,17 +19,22 @@ from vaepipe.compare.rows import Row
 BETA = "train.beta"
 PARAM_METRICS = ("test_loss", "test_nll_iw", "test_kl", "knn_accuracy")
 MAX_LEGEND = 25  # more lines than this: no legend (it would cover the plot)
+MAX_CURVES = 10  # more curves than this: only the HIGHLIGHT best in colour, the rest faint
+HIGHLIGHT = 5
+FAINT = {"color": "0.6", "alpha": 0.35, "linewidth": 0.8}
+MAX_LABEL_PARAMS = 2  # a legend names the params of a group of runs only when at most this many differ
 
 
-def draw_all(rows: list[Row]) -> dict[str, bytes]:
+def draw_all(rows: list[Row], train_only: list[Row] = ()) -> dict[str, bytes]:
+    """The figures of the ranked runs (`rows`, with test metrics); the curves include the train-only runs."""
     figures = {}
-    if any(row.curve for row in rows):
-        figures["val_loss_curves.png"] = _png(validation_curves(rows))
+    if any(row.curve for row in (*rows, *train_only)):
+        figures["val_loss_curves.png"] = png(validation_curves([*rows, *train_only]))
     points = [row for row in rows if {"test_kl", "test_recon"} <= row.metrics.keys()]
     if len(points) >= 2:
-        figures["rate_distortion.png"] = _png(rate_distortion(points))
+        figures["rate_distortion.png"] = png(rate_distortion(points))
     for name in numeric_differing(rows):
-        figures[f"metrics_vs_{name}.png"] = _png(metrics_against(rows, name))
+        figures[f"metrics_vs_{name}.png"] = png(metrics_against(rows, name))
     return figures
 
 
@@ -48,14 +57,30 @@ def beta_lines(rows: list[Row]) -> list[list[Row]]:
             for group in groups.values() if len(group) >= 2]
 
 
+def best_curves(rows: list[Row]) -> list[Row]:
+    """The runs whose curves stand out: all of them up to MAX_CURVES, else the HIGHLIGHT lowest val_loss."""
+    drawn = [row for row in rows if row.curve]
+    if len(drawn) <= MAX_CURVES:
+        return drawn
+    return sorted(drawn, key=lambda row: min(value for _, value in row.curve))[:HIGHLIGHT]
+
+
 def validation_curves(rows: list[Row]):
     figure, axes = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        if row.curve:
-            steps, values = zip(*row.curve, strict=True)
-            axes.plot(steps, values, marker="." if len(steps) < 30 else None, label=row.label)
-    axes.set(xlabel="epoch", ylabel="val_loss (negative ELBO, nats)", title="validation loss per epoch")
-    _legend(axes, rows)
+    drawn = [row for row in rows if row.curve]
+    best = best_curves(drawn)
+    faint = [row for row in drawn if all(row is not other for other in best)]
+    for index, row in enumerate(faint):
+        steps, values = zip(*row.curve, strict=True)
+        axes.plot(steps, values, **FAINT, label=f"{len(faint)} other runs" if index == 0 else "_nolegend_")
+    for row in best:
+        steps, values = zip(*row.curve, strict=True)
+        axes.plot(steps, values, marker="." if len(steps) < 30 else None, label=row.label)
+    title = "validation loss per epoch"
+    if faint:
+        title += f" ({len(best)} lowest of {len(drawn)} runs highlighted)"
+    axes.set(xlabel="epoch", ylabel="val_loss (negative ELBO, nats)", title=title)
+    _legend(axes, best)
     return figure
 
 
@@ -64,7 +89,7 @@ def rate_distortion(rows: list[Row]):
     lines = beta_lines(rows)
     joined = {id(row) for line in lines for row in line}
     for line in lines:
-        others = ", ".join(f"{k}={v}" for k, v in line[0].differing.items() if k != BETA) or "beta"
+        others = _group_label(line, exclude=BETA)
         axes.plot([r.metrics["test_kl"] for r in line], [r.metrics["test_recon"] for r in line], marker="o", label=others)
         for row in line:
             axes.annotate(f"β={row.run.params.get(BETA, '?')}", (row.metrics["test_kl"], row.metrics["test_recon"]),
@@ -81,23 +106,36 @@ def rate_distortion(rows: list[Row]):
 def metrics_against(rows: list[Row], name: str):
     """PARAM_METRICS against param `name`, one line per combination of the other differing params."""
     figure, grid = plt.subplots(2, 2, figsize=(10, 7.5))
-    groups: dict[str, list[Row]] = {}
+    groups: dict[tuple, list[Row]] = {}
     for row in rows:
-        label = ", ".join(f"{k}={v}" for k, v in row.differing.items() if k != name) or "all runs"
-        groups.setdefault(label, []).append(row)
+        groups.setdefault(tuple((k, v) for k, v in row.differing.items() if k != name), []).append(row)
+    # A run alone in its group draws no line: such runs share one series, so the legend stays short.
+    lines = {_group_label(group, exclude=name): group for group in groups.values() if len(group) >= 2}
+    single = [row for group in groups.values() if len(group) == 1 for row in group]
+    if single:
+        lines["other runs" if lines else "runs"] = single
     xs = [_float(row.differing[name]) for row in rows]
     for axes, metric in zip(grid.flat, PARAM_METRICS, strict=True):
-        for label, group in groups.items():
+        for label, group in lines.items():
             points = sorted((_float(r.differing[name]), r.metrics[metric]) for r in group if metric in r.metrics)
             if points:
-                axes.plot(*zip(*points, strict=True), marker="o", label=label)
+                style = {"linestyle": "none"} if group is single else {}
+                axes.plot(*zip(*points, strict=True), marker="o", label=label, **style)
         if min(xs) > 0 and max(xs) / min(xs) >= 8:  # latent sizes 2..64 read better on a log axis
             axes.set_xscale("log", base=2)
         axes.set(xlabel=name, ylabel=metric)
-    _legend(grid.flat[0], groups)
+    _legend(grid.flat[0], lines)
     figure.suptitle(f"metrics against {name}")
     figure.tight_layout()
     return figure
+
+
+def _group_label(group: list[Row], exclude: str) -> str:
+    """A group of runs that differ only in `exclude`: its other params when few differ, else its runs."""
+    others = [(k, v) for k, v in group[0].differing.items() if k != exclude]
+    if len(others) <= MAX_LABEL_PARAMS:
+        return ", ".join(f"{k}={v}" for k, v in others) or "all runs"
+    return f"{group[0].label} and {len(group) - 1} more" if len(group) > 1 else group[0].label
 
 
 def _legend(axes, lines) -> None:
@@ -112,9 +150,11 @@ def _float(text: str) -> float | None:
         return None
 
 
-def _png(figure) -> bytes:
-    """The figure as PNG; its Description text chunk counts the data points drawn (what tests read back)."""
+def png(figure) -> bytes:
+    """The figure as PNG; its Description text chunk counts the data points drawn, lines' and scatters'
+    (what tests read back)."""
     points = sum(len(line.get_xdata()) for axes in figure.axes for line in axes.get_lines())
+    points += sum(len(c.get_offsets()) for axes in figure.axes for c in axes.collections if hasattr(c, "get_offsets"))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Description": f"points={points}"})
     plt.close(figure)

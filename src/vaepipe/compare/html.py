@@ -4,25 +4,49 @@ as data: URIs, nothing fetched), each run's name linked to its page in the MLflo
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from html import escape
 
 from vaepipe import tracking
 from vaepipe.compare.rows import Row
 
 
-def page(header: list[str], cells: list[list[str]], rows: list[Row], figures: dict[str, bytes],
-         ui_base: str, summary: str) -> str:
-    """The table (`header`, `cells`, one line per row of `rows`), then the figures (name: PNG bytes)."""
+@dataclass
+class Table:
+    """One table of the page: a heading (None: the first, ranked table), its cells, and links per row
+    (column index -> URL)."""
 
-    def cell(index: int, row_index: int, text: str) -> str:
-        if index == 0:
-            run = rows[row_index].run
-            return f'<td><a href="{escape(tracking.run_url(ui_base, run.experiment_id, run.run_id))}">' \
-                   f"{escape(text)}</a></td>"
+    title: str | None
+    header: list[str]
+    cells: list[list[str]]
+    links: list[dict[int, str]]
+    note: str = ""
+
+
+def run_links(rows: list[Row], ui_base: str) -> list[dict[int, str]]:
+    """Each row's first cell (the run's name) linked to the run's page in the MLflow UI."""
+    return [{0: tracking.run_url(ui_base, row.run.experiment_id, row.run.run_id)} for row in rows]
+
+
+def _table(table: Table) -> str:
+    def cell(index: int, text: str, links: dict[int, str]) -> str:
+        if index in links and text:
+            return f'<td><a href="{escape(links[index])}">{escape(text)}</a></td>'
         return f"<td>{escape(text)}</td>"
 
-    body = "\n".join("<tr>" + "".join(cell(i, r, text) for i, text in enumerate(row)) + "</tr>"
-                     for r, row in enumerate(cells))
+    body = "\n".join("<tr>" + "".join(cell(i, text, links) for i, text in enumerate(row)) + "</tr>"
+                     for row, links in zip(table.cells, table.links, strict=True))
+    heading = f"<h2>{escape(table.title)}</h2>" if table.title else ""
+    note = f"<p>{escape(table.note)}</p>" if table.note else ""
+    return f"""{heading}{note}
+<table><thead><tr>{"".join(f"<th>{escape(name)}</th>" for name in table.header)}</tr></thead>
+<tbody>
+{body}
+</tbody></table>"""
+
+
+def page(runs: int, summary: str, tables: list[Table], figures: dict[str, bytes]) -> str:
+    """The tables, then the figures (name: PNG bytes)."""
     images = "\n".join(
         f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{escape(name)}</figcaption></figure>" for name, png in figures.items())
@@ -31,11 +55,8 @@ def page(header: list[str], cells: list[list[str]], rows: list[Row], figures: di
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
 img{{max-width:100%}} figure{{margin:1em 0}}</style></head>
-<body><h1>vaepipe: {len(rows)} finished run(s)</h1><p>{escape(summary)}</p>
-<table><thead><tr>{"".join(f"<th>{escape(name)}</th>" for name in header)}</tr></thead>
-<tbody>
-{body}
-</tbody></table>
+<body><h1>vaepipe: {runs} finished run(s)</h1><p>{escape(summary)}</p>
+{"".join(_table(table) for table in tables)}
 {images}
 </body></html>
 """

@@ -1,5 +1,5 @@
 """`make compare`'s data: the finished runs (read back by vaepipe.tracking.search), the params that differ
-between them, one row per run."""
+between them, one row per run; runs with test metrics apart from the train-only ones (trials)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from vaepipe.tracking.search import RunRecord, metric_history
+from vaepipe.config import param_applies
+from vaepipe.tracking.search import FINAL_TAG, PRUNED_TAG, TRIAL_TAG, RunRecord, metric_history
 
 METRICS = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "active_units", "knn_accuracy")
+VAL_METRICS = ("val_loss", "best_val_loss", "val_recon", "val_kl")  # the last epoch's, and the lowest val_loss
 IW_PARAM = "evaluate.iw_samples"
+ARCH_PARAM = "model.arch"
 EPOCH_CURVE = "val_loss"  # per-epoch validation loss (step = epoch)
 EPOCH_TIME = "epoch_time"
 
 
 @dataclass
 class Row:
-    """One run's line of the table."""
+    """One run's line of a table."""
 
     run: RunRecord
     differing: dict[str, str]
@@ -27,15 +30,45 @@ class Row:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
+    def trial(self) -> str | None:
+        """The study trial's number the run trained (or, for a final run, replays)."""
+        return self.run.tags.get(TRIAL_TAG)
+
+    @property
+    def final(self) -> bool:
+        return self.run.tags.get(FINAL_TAG) == "true"
+
+    @property
+    def pruned(self) -> bool:
+        return self.run.tags.get(PRUNED_TAG) == "true"
+
+    @property
     def label(self) -> str:
-        """The run's differing params (its run name when nothing differs)."""
-        return ", ".join(f"{key}={value}" for key, value in self.differing.items()) or self.run.name
+        """What a legend calls the run: its trial's number, else its run name (the params are in the table)."""
+        if self.trial is None:
+            return self.run.name
+        return f"trial {self.trial}" + (" (final)" if self.final else "")
+
+
+def has_test_metrics(run: RunRecord) -> bool:
+    """Whether the run went through evaluate (a full run), not only train (a trial, a train-only run)."""
+    return any(key.startswith("test_") for key in run.metrics)
+
+
+def shown_params(run: RunRecord) -> dict[str, str]:
+    """The run's params, those its architecture does not read (model.hidden of a tutorial run) left out."""
+    arch = run.params.get(ARCH_PARAM)
+    return {name: value for name, value in run.params.items() if param_applies(name, arch)}
 
 
 def differing_params(runs: list[RunRecord]) -> list[str]:
-    """The param names whose value is not the same in every run (a param a run lacks counts as a value)."""
-    names = sorted({name for run in runs for name in run.params})
-    return [name for name in names if len({run.params.get(name) for run in runs}) > 1]
+    """The param names whose value is not the same in every run the param applies to (a param a run
+    lacks counts as a value; one its architecture does not read does not)."""
+    shown = [shown_params(run) for run in runs]
+    names = sorted({name for params in shown for name in params})
+    return [name for name in names
+            if len({params.get(name) for run, params in zip(runs, shown, strict=True)
+                    if param_applies(name, run.params.get(ARCH_PARAM))}) > 1]
 
 
 def select(runs: list[RunRecord], last: int | None) -> tuple[list[RunRecord], dict[str, int]]:
@@ -49,16 +82,20 @@ def select(runs: list[RunRecord], last: int | None) -> tuple[list[RunRecord], di
 
 
 def build_rows(runs: list[RunRecord], sort_by: str) -> list[Row]:
-    """The table's rows, sorted by `sort_by` (ascending; runs lacking it last), with epoch curves and times."""
+    """The table's rows, sorted by `sort_by` (ascending; runs lacking it last), with epoch curves and times;
+    a param is blank in a run whose architecture does not read it."""
     names = differing_params(runs)
     rows = []
     for run in runs:
         times = [value for _, value in metric_history(run.run_id, EPOCH_TIME)]
-        rows.append(Row(run, {name: run.params.get(name, "") for name in names},
-                        {key: run.metrics[key] for key in METRICS if key in run.metrics},
+        curve = metric_history(run.run_id, EPOCH_CURVE)
+        shown = shown_params(run)
+        metrics = {key: run.metrics[key] for key in (*METRICS, *VAL_METRICS) if key in run.metrics}
+        if curve:
+            metrics["best_val_loss"] = min(value for _, value in curve)
+        rows.append(Row(run, {name: shown.get(name, "") for name in names}, metrics,
                         epochs=len(times) or _int_or_none(run.params.get("train.epochs")),
-                        median_epoch_s=statistics.median(times) if times else None,
-                        curve=metric_history(run.run_id, EPOCH_CURVE)))
+                        median_epoch_s=statistics.median(times) if times else None, curve=curve))
     return sorted(rows, key=lambda row: _sort_key(row, sort_by))
 
 

@@ -1,23 +1,31 @@
-"""The table of `make compare`: its columns, from one list, and each run's cells as text; as markdown."""
+"""The tables of `make compare`: their columns, each from one list, and each run's cells as text; as markdown.
+The ranked table holds the runs with test metrics; the train-only one the runs without (trials)."""
 
 from __future__ import annotations
 
 import math
 
-from vaepipe.compare.rows import IW_PARAM, METRICS, Row
+from vaepipe.compare.rows import IW_PARAM, METRICS, VAL_METRICS, Row
+from vaepipe.tracking.search import DVC_EXPERIMENT_TAG
 
 DIFFERING = "differing params"  # stands in COLUMNS for one column per param that differs, named by the param
 
 # Every column of the table, in order. A metric of rows.METRICS is shown where its name stands here.
-COLUMNS = ("run", "dvc_experiment", DIFFERING, "test_loss", "test_recon", "test_kl", "test_nll_iw", "iw_k",
+COLUMNS = ("run", "dvc_experiment", "trial", DIFFERING, "test_loss", "test_recon", "test_kl", "test_nll_iw", "iw_k",
            "active_units", "knn_accuracy", "epochs", "median_s_per_epoch")
+# The runs without test metrics (train-only runs, a study's trials): their validation numbers.
+TRAIN_ONLY_COLUMNS = ("run", "dvc_experiment", "trial", "pruned", DIFFERING, *VAL_METRICS, "epochs",
+                      "median_s_per_epoch")
+OPTIONAL = ("trial", "pruned")  # left out of a table where every run's cell is blank (no study)
 
 
-def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[Row], columns: tuple[str, ...] = COLUMNS) -> tuple[list[str], list[list[str]]]:
     """Header and cells (blank where a run lacks a value)."""
+    kept = [column for column in columns
+            if column not in OPTIONAL or any(cell for row in rows for cell in _cells(row, column))]
     differing = list(rows[0].differing) if rows else []
-    header = [name for column in COLUMNS for name in (differing if column == DIFFERING else [column])]
-    cells = [[cell for column in COLUMNS for cell in _cells(row, column)] for row in rows]
+    header = [name for column in kept for name in (differing if column == DIFFERING else [column])]
+    cells = [[cell for column in kept for cell in _cells(row, column)] for row in rows]
     return header, cells
 
 
@@ -25,23 +33,27 @@ def _cells(row: Row, column: str) -> list[str]:
     """The row's cells under `column`: one per differing param under DIFFERING, else one."""
     if column == DIFFERING:
         return list(row.differing.values())
-    if column in METRICS:
-        return [_number(row.metrics.get(column))]
+    if column in METRICS or column in VAL_METRICS:
+        return [number(row.metrics.get(column))]
     match column:
         case "run":
             return [row.run.name]
         case "dvc_experiment":
-            return [row.run.tags.get("dvc.exp_name", "")]
+            return [row.run.tags.get("dvc.exp_name") or row.run.tags.get(DVC_EXPERIMENT_TAG, "")]
+        case "trial":
+            return [(row.trial or "") + (" final" if row.final else "")]
+        case "pruned":
+            return ["pruned" if row.pruned else ""]
         case "iw_k":
             return [row.run.params.get(IW_PARAM, "")]
         case "epochs":
-            return [_number(row.epochs)]
+            return [number(row.epochs)]
         case "median_s_per_epoch":
-            return [_number(row.median_epoch_s, digits=2)]
+            return [number(row.median_epoch_s, digits=2)]
     raise ValueError(f"compare: no cell for column {column!r}")
 
 
-def _number(value: float | int | None, digits: int = 4) -> str:
+def number(value: float | int | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, int) or float(value).is_integer():

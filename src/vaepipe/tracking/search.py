@@ -26,18 +26,26 @@ class RunRecord:
 
 
 SEARCH_PAGE_SIZE = 100  # MLflow pages search results; every page is read
+# The search contract's tags (`make tune`): a trial's run, and the full runs of chosen trials (final).
+STUDY_TAG = "vaepipe.study"
+TRIAL_TAG = "vaepipe.trial"
+DVC_EXPERIMENT_TAG = "vaepipe.dvc_experiment"
+PRUNED_TAG = "vaepipe.pruned"
+FINAL_TAG = "vaepipe.final"
 
 
-def search_runs(filter_string: str = "", sweep: str | None = None) -> list[RunRecord]:
-    """Every active run of the experiment matching `filter_string` (MLflow's search syntax) and the
-    sweep, newest first, whatever its status; all pages of the search are read."""
+def search_runs(filter_string: str = "", sweep: str | None = None, study: str | None = None) -> list[RunRecord]:
+    """Every active run of the experiment matching `filter_string` (MLflow's search syntax), the sweep
+    and the study (its trials' runs and its final runs), newest first, whatever its status; all pages
+    of the search are read."""
     if not local_store_exists():
         return []
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    clauses = [clause for clause in (filter_string.strip(), sweep and f"tags.`{SWEEP_TAG}` = '{sweep}'") if clause]
+    clauses = [clause for clause in (filter_string.strip(), sweep and f"tags.`{SWEEP_TAG}` = '{sweep}'",
+                                     study and f"tags.`{STUDY_TAG}` = '{study}'") if clause]
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
