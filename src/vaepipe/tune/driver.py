@@ -96,7 +96,7 @@ def fail_abandoned(study: optuna.Study) -> None:
         attrs = trial.user_attrs
         pid = attrs.get("driver_pid")
         if attrs.get("driver_host") == host and isinstance(pid, int) and not _alive(pid):
-            study._storage.set_trial_user_attr(trial._trial_id, "abandoned", True)
+            optuna.trial.Trial(study, trial._trial_id).set_user_attr("abandoned", True)  # public API on a RUNNING trial
             study.tell(trial.number, state=TrialState.FAIL)
             say(f"trial {trial.number} was left RUNNING by a `make tune` that is gone (pid {pid}): told FAIL")
 
