@@ -19,7 +19,7 @@ BAD_PARAMS = [
     ("train", "epochs", 0, ["train.epochs", "0"]),
     ("train", "batch_size", -1, ["train.batch_size", "-1"]),
     ("train", "learning_rate", 0.0, ["train.learning_rate", "greater than 0"]),
-    ("train", "learning_rate", "1e-3", ["train.learning_rate", "1e-3", "decimal point"]),
+    ("train", "learning_rate", "1e-3", ["train.learning_rate", "1e-3", "without quotes"]),
     ("train", "beta", -0.1, ["train.beta", "-0.1"]),
     ("train", "seed", True, ["train.seed", "True", "integer"]),
     ("train", "jit_compile", "yes", ["train.jit_compile", "yes", "auto, true or false"]),

@@ -58,7 +58,7 @@ BAD = [
     ({"space": {"model.latent_dim": {"int": [0, 8]}}}, ["space model.latent_dim = 0", "greater than or equal to 1"]),
     ({"space": {"model.latent_dim": {"int": [8, 2]}}}, ["space model.latent_dim", "low must be below high"]),
     ({"space": {"model.latent_dim": {"float": [2.0, 8.0]}}}, ["model.latent_dim", "integer"]),
-    ({"space": {"train.learning_rate": {"float": ["1e-4", 0.01]}}}, ["train.learning_rate", "decimal point"]),
+    ({"space": {"train.learning_rate": {"float": ["1e-4", 0.01]}}}, ["train.learning_rate", "without quotes"]),
     ({"space": {"train.learning_rate": {"float": [0.0, 0.01], "log": True}}}, ["log: true", "above 0"]),
     ({"space": {"model.activation": {"choice": ["relu", "swish"]}}}, ["space model.activation = swish", "'relu'"]),
     ({"space": {"model.activation": {"choices": ["relu"]}}}, ["space model.activation", "exactly one of"]),

@@ -164,6 +164,19 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Floats)  # noqa: S506  (a SafeLoader subclass)
 
 
+def read_yaml_file(path: Path, what: str, hint: str = "", shown_as: str | None = None) -> Any:
+    """A YAML file read as read_yaml reads text; ConfigError naming the file (as `shown_as`, default its
+    path) if it is missing (`what` and `hint` say which file it should be and how to name another) or is not
+    valid YAML."""
+    name = shown_as or path
+    try:
+        return read_yaml(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: {what} not found{f' ({hint})' if hint else ''}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{name}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
 def _looks_numeric(text: str) -> bool:
     try:
         float(text)
@@ -180,8 +193,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against params.yaml's documented keys)"
         value = item["input"]
-        if isinstance(value, str) and "e" in value.lower() and _looks_numeric(value):
-            message += f" (YAML read {value} as text: write it with a decimal point, e.g. 1.0e-3)"
+        if isinstance(value, str) and _looks_numeric(value):
+            message += " (it is quoted, so YAML reads it as text: write it as a number, without quotes)"
         lines.append(f"{source}: {key} = {value!r}: {message}")
     return "\n".join(lines)
 
@@ -208,13 +221,7 @@ def load_params(path: Path | None = None) -> Params:
     from vaepipe.paths import PARAMS_FILE
 
     path = path or PARAMS_FILE
-    try:
-        raw = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(raw, source=path.name)
+    return parse_params(read_yaml_file(path, "params file"), source=path.name)
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -257,13 +264,7 @@ def raw_params(path: Path | None = None) -> dict[str, Any]:
     """params.yaml as a nested mapping, unvalidated (the base that presets and search files override)."""
     from vaepipe.paths import PARAMS_FILE
 
-    path = path or PARAMS_FILE
-    try:
-        raw = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    raw = read_yaml_file(path or PARAMS_FILE, "params file")
     return raw if isinstance(raw, dict) else {}
 
 

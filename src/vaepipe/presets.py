@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from vaepipe import paths
-from vaepipe.config import flatten, merge_overrides, nest, parse_partial, raw_params, read_yaml
+from vaepipe.config import flatten, merge_overrides, nest, parse_partial, raw_params, read_yaml, read_yaml_file
 from vaepipe.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,48}$"
@@ -45,11 +45,7 @@ def load_preset(name: str) -> dict[str, Any]:
     source = f"presets/{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"preset {name!r}: no file {source}; the presets are: {', '.join(preset_names()) or 'none'}")
-    try:
-        raw = read_yaml(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
-    raw = raw or {}
+    raw = read_yaml_file(path, "preset file", shown_as=source) or {}
     if isinstance(raw, dict) and "tune" in raw:
         raise ConfigError(f"{source}: tune = {raw['tune']!r}: the tune section is set by `make tune` on its trials, "
                           "not by a preset")

@@ -5,6 +5,7 @@ sizes, `mlflow ui` started the way `make ui` starts it, the link it prints opene
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -44,6 +45,28 @@ def chromium() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(INSTALL_HINT + " (CI=true: .ci/run installs it; a missing browser is a failure here)")
     pytest.skip(INSTALL_HINT)
+
+
+@contextlib.contextmanager
+def offline_page(html: Path, failures: Path):
+    """A Chromium page on a local HTML file with the network cut off (any http(s) request aborted), so a
+    figure or script fetched from a CDN shows as missing; a failure's screenshot goes to `failures`."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
+        context = browser.new_context()
+        context.set_offline(True)
+        context.route(re.compile(r"^https?://"), lambda route: route.abort())
+        page = context.new_page()
+        try:
+            page.goto(html.as_uri())
+            page.wait_for_load_state("load")
+            yield page
+        except Exception:
+            page.screenshot(path=str(failures / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import yaml
 from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 from pipeline_repo import VENV_BIN, merge, prepared_copy, run_stage, stage_env, write_params
-from test_browser import CHROMIUM_FLAGS, chromium
+from test_browser import offline_page
 
 pytestmark = pytest.mark.e2e
 
@@ -87,24 +87,10 @@ def test_a_two_objective_study_of_real_trials_compares_with_a_pareto_front(quick
     page_html = (out / "compare.html").read_text()
     assert set(figures) <= set(re.findall(r'<img alt="([^"]+)"', page_html))
 
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
-        context = browser.new_context()
-        context.set_offline(True)
-        context.route(re.compile(r"^https?://"), lambda route: route.abort())
-        page = context.new_page()
-        try:
-            page.goto((out / "compare.html").as_uri())
-            page.wait_for_load_state("load")
-            loaded = page.evaluate("Object.fromEntries([...document.images].map(image => "
-                                   "[image.alt, image.complete ? image.naturalWidth : 0]))")
-            assert set(figures) <= set(loaded) and all(width > 0 for width in loaded.values()), loaded
-            tables = page.locator("table")
-            assert tables.count() == 3  # ranked (the final run), train-only (the trials), the study's trials
-            assert [tables.nth(i).locator("tbody tr").count() for i in range(3)] == [1, 3, 3]
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+    with offline_page(out / "compare.html", tmp_path) as page:
+        loaded = page.evaluate("Object.fromEntries([...document.images].map(image => "
+                               "[image.alt, image.complete ? image.naturalWidth : 0]))")
+        assert set(figures) <= set(loaded) and all(width > 0 for width in loaded.values()), loaded
+        tables = page.locator("table")
+        assert tables.count() == 3  # ranked (the final run), train-only (the trials), the study's trials
+        assert [tables.nth(i).locator("tbody tr").count() for i in range(3)] == [1, 3, 3]

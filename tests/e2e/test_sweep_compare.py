@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import subprocess
 
 import pytest
 from PIL import Image
 from pipeline_repo import VENV_BIN, copy_repo, dvc_repro, mlflow_runs, stage_env, start_queue, stop_queue, wait_for
-from test_browser import CHROMIUM_FLAGS, chromium
+from test_browser import offline_page
 
 pytestmark = pytest.mark.e2e
 
@@ -68,25 +67,11 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
     with (tmp_path / "all" / "compare.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 5  # the workspace run too, outside the sweep
 
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
-        context = browser.new_context()
-        context.set_offline(True)
-        context.route(re.compile(r"^https?://"), lambda route: route.abort())
-        page = context.new_page()
-        try:
-            page.goto((out / "compare.html").as_uri())
-            page.wait_for_load_state("load")
-            widths = page.evaluate("[...document.images].map(image => image.complete ? image.naturalWidth : 0)")
-            # curves, rate-distortion, metrics against latent_dim and against beta
-            assert len(widths) == 4 and all(width > 0 for width in widths), widths
-            assert page.locator("table tbody tr").count() == 4
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+    with offline_page(out / "compare.html", tmp_path) as page:
+        widths = page.evaluate("[...document.images].map(image => image.complete ? image.naturalWidth : 0)")
+        # curves, rate-distortion, metrics against latent_dim and against beta
+        assert len(widths) == 4 and all(width > 0 for width in widths), widths
+        assert page.locator("table tbody tr").count() == 4
 
 
 def experiment_metrics(show_json: str) -> dict[str, dict]:

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vaepipe.config import format_errors, merge_overrides, nest, parse_partial, raw_params, read_yaml
+from vaepipe.config import format_errors, merge_overrides, nest, parse_partial, raw_params, read_yaml_file
 from vaepipe.errors import ConfigError
 from vaepipe.presets import format_value, load_preset
 
@@ -99,13 +98,7 @@ class Search:
 
 def load_search(path: Path) -> Search:
     """Read and check a search file; ConfigError naming the file and the key for anything wrong."""
-    try:
-        raw = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search file not found (SEARCH=path names another)") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    return parse_search(raw, path)
+    return parse_search(read_yaml_file(path, "search file", "SEARCH=path names another"), path)
 
 
 def parse_search(raw: Any, path: Path) -> Search:
@@ -193,7 +186,7 @@ def _dimension(key: str, spec: Any, source: str, base: dict[str, Any]) -> Dimens
         if (not isinstance(bounds, list) or len(bounds) != 2
                 or any(isinstance(b, bool) or not isinstance(b, numeric) for b in bounds)):
             raise ConfigError(f"{where}: {kind} = {bounds!r}: expected [low, high], two {kind}s"
-                              + (" (write floats with a decimal point, e.g. 1.0e-4)" if kind == "float" else ""))
+                              + (" (numbers, without quotes)" if kind == "float" else ""))
         low, high = (bounds if kind == "int" else [float(b) for b in bounds])
         if low > high or (kind == "float" and low == high):
             raise ConfigError(f"{where}: {kind} = {bounds!r}: low must be below high")
