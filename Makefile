@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test test-fast bench server ui serve promote compare clean train-multiworker clean-checkpoints exp presets tune tune-status
+.PHONY: setup run test test-fast bench server ui serve promote compare train-multiworker clean-checkpoints exp presets tune tune-status
 
 setup: $(STAMP)
 

@@ -18,10 +18,16 @@ compilation) or over repeats.
      from scratch: the stages' persistent XLA cache is empty (a's stage processes, which run after
      it, find it filled as a user's reruns do; t_N - t_1 cancels it anyway)
   e. peak resident memory of the train stage (from d)
+  f. what a search trial costs: `python -m vaepipe.tune` (as `make tune` runs it) on a study of 6
+     one-epoch trials of the tutorial model, 2 at a time (learning rate searched, so every trial runs the
+     compiled program of the stage alone), against the same one-epoch train stage as a whole process
+     (`dvc repro -f -s train`), alone and two at once in two copies of the clone (the contention that 2
+     trials at once have on a 2-core machine). Overhead per trial = slot seconds per trial (study wall
+     x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows.
 
 Parts a to c read the arrays prepared by (d)'s `dvc repro -s prepare`, so the bench needs no
 prepared data in the working tree. Writes bench/results.json and prints a markdown table.
-Usage: python bench/run.py [--epochs N] [--stage-epochs N] [--stage-repeats R]
+Usage: python bench/run.py [--epochs N] [--stage-epochs N] [--stage-repeats R] [--only-search]
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ TARGETS = {  # name: (comparison, threshold), as issues 5 and 13 state them
     "b_ratio_to_floor": ("<=", 1.5),
     "c_iw_nll_seconds": ("<", 180.0),
     "d_pipeline_seconds": ("<=", 35.0),
+    "f_overhead_per_trial_s": ("<=", 5.0),  # issue 22: queueing, DVC and study bookkeeping per trial
     "d_noop_repro_seconds": ("<", 1.0),
     "e_train_peak_rss_gb": ("<", 2.0),
 }
@@ -409,6 +416,69 @@ def part_a_stage(repo: Path, epochs: int, repeats: int, reference_epochs: int = 
             "median_stage_s": statistics.median(stage), "median_reference_process_s": statistics.median(ref)}
 
 
+# ---------------------------------------------------------------- a search's trials
+
+
+SEARCH_TRIALS, SEARCH_JOBS = 6, 2
+
+
+def write_bench_search(repo: Path) -> Path:
+    import yaml
+
+    search = {"study": "bench", "preset": None, "fixed": {"train.epochs": 1},
+              "space": {"train.learning_rate": {"float": [1.0e-4, 1.0e-2], "log": True}},
+              "objective": {"val_loss": "minimize"}, "trials": SEARCH_TRIALS, "jobs": SEARCH_JOBS,
+              "sampler": "random", "pruner": "none", "final": 0, "seed": 0}
+    path = repo / "bench_search.yaml"
+    path.write_text(yaml.safe_dump(search, sort_keys=False))
+    return path
+
+
+def stage_pair(repo: Path, twin: Path) -> float:
+    """Wall seconds of two one-epoch train stages started at once, one in each copy."""
+    start = time.perf_counter()
+    with open(WORK / "dvc.log", "ab") as log:
+        processes = [subprocess.Popen(["dvc", "repro", "-f", "-s", "train"], cwd=where, env=stage_env(),
+                                      stdout=log, stderr=subprocess.STDOUT) for where in (repo, twin)]
+        codes = [process.wait() for process in processes]
+    if any(codes):
+        raise RuntimeError(f"two train stages at once failed ({codes}); see {WORK / 'dvc.log'}")
+    return time.perf_counter() - start
+
+
+def part_f(repo: Path, repeats: int = 2) -> dict:
+    """A study of 6 one-epoch trials, 2 at a time, against the one-epoch train stage alone and in pairs."""
+    set_train_epochs(repo, 1)
+    env = stage_env()
+    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "bench: the search's baseline"]):
+        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+    timed_process(["dvc", "repro", "-f", "-s", "train"], repo)  # warm-up: fills the XLA cache the trials read
+    twin = repo.parent / "twin"
+    shutil.copytree(repo, twin, symlinks=True)
+    search = write_bench_search(repo)
+    alone: list[float] = []
+    pairs: list[float] = []
+
+    def baselines(label: str) -> None:
+        for _ in range(repeats):
+            alone.append(timed_process(["dvc", "repro", "-f", "-s", "train"], repo)["seconds"])
+            pairs.append(stage_pair(repo, twin))
+        print(f"  f stage {label} the study: alone {', '.join(f'{s:.1f}' for s in alone[-repeats:])} s, "
+              f"two at once {', '.join(f'{s:.1f}' for s in pairs[-repeats:])} s", flush=True)
+
+    baselines("before")
+    study = timed_process([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "--search", str(search)], repo)
+    print(f"  f study of {SEARCH_TRIALS} trials, {SEARCH_JOBS} at a time: {study['seconds']:.1f} s", flush=True)
+    baselines("after")
+    slot_s = study["seconds"] * SEARCH_JOBS / SEARCH_TRIALS
+    stage_alone, stage_pair_s = statistics.median(alone), statistics.median(pairs)
+    return {"trials": SEARCH_TRIALS, "jobs": SEARCH_JOBS, "study_s": study["seconds"],
+            "seconds_per_trial": study["seconds"] / SEARCH_TRIALS, "slot_s_per_trial": slot_s,
+            "stage_alone_s": alone, "stage_pair_s": pairs, "median_stage_alone_s": stage_alone,
+            "median_stage_pair_s": stage_pair_s, "overhead_per_trial_s": slot_s - stage_alone,
+            "overhead_per_trial_vs_pair_s": slot_s - stage_pair_s}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -430,7 +500,7 @@ def summarize_a(a: dict, stage: dict) -> None:
 
 
 def table(results: dict) -> str:
-    a, b, c, ct, d = (results.get(key) for key in ("a", "b", "c", "c_tutorial", "d"))
+    a, b, c, ct, d, f = (results.get(key) for key in ("a", "b", "c", "c_tutorial", "d", "f"))
     cpu = results["machine"]["cpu"]
     rows = [f"| measurement ({cpu}, {results['machine']['cores']} cores) | median | target |", "|---|---|---|"]
     if a:
@@ -477,6 +547,14 @@ def table(results: dict) -> str:
                  f"{verdict('d_noop_repro_seconds', d['median_noop_s'])} |",
                  f"| e. train stage peak RSS | {d['train_peak_rss_gb']:.2f} GB | "
                  f"{verdict('e_train_peak_rss_gb', d['train_peak_rss_gb'])} |"]
+    if f:
+        rows += [f"| f. study of {f['trials']} one-epoch trials, {f['jobs']} at a time (`python -m vaepipe.tune`) | "
+                 f"{f['study_s']:.1f} s ({f['seconds_per_trial']:.1f} s/trial, {f['slot_s_per_trial']:.1f} slot s/trial) | |",
+                 f"| f. one-epoch train stage (`dvc repro -f -s train`): alone / two at once | "
+                 f"{f['median_stage_alone_s']:.1f} s / {f['median_stage_pair_s']:.1f} s | |",
+                 f"| f. search overhead per trial (slot s - stage alone; - stage two at once) | "
+                 f"{f['overhead_per_trial_s']:.1f} s; {f['overhead_per_trial_vs_pair_s']:.1f} s | "
+                 f"{verdict('f_overhead_per_trial_s', f['overhead_per_trial_s'])} |"]
     return "\n".join(rows)
 
 
@@ -485,6 +563,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs per in-process variant (>= 4; epoch 1 is dropped)")
     parser.add_argument("--stage-epochs", type=int, default=41, help="N of the train stage's N-vs-1-epoch processes")
     parser.add_argument("--stage-repeats", type=int, default=3, help="alternated repeats of the stage timing")
+    parser.add_argument("--only-search", action="store_true",
+                        help="part f alone (after d's prepare); the other parts' results are kept from the last run")
     args = parser.parse_args()
     if args.epochs < 4 or args.stage_epochs < 2 or args.stage_repeats < 1:
         parser.error("--epochs must be at least 4, --stage-epochs at least 2, --stage-repeats at least 1")
@@ -497,23 +577,37 @@ def main() -> None:
         repo = Path(tmp) / "repo"
         print("d. dvc repro -s prepare in a temporary clone", flush=True)
         prepare = part_d_prepare(repo)
-        arrays = load_mnist(repo / "data" / "prepared")
-        print("a. tutorial model: reference fit vs vaepipe's loop", flush=True)
-        results["a"] = part_a(args.epochs, arrays["train"], arrays["validation"])
-        print("b. MLP-512 vs the matmul floor", flush=True)
-        results["b"], mlp = part_b(args.epochs, arrays["train"], arrays["validation"])
-        print("c. importance-sampled NLL, k=1000", flush=True)
-        results["c"] = part_c(mlp, arrays["test"])
-        del mlp
-        tutorial = VaepipeTrainer({}, arrays["train"], arrays["validation"], epochs=1)
-        tutorial.run_epoch()
-        results["c_tutorial"] = part_c_tutorial(tutorial, arrays["test"])
-        del tutorial
-        print("d/e. the default pipeline, stage by stage", flush=True)
-        results["d"] = part_d(repo, prepare)
-        print(f"a. the train stage as whole processes ({args.stage_epochs} vs 1 epochs), "
-              "alternated with the reference script", flush=True)
-        summarize_a(results["a"], part_a_stage(repo, args.stage_epochs, args.stage_repeats))
+        if args.only_search:  # the other parts' figures stay those of the last full run
+            earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            results.update({key: value for key, value in earlier.items() if key in ("a", "b", "c", "c_tutorial", "d")})
+        else:
+            run_parts_a_to_e(args, results, repo, prepare)
+        print("f. a search's trials against the train stage alone and two at once", flush=True)
+        results["f"] = part_f(repo)
+    finish(results, started)
+
+
+def run_parts_a_to_e(args: argparse.Namespace, results: dict, repo: Path, prepare: dict) -> None:
+    arrays = load_mnist(repo / "data" / "prepared")
+    print("a. tutorial model: reference fit vs vaepipe's loop", flush=True)
+    results["a"] = part_a(args.epochs, arrays["train"], arrays["validation"])
+    print("b. MLP-512 vs the matmul floor", flush=True)
+    results["b"], mlp = part_b(args.epochs, arrays["train"], arrays["validation"])
+    print("c. importance-sampled NLL, k=1000", flush=True)
+    results["c"] = part_c(mlp, arrays["test"])
+    del mlp
+    tutorial = VaepipeTrainer({}, arrays["train"], arrays["validation"], epochs=1)
+    tutorial.run_epoch()
+    results["c_tutorial"] = part_c_tutorial(tutorial, arrays["test"])
+    del tutorial
+    print("d/e. the default pipeline, stage by stage", flush=True)
+    results["d"] = part_d(repo, prepare)
+    print(f"a. the train stage as whole processes ({args.stage_epochs} vs 1 epochs), "
+          "alternated with the reference script", flush=True)
+    summarize_a(results["a"], part_a_stage(repo, args.stage_epochs, args.stage_repeats))
+
+
+def finish(results: dict, started: float) -> None:
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["total_bench_s"] = time.perf_counter() - started
     report = table(results)

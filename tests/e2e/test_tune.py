@@ -1,13 +1,16 @@
 """`make tune` end to end, in a copy of one small reproduced repository whose baseline results (metrics.json
 with test numbers) are committed, as the project's are: trials as DVC experiments up to train, told
 their val_metrics.json, MLflow runs tagged; no trial has test metrics; the final run of the best trial
-has them; Ctrl-C and a rerun; two processes on one storage; pruning; two objectives; and a preset run
+has them; Ctrl-C and a rerun; two processes on one storage; pruning; two objectives, whose study
+`make compare STUDY=` draws with its Pareto front in a page checked offline in Chromium; and a preset run
 as an experiment whose params are the preset's."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -18,7 +21,9 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from PIL import Image
 from pipeline_repo import PROJECT, VENV_BIN, copy_repo, dvc_repro, make_repo, stage_env, wait_for
+from test_browser import offline_page
 
 pytestmark = pytest.mark.e2e
 
@@ -282,6 +287,38 @@ def test_two_objectives_give_a_pareto_front_run_in_full(tune_repo, tmp_path):
     assert finals and finals <= front and len(finals) == min(2, len(front))
     for number in finals:
         assert isinstance(shown[f"rd-final-t{number}"]["metrics"].get("test_loss"), float)
+
+    # `make compare STUDY=rd`: the finals ranked, the trials apart, the study's trials table and figures
+    # (the Pareto front on the rate-distortion plane among them), all loaded in a browser with no network.
+    out = tmp_path / "reports"
+    compare = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.compare", "--study", "rd", "--out", str(out)],
+                             cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=300)
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    assert "ExperimentalWarning" not in compare.stderr
+    final_runs = {shown[f"rd-final-t{number}"]["metrics"]["mlflow_run_id"] for number in finals}
+    with (out / "compare.csv").open() as handle:
+        assert {row["run_id"] for row in csv.DictReader(handle)} == final_runs
+    with (out / "compare_train_only.csv").open() as handle:
+        assert sorted(row["trial"] for row in csv.DictReader(handle)) == ["0", "1", "2"]
+    with (out / "study_trials.csv").open() as handle:
+        trials = list(csv.DictReader(handle))
+    # The objectives are named by the train stage's metrics they equal; the final runs are listed.
+    assert list(trials[0])[2:4] == ["val_recon", "val_kl"] and len(trials) == 3
+    assert all(bool(row["final run"]) == (int(row["trial"]) in finals) for row in trials), trials
+    assert all(row["state"] == "COMPLETE" for row in trials)
+    # The Pareto front: the three trials as points on the rate-distortion plane, the non-dominated joined.
+    joined = len(front) if len(front) >= 2 else 0
+    assert Image.open(out / "study_pareto_front.png").text["Description"] == f"points={3 + joined}"
+    figures = ["val_loss_curves.png", "study_history_val_recon.png", "study_history_val_kl.png",
+               "study_importances.png", "study_pareto_front.png"]
+    assert set(figures) <= set(re.findall(r'<img alt="([^"]+)"', (out / "compare.html").read_text()))
+    with offline_page(out / "compare.html", tmp_path) as page:
+        loaded = page.evaluate("Object.fromEntries([...document.images].map(image => "
+                               "[image.alt, image.complete ? image.naturalWidth : 0]))")
+        assert set(figures) <= set(loaded) and all(width > 0 for width in loaded.values()), loaded
+        tables = page.locator("table")
+        assert tables.count() == 3  # ranked (the finals), train-only (the trials), the study's trials
+        assert [tables.nth(i).locator("tbody tr").count() for i in range(3)] == [len(finals), 3, 3]
 
 
 @pytest.mark.parametrize("change, words", [
