@@ -99,3 +99,12 @@ def test_the_smallest_training_split_is_the_knn_probes_k(data, ok, words):
         parse_params({"data": data})
     message = str(error.value)
     assert "\n" not in message and all(word in message for word in words), message
+
+
+@pytest.mark.parametrize("written, value", [("1e-3", 1e-3), ("1e-07", 1e-7), ("1.0e-3", 1e-3), ("0.002", 0.002)])
+def test_params_yaml_reads_exponent_floats_as_numbers_as_dvc_does(tmp_path, written, value):
+    """YAML 1.2 (ruamel, DVC's `-S` writer): 1e-3 is a number; PyYAML's YAML 1.1 default reads it as text."""
+    from vaepipe.config import load_params
+
+    (tmp_path / "params.yaml").write_text(f"train:\n  learning_rate: {written}\n")
+    assert load_params(tmp_path / "params.yaml").train.learning_rate == value

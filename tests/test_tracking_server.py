@@ -1,6 +1,6 @@
 """`make server`'s settings (tracking/server.py): the store, artifacts and auth it passes to `mlflow server`,
 the one line it prints, the basic-auth config MLflow reads back, and passwords masked or kept off the
-command line. The servers themselves run in tests/e2e/test_team_server.py."""
+command line. The servers themselves run in tests/e2e/test_team.py."""
 
 from __future__ import annotations
 

@@ -145,6 +145,7 @@ class TeamServer:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin_password = "admin-" + secrets.token_hex(8)
+        self.artifacts = Path(artifacts)
         self.env = server_env(store, artifacts, auth, self.admin_password if auth else None, **extra_env)
         self.log = root / f"team-server-{self.port}.log"
         self.process: subprocess.Popen | None = None

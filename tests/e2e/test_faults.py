@@ -55,6 +55,12 @@ VARIANTS = {
     "cosine": {"train": {"lr_schedule": "cosine", "epochs": 10}},
 }
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+# Every signal on the fast path (the defaults' XLA, stacked steps), and each other variant under the
+# signal whose handling differs most from the other's: not the whole 3 x 3 product (about 50 s a case).
+# What resume restores (the random state, the schedule's step, the optimizer) does not depend on the
+# signal: a handled one and SIGKILL both resume from the last epoch's checkpoint.
+INTERRUPTIONS = [("fast-path", signum) for signum in SIGNALS] + [("per-step", signal.SIGKILL),
+                                                                  ("cosine", signal.SIGINT)]
 
 
 def train_process(repo: Path) -> psutil.Process | None:
@@ -82,8 +88,7 @@ def checkpoint_log(repo: Path) -> Path | None:
     return logs[0] if logs else None
 
 
-@pytest.mark.parametrize("variant,signum", [(v, s) for v in VARIANTS for s in SIGNALS],
-                         ids=[f"{v}-{s.name}" for v in VARIANTS for s in SIGNALS])
+@pytest.mark.parametrize("variant,signum", INTERRUPTIONS, ids=[f"{v}-{s.name}" for v, s in INTERRUPTIONS])
 def test_interrupted_training_resumes_to_the_same_result(baseline, reference_run, tmp_path, variant, signum):
     overrides = VARIANTS[variant]
     reference = reference_run(variant, overrides)  # the same params, never interrupted

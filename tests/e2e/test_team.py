@@ -10,6 +10,11 @@ run's (they registered later versions and moved no alias: `champion` stays where
 `make promote RUN=<experiment>`, `make serve MODEL=models:/vaepipe-vae@champion` answers with that
 experiment's model.
 
+The server itself (what was tests/e2e/test_team_server.py, sharing this module's servers and Alice's
+run): her run is in PostgreSQL and its artifacts come back through the server; a wrong password and a
+READ-only user fail before any work in one line; no credential shows up anywhere; the server refuses
+basic auth without an admin password, and fails in seconds on a store that does not answer.
+
 One set of servers and one run of Alice's work per module (the `team` fixture); the model is tiny."""
 
 from __future__ import annotations
@@ -20,17 +25,32 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import psutil
 import pytest
 import yaml
-from pipeline_repo import PROJECT, free_port, make_repo, stage_env, stop_queue, wait_for
+from pipeline_repo import (
+    PROJECT,
+    copy_repo,
+    free_port,
+    make_repo,
+    prepared_copy,
+    run_stage,
+    stage_env,
+    stop_queue,
+    wait_for,
+)
 from sshd import Sshd
-from team_servers import PostgresCluster, TeamServer
+from team_servers import PostgresCluster, TeamServer, server_command, server_env
 from test_sweep_compare import experiment_metrics
+
+from vaepipe.tracking.server import with_driver
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +82,28 @@ class Teammate:
 class Team:
     alice: Teammate
     bob: Teammate
+    pg: PostgresCluster
     server: TeamServer
+    repro: subprocess.CompletedProcess  # Alice's first `dvc repro` against the server
     workspace_run: str
     experiment_runs: dict[str, str]  # DVC experiment name -> MLflow run id
     champion_before_queue: str
 
+    @property
+    def artifacts(self) -> Path:
+        return self.server.artifacts
+
+    def runs(self) -> list[tuple[str, str]]:
+        """(run id, status) of every run in the experiment, through the server as its admin."""
+        with self.server.as_admin():
+            client = mlflow.MlflowClient(self.server.base)
+            experiment = client.get_experiment_by_name("vaepipe")
+            return sorted((run.info.run_id, run.info.status) for run in client.search_runs([experiment.experiment_id]))
+
 
 ALICE, ALICE_PASSWORD = "alice", "alice-pw-" + "4c1e77d2"  # EDIT on the experiment (and owner of the model she registers)
 BOB, BOB_PASSWORD = "bob", "bob-pw-" + "90b3a6f5"  # the server's default for new users: READ
+FAST_S = 60  # a bound, even on a loaded machine; that TensorFlow never loaded shows in the one line (no TF logs)
 
 
 def team_server(root: Path) -> tuple[PostgresCluster, TeamServer]:
@@ -120,7 +154,7 @@ def team(tmp_path_factory):
         alice.run("dvc", "remote", "add", "-d", "team", sshd.url(root / "dvc-remote"))
         alice.run("dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd.client_key))
         alice.run("git", "remote", "add", "origin", str(origin))
-        alice.run("dvc", "repro", timeout=900)
+        repro = alice.run("dvc", "repro", timeout=900)
         alice.run("git", "add", "-A")
         alice.run("git", "commit", "-qm", "baseline: dvc repro")
         alice.run("git", "push", "-q", "origin", "HEAD")
@@ -150,7 +184,7 @@ def team(tmp_path_factory):
         subprocess.run(["git", "clone", "-q", str(origin), str(bob_repo)], check=True, capture_output=True)
         bob = Teammate("bob", bob_repo, teammate_env(sshd.home(root / "home-bob"), server.client_env(BOB, BOB_PASSWORD)))
         bob.run("dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd.client_key))
-        yield Team(alice, bob, server, workspace_run, experiment_runs, promoted)
+        yield Team(alice, bob, pg, server, repro, workspace_run, experiment_runs, promoted)
     finally:
         if server is not None:
             server.stop()
@@ -182,8 +216,6 @@ def test_bob_pulls_alice_s_work_and_retrains_nothing(team):
     for run_id, metrics in expected.items():
         for name in ("test_loss", "test_recon", "test_kl", "test_nll_iw"):
             assert float(rows[run_id][name]) == pytest.approx(metrics[name], abs=6e-5), (run_id, name)
-
-    import mlflow
 
     with team.server.as_user(BOB, BOB_PASSWORD):  # Bob's view of the PostgreSQL-backed store, through the server
         client = mlflow.MlflowClient(team.server.base)
@@ -278,3 +310,127 @@ def test_serve_answers_with_the_workspace_model_then_the_promoted_experiment(tea
         np.testing.assert_allclose(served, keras_z_mean(experiment_model_file(alice, chosen), images), rtol=1e-5, atol=1e-6)
     finally:
         stop(process)
+
+
+# ---------------------------------------------------------------- the server itself
+
+
+def written(repo: Path) -> dict[str, str]:
+    """What a stage writes that a credential could leak into."""
+    return {name: (repo / name).read_text() for name in ("train_log.csv", "params.yaml", "dvc.lock", "metrics.json")
+            if (repo / name).exists()}
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
+def test_alice_s_run_is_in_postgresql_and_its_artifacts_come_back_through_the_server(team):
+    repo, result = team.alice.repo, team.repro
+    run_id = team.workspace_run
+    # In PostgreSQL: MLflow's own client on the database itself, not the server, not files.
+    stored = mlflow.MlflowClient(with_driver(team.pg.url("mlflow"))).get_run(run_id)
+    assert stored.info.status == "FINISHED"
+    params, metrics = (yaml.safe_load((repo / name).read_text()) for name in ("params.yaml", "metrics.json"))
+    assert stored.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
+    assert stored.data.params["model.latent_dim"] == str(params["model"]["latent_dim"])
+    # The client never knew where the server keeps artifacts: the run's artifact URI is the server's proxy.
+    assert stored.info.artifact_uri.startswith("mlflow-artifacts:/"), stored.info.artifact_uri
+    assert str(team.artifacts) not in result.stdout + result.stderr
+    # Artifacts come back through the server (--serve-artifacts), as alice, into a directory of the test's.
+    with team.server.as_user(ALICE, ALICE_PASSWORD):
+        summary = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_summary.txt",
+                                                      tracking_uri=team.server.base, dst_path=str(repo.parent / "dl"))
+        metrics_file = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="metrics.json",
+                                                      tracking_uri=team.server.base, dst_path=str(repo.parent / "dl"))
+    with team.server.as_admin():
+        versions = mlflow.MlflowClient(team.server.base).search_model_versions(f"run_id = '{run_id}'")
+    assert Path(metrics_file).read_text() == (repo / "metrics.json").read_text()
+    [on_server] = team.artifacts.rglob(f"{run_id}/artifacts/model_summary.txt")  # where the server put it
+    assert Path(summary).read_bytes() == on_server.read_bytes() and Path(summary).stat().st_size > 0
+    assert [v.name for v in versions] == ["vaepipe-vae"]  # registered too (alice created the model)
+    # The start line names the store (password masked), the artifacts destination and the auth.
+    [start] = [line for line in team.server.output().splitlines() if line.startswith(">> mlflow server on")]
+    assert f"store postgresql://postgres:***@127.0.0.1:{team.pg.port}/mlflow" in start, start
+    assert f"artifacts {team.artifacts}" in start and "auth basic (admin 'admin'" in start, start
+
+
+def test_no_credential_appears_in_outputs_logs_or_mlflow_records(team):
+    repo, result, run_id = team.alice.repo, team.repro, team.workspace_run
+    with team.server.as_admin():
+        run = mlflow.MlflowClient(team.server.base).get_run(run_id)
+    secrets = (ALICE_PASSWORD, team.pg.password, team.server.admin_password)
+    command_line = " ".join(psutil.Process(team.server.process.pid).cmdline())  # what `ps` shows every local user
+    assert "mlflow server" in command_line and f"postgres@127.0.0.1:{team.pg.port}/mlflow" in command_line
+    places = {"stdout": result.stdout, "stderr": result.stderr, "server log": team.server.output(), **written(repo),
+              "server command line": command_line,
+              "run params": repr(run.data.params), "run tags": repr(run.data.tags)}
+    assert len(places["dvc.lock"]) > 0 and len(run.data.params) > 10
+    leaks = [(place, secret) for place, text in places.items() for secret in secrets if secret in text]
+    assert not leaks, leaks
+
+
+@pytest.mark.parametrize("who, password, says", [
+    (ALICE, "not-" + ALICE_PASSWORD, f"refused user '{ALICE}': wrong password or no such user "
+                                     "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"),
+    (BOB, BOB_PASSWORD, f"refused user '{BOB}': needs EDIT permission on experiment vaepipe (has READ); "
+                        "an admin grants it"),
+])
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_wrong_password_or_a_read_only_user_fails_before_any_work_in_one_line(team, quick, tmp_path, who, password,
+                                                                                   says, stage):
+    # train: from prepared data; evaluate: a trained copy, its run id one the server does not hold.
+    repo = prepared_copy(quick, tmp_path / "repo", {}) if stage == "train" else copy_repo(quick, tmp_path / "repo")
+    before_files, before_runs = written(repo), team.runs()
+    started = time.monotonic()
+    result = run_stage(repo, stage, **team.server.client_env(who, password))
+    took = time.monotonic() - started
+    lines = error_lines(result)
+    assert result.returncode == 4, lines  # as for an unreachable server (errors.TrackingError)
+    assert lines == [f"error: MLflow server {team.server.base} {says}"], lines
+    assert took < FAST_S, took
+    assert team.runs() == before_runs  # nothing written: no new run, none left RUNNING
+    assert written(repo) == before_files
+    assert stage != "train" or not (repo / "models/vae.keras").exists() and not (repo / "checkpoints").exists()
+    assert password not in result.stdout + result.stderr
+
+
+def test_the_server_refuses_basic_auth_without_an_admin_password(tmp_path):
+    port = free_port()
+    for password in (None, ""):  # unset, or set but empty
+        extra = {} if password is None else {"MLFLOW_AUTH_ADMIN_PASSWORD": password}
+        env = server_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", "basic", **extra)
+        result = subprocess.run(server_command(port), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert error_lines(result) == ["error: VAEPIPE_SERVER_AUTH=basic needs the admin's password in "
+                                       "MLFLOW_AUTH_ADMIN_PASSWORD (admin user 'admin', MLFLOW_AUTH_ADMIN_USERNAME); "
+                                       "not starting the server"], result.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()  # it stopped before MLflow touched anything
+
+
+def test_an_unreachable_store_fails_in_seconds_naming_it_with_the_password_masked(tmp_path):
+    closed = free_port()
+    store = f"postgresql://user:s3cret-{closed}@127.0.0.1:{closed}/db"
+    env = server_env(store, tmp_path / "artifacts", "basic", admin_password="admin-pw-0042")
+    started = time.monotonic()
+    result = subprocess.run(server_command(free_port()), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    lines = error_lines(result)
+    assert result.returncode == 4, lines
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: MLflow server store postgresql://user:***@127.0.0.1:{closed}/db is unreachable: "), lines
+    assert f"s3cret-{closed}" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert took < 20, took
+
+
+def test_a_user_who_may_not_add_model_versions_fails_before_training(team, quick, tmp_path):
+    """EDIT on the experiment, READ on vaepipe-vae (alice registered it, so it is hers): train would log
+    the whole run and fail at the very end; it fails before it starts instead."""
+    team.server.create_user("carol", "carol-pw-" + "91c0d2e6", experiment_permission="EDIT")
+    repo = prepared_copy(quick, tmp_path / "repo", {})
+    before = team.runs()
+    result = run_stage(repo, "train", **team.server.client_env("carol", "carol-pw-" + "91c0d2e6"))
+    assert result.returncode == 4 and error_lines(result) == [
+        f"error: MLflow server {team.server.base} refused user 'carol': needs EDIT permission on registered model "
+        "vaepipe-vae (has READ); an admin grants it"], error_lines(result)
+    assert team.runs() == before

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if left:
             print(f"compare: left out {left} run(s) (not FINISHED)")
         if not runs and not args.study:
-            print(f"compare: no FINISHED runs of experiment {tracking.EXPERIMENT_NAME} in {tracking.tracking_uri()} "
+            print(f"compare: no FINISHED runs of experiment {tracking.EXPERIMENT_NAME} in {tracking.shown_uri()} "
                   f"({selection}); run `make run` or `dvc exp run` first", file=sys.stderr)
             return 1
         tested = [run for run in runs if has_test_metrics(run)]
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1 if isinstance(error, TrackingError) else error.exit_code
     summary = (f"{len(rows) + len(only_rows)} FINISHED run(s) of experiment {tracking.EXPERIMENT_NAME} in "
-               f"{tracking.tracking_uri()} ({selection}{', last ' + str(args.last) if args.last else ''}): "
+               f"{tracking.shown_uri()} ({selection}{', last ' + str(args.last) if args.last else ''}): "
                f"{len(rows)} with test metrics, sorted by {args.sort}"
                + (f"; {len(only_rows)} train-only, listed apart" if only_rows else "")
                + (f"; left out {left}" if left else ""))

@@ -52,6 +52,7 @@ from vaepipe.tracking.store import (
     masked_url,
     retry_budget_s,
     run_url,
+    shown_uri,
     tracking_uri,
     ui_base_url,
 )
@@ -62,6 +63,6 @@ __all__ = [
     "TRAIN_RUN_TAG", "TrackingUnavailable", "active_run", "artifact_location", "check_can_log", "check_reachable",
     "close_abandoned_run", "connect", "end_run", "experiment_url", "kill_run_if_running", "log_artifact", "log_metrics",
     "log_text", "masked_url", "prepared_datasets", "print_run_link", "read_run_id", "retry_budget_s",
-    "run_description_tags", "run_name", "run_tags", "run_url", "set_tags",
+    "run_description_tags", "run_name", "run_tags", "run_url", "set_tags", "shown_uri",
     "start_or_resume_run", "tracking_uri", "ui_base_url",
 ]

@@ -52,7 +52,7 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     if args.action == "serve":
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
         served = served_model(args.model)
-        print(f">> serving {describe(served, args.model)} from {tracking_uri()} on http://{args.host}:{args.port}",
+        print(f">> serving {describe(served, args.model)} from {masked_url(tracking_uri())} on http://{args.host}:{args.port}",
               flush=True)
         return ["mlflow", "models", "serve", "-m", served.uri, "--host", args.host,
                 "--port", str(args.port), "--env-manager", "local"]

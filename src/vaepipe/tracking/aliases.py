@@ -13,7 +13,7 @@ import mlflow
 
 from vaepipe.errors import TrackingError
 from vaepipe.tracking.model_logging import REGISTERED_MODEL
-from vaepipe.tracking.store import check_reachable, tracking_uri
+from vaepipe.tracking.store import check_reachable, shown_uri, tracking_uri
 
 CHAMPION = "champion"
 
@@ -35,7 +35,7 @@ def _client() -> mlflow.MlflowClient:
 
 
 def _store_error(what: str, error: Exception) -> TrackingError:
-    return TrackingError(f"MLflow store {tracking_uri()}: {what}: {(str(error).splitlines() or [''])[0]}")
+    return TrackingError(f"MLflow store {shown_uri()}: {what}: {(str(error).splitlines() or [''])[0]}")
 
 
 def version_of_run(run_id: str, client: mlflow.MlflowClient | None = None) -> str | None:
@@ -53,7 +53,7 @@ def workspace_model(run_id: str) -> ServedModel:
     version = version_of_run(run_id)
     if version is None:
         raise TrackingError(f"run {run_id} (models/mlflow_run_id) has no registered version of {REGISTERED_MODEL} "
-                            f"in {tracking_uri()}; run `dvc repro` here, or pass MODEL=models:/{REGISTERED_MODEL}/N")
+                            f"in {shown_uri()}; run `dvc repro` here, or pass MODEL=models:/{REGISTERED_MODEL}/N")
     return ServedModel(f"models:/{REGISTERED_MODEL}/{version}", version, run_id)
 
 
@@ -98,7 +98,7 @@ def promote(run_id: str) -> tuple[str | None, str]:
     client = _client()
     version = version_of_run(run_id, client)
     if version is None:
-        raise TrackingError(f"run {run_id} has no registered version of {REGISTERED_MODEL} in {tracking_uri()} "
+        raise TrackingError(f"run {run_id} has no registered version of {REGISTERED_MODEL} in {shown_uri()} "
                             "(a train-only trial's run logs no model)")
     before = champion_version(client)
     try:
