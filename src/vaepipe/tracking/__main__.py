@@ -20,7 +20,7 @@ from vaepipe.tracking.store import (
     experiment_url,
     is_http,
     local_store,
-    masked_url,
+    shown_uri,
     tracking_uri,
     ui_base_url,
 )
@@ -41,7 +41,7 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     args = parser.parse_args(argv)
     store, artifacts = local_store()
     if args.action == "store":
-        print(f"tracking URI: {masked_url(tracking_uri())}\nartifact location: {artifact_location() or '(the server decides)'}")
+        print(f"tracking URI: {shown_uri()}\nartifact location: {artifact_location() or '(the server decides)'}")
         return None
     if args.action == "server":  # the stages then reach it by MLFLOW_TRACKING_URI (tracking/server.py)
         from vaepipe.tracking.server import server_command
@@ -52,7 +52,7 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     if args.action == "serve":
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
         served = served_model(args.model)
-        print(f">> serving {describe(served, args.model)} from {masked_url(tracking_uri())} on http://{args.host}:{args.port}",
+        print(f">> serving {describe(served, args.model)} from {shown_uri()} on http://{args.host}:{args.port}",
               flush=True)
         return ["mlflow", "models", "serve", "-m", served.uri, "--host", args.host,
                 "--port", str(args.port), "--env-manager", "local"]
@@ -64,7 +64,7 @@ def command(argv: list[str] | None = None) -> list[str] | None:
         return None
     link = experiment_url(ui_base_url(args.host, args.port), connect(write=False))
     if is_http(tracking_uri()):
-        print(f">> the store is the server {masked_url(tracking_uri())}; its runs: {link}")
+        print(f">> the store is the server {shown_uri()}; its runs: {link}")
         return None
     print(f">> mlflow ui on http://{args.host}:{args.port} ({store}); the runs of experiment "
           f"{EXPERIMENT_NAME} in the model-training view:\n{link}", flush=True)
