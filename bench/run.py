@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"  # scratch, git-ignored
 RESULTS = ROOT / "bench" / "results.json"
+TRAIN_STAGE = ["dvc", "repro", "-f", "-s", "train"]  # the train stage as a user reruns it
 XLA_CACHE = WORK / "xla-cache"  # the stage processes' persistent XLA cache, emptied at the start of each run
 VENV_BIN = ROOT / ".venv" / "bin"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -393,8 +394,8 @@ def part_a_stage(repo: Path, epochs: int, repeats: int, reference_epochs: int = 
     reference = [sys.executable, str(ROOT / "bench" / "reference_tutorial.py")]
     prepared_dir = str(repo / "data" / "prepared")
     runs = {
-        "stage_n": lambda: (set_train_epochs(repo, epochs), timed_process(["dvc", "repro", "-f", "-s", "train"], repo))[1],
-        "stage_1": lambda: (set_train_epochs(repo, 1), timed_process(["dvc", "repro", "-f", "-s", "train"], repo))[1],
+        "stage_n": lambda: (set_train_epochs(repo, epochs), timed_process(TRAIN_STAGE, repo))[1],
+        "stage_1": lambda: (set_train_epochs(repo, 1), timed_process(TRAIN_STAGE, repo))[1],
         "reference_n": lambda: timed_process([*reference, str(reference_epochs), prepared_dir], repo),
         "reference_1": lambda: timed_process([*reference, "1", prepared_dir], repo),
     }
@@ -438,7 +439,7 @@ def stage_pair(repo: Path, twin: Path) -> float:
     """Wall seconds of two one-epoch train stages started at once, one in each copy."""
     start = time.perf_counter()
     with open(WORK / "dvc.log", "ab") as log:
-        processes = [subprocess.Popen(["dvc", "repro", "-f", "-s", "train"], cwd=where, env=stage_env(),
+        processes = [subprocess.Popen(TRAIN_STAGE, cwd=where, env=stage_env(),
                                       stdout=log, stderr=subprocess.STDOUT) for where in (repo, twin)]
         codes = [process.wait() for process in processes]
     if any(codes):
@@ -452,7 +453,7 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
     env = stage_env()
     for command in (["git", "add", "-A"], ["git", "commit", "-qm", "bench: the search's baseline"]):
         subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
-    timed_process(["dvc", "repro", "-f", "-s", "train"], repo)  # warm-up: fills the XLA cache the trials read
+    timed_process(TRAIN_STAGE, repo)  # warm-up: fills the XLA cache the trials read
     twin = repo.parent / "twin"
     shutil.copytree(repo, twin, symlinks=True)
     search = write_bench_search(repo)
@@ -461,7 +462,7 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
 
     def baselines(label: str) -> None:
         for _ in range(repeats):
-            alone.append(timed_process(["dvc", "repro", "-f", "-s", "train"], repo)["seconds"])
+            alone.append(timed_process(TRAIN_STAGE, repo)["seconds"])
             pairs.append(stage_pair(repo, twin))
         print(f"  f stage {label} the study: alone {', '.join(f'{s:.1f}' for s in alone[-repeats:])} s, "
               f"two at once {', '.join(f'{s:.1f}' for s in pairs[-repeats:])} s", flush=True)
