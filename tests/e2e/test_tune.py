@@ -214,6 +214,38 @@ def test_ctrl_c_in_the_third_trial_then_tune_again_finishes_the_count(tune_repo,
     assert sorted(name for name in experiments(repo) if name.startswith("stop-")) == ["stop-t0", "stop-t1", "stop-t3"]
 
 
+def test_one_trials_dvc_process_runs_its_own_experiment_only(tmp_path):
+    """DVC's `exp run --temp` goes on taking stash entries after its own; an entry another trial's launch has
+    just stashed would then run twice (two train stages, two MLflow runs for one trial). Launched through
+    vaepipe.tune.dvc_one, it runs its own entry and leaves the other one in the stash."""
+    from dvc.repo import Repo
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = stage_env(PYTHONPATH=str(PROJECT / "src"))
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=True)
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    (repo / "params.yaml").write_text("x: 1\n")
+    (repo / "dvc.yaml").write_text("stages:\n  copy:\n    cmd: cp params.yaml out.yaml\n    params: [x]\n"
+                                   "    outs: [out.yaml]\n")
+    (repo / ".gitignore").write_text("/out.yaml\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "tiny")
+    run(str(VENV_BIN / "python"), "-c",  # another launch's entry, stashed but not yet taken
+        "from dvc.repo import Repo; repo = Repo('.'); "
+        "repo.experiments.queue_one(repo.experiments.tempdir_queue, name='other', params={'params.yaml': ['x=3']})")
+    run(str(VENV_BIN / "python"), "-m", "vaepipe.tune.dvc_one", "exp", "run", "--temp", "-n", "mine", "-S", "x=2")
+    names = {ref.rsplit("/", 1)[-1] for ref in run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+             if ref.count("/") == 4}
+    assert names == {"mine"}
+    with Repo(str(repo)) as dvc_repo:
+        assert [entry.name for entry in dvc_repo.experiments.tempdir_queue.stash.stash_revs.values()] == ["other"]
+
+
 def test_two_processes_on_one_storage_share_the_count(tune_repo, tmp_path):
     repo = copy_repo(tune_repo, tmp_path / "repo")
     storage = f"sqlite:///{tmp_path / 'studies.db'}"  # an Optuna storage URL, as STORAGE= passes it

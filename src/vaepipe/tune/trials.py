@@ -11,6 +11,8 @@ DVC's temp-dir runs take their stash entry with `first(stash)` (dvc/repo/experim
 two `dvc exp run --temp` started at the same moment in one repository can swap, or one can run both.
 So a launch holds a lock file (.optuna/launch.lock, also across `make tune` processes of one repository)
 until DVC has taken this experiment's entry: its executor's info file, which names the experiment, exists.
+And DVC's process goes on taking entries after its own until the stash is empty, so it runs through
+`vaepipe.tune.dvc_one`, DVC's CLI with that loop cut to its first turn.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +99,8 @@ class Experiment:
         with (paths.optuna_dir() / "launch.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             with log.open("w") as out:
-                self.process = subprocess.Popen(["dvc", "--wait-for-lock", *self.command()[1:]], cwd=paths.ROOT,
+                self.process = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "--wait-for-lock",
+                                                 *self.command()[1:]], cwd=paths.ROOT,
                                                 env=env, stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.monotonic() + LAUNCH_TIMEOUT_S
