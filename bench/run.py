@@ -24,10 +24,12 @@ compilation) or over repeats.
      (`dvc repro -f -s train`), alone and two at once in two copies of the clone (the contention that 2
      trials at once have on a 2-core machine). Overhead per trial = slot seconds per trial (study wall
      x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows.
+  g. a stage process's start-up: `import tensorflow, keras` in a fresh Python, with vaepipe's
+     process.skip_scikit_learn (as every stage runs) and without it, alternated; medians and the saving.
 
 Parts a to c read the arrays prepared by (d)'s `dvc repro -s prepare`, so the bench needs no
 prepared data in the working tree. Writes bench/results.json and prints a markdown table.
-Usage: python bench/run.py [--epochs N] [--stage-epochs N] [--stage-repeats R] [--only-search]
+Usage: python bench/run.py [--epochs N] [--stage-epochs N] [--stage-repeats R] [--only-search | --only-startup]
 """
 
 from __future__ import annotations
@@ -480,6 +482,27 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
             "overhead_per_trial_vs_pair_s": slot_s - stage_pair_s}
 
 
+STARTUP = "import tensorflow, keras"
+STARTUP_SKIPPING = "from vaepipe.process import skip_scikit_learn; skip_scikit_learn(); " + STARTUP
+
+
+def part_g(repeats: int = 7) -> dict:
+    """A stage's start-up as whole processes: TensorFlow and Keras imported with and without scikit-learn
+    marked absent, alternated so drift cancels."""
+    env = {**stage_env(), "PYTHONPATH": str(ROOT / "src")}
+    timings: dict[str, list[float]] = {"plain": [], "skipping": []}
+    for _ in range(repeats):
+        for variant, code in (("plain", STARTUP), ("skipping", STARTUP_SKIPPING)):
+            start = time.perf_counter()
+            subprocess.run([str(VENV_BIN / "python"), "-c", code], env=env, check=True, capture_output=True)
+            timings[variant].append(time.perf_counter() - start)
+    plain, skipping = statistics.median(timings["plain"]), statistics.median(timings["skipping"])
+    print(f"  g start-up: {plain:.2f} s plain, {skipping:.2f} s without scikit-learn", flush=True)
+    return {"repeats": repeats, "plain_s": timings["plain"], "skipping_s": timings["skipping"],
+            "median_plain_s": plain, "median_skipping_s": skipping, "saving_s": plain - skipping,
+            "ratio": skipping / plain}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -501,7 +524,7 @@ def summarize_a(a: dict, stage: dict) -> None:
 
 
 def table(results: dict) -> str:
-    a, b, c, ct, d, f = (results.get(key) for key in ("a", "b", "c", "c_tutorial", "d", "f"))
+    a, b, c, ct, d, f, g = (results.get(key) for key in ("a", "b", "c", "c_tutorial", "d", "f", "g"))
     cpu = results["machine"]["cpu"]
     rows = [f"| measurement ({cpu}, {results['machine']['cores']} cores) | median | target |", "|---|---|---|"]
     if a:
@@ -556,6 +579,10 @@ def table(results: dict) -> str:
                  f"| f. search overhead per trial (slot s - stage alone; - stage two at once) | "
                  f"{f['overhead_per_trial_s']:.1f} s; {f['overhead_per_trial_vs_pair_s']:.1f} s | "
                  f"{verdict('f_overhead_per_trial_s', f['overhead_per_trial_s'])} |"]
+    if g:
+        rows.append(f"| g. stage start-up (`import tensorflow, keras`): plain / scikit-learn skipped | "
+                    f"{g['median_plain_s']:.2f} s / {g['median_skipping_s']:.2f} s (saves {g['saving_s']:.2f} s, "
+                    f"{g['ratio']:.2f}x) | |")
     return "\n".join(rows)
 
 
@@ -566,6 +593,8 @@ def main() -> None:
     parser.add_argument("--stage-repeats", type=int, default=3, help="alternated repeats of the stage timing")
     parser.add_argument("--only-search", action="store_true",
                         help="part f alone (after d's prepare); the other parts' results are kept from the last run")
+    parser.add_argument("--only-startup", action="store_true",
+                        help="part g alone; the other parts' results are kept from the last run")
     args = parser.parse_args()
     if args.epochs < 4 or args.stage_epochs < 2 or args.stage_repeats < 1:
         parser.error("--epochs must be at least 4, --stage-epochs at least 2, --stage-repeats at least 1")
@@ -574,17 +603,26 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "dvc.log").write_bytes(b"")
     shutil.rmtree(XLA_CACHE, ignore_errors=True)  # (d) runs from scratch: it compiles every XLA program
+    if args.only_startup:
+        earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results.update({key: value for key, value in earlier.items() if key in ("a", "b", "c", "c_tutorial", "d", "f")})
+        print("g. a stage process's start-up, with and without scikit-learn", flush=True)
+        results["g"] = part_g()
+        finish(results, started)
+        return
     with tempfile.TemporaryDirectory(prefix="vaepipe-bench-", dir=WORK) as tmp:
         repo = Path(tmp) / "repo"
         print("d. dvc repro -s prepare in a temporary clone", flush=True)
         prepare = part_d_prepare(repo)
         if args.only_search:  # the other parts' figures stay those of the last full run
             earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            results.update({key: value for key, value in earlier.items() if key in ("a", "b", "c", "c_tutorial", "d")})
+            results.update({key: value for key, value in earlier.items() if key in ("a", "b", "c", "c_tutorial", "d", "g")})
         else:
             run_parts_a_to_e(args, results, repo, prepare)
         print("f. a search's trials against the train stage alone and two at once", flush=True)
         results["f"] = part_f(repo)
+    print("g. a stage process's start-up, with and without scikit-learn", flush=True)
+    results["g"] = part_g()
     finish(results, started)
 
 

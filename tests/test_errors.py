@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -66,6 +67,26 @@ def test_xla_cache_flag_keeps_the_users_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/elsewhere")
     process.use_xla_cache()
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/elsewhere"
+
+
+
+def test_a_stage_runs_keras_without_importing_scikit_learn(tmp_path):
+    result = run_script("""
+        import sys
+        import numpy as np
+        from vaepipe.process import run_stage
+
+        def main():
+            import keras
+            model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+            print("output", model.predict(np.ones((1, 3)), verbose=0).shape, "sklearn", sys.modules.get("sklearn"))
+
+        run_stage(main)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "output (1, 2) sklearn None" in result.stdout
+    # Only a stage's own process: importing vaepipe elsewhere (a notebook, the tests) leaves scikit-learn alone.
+    assert importlib.import_module("sklearn") is not None
 
 
 # Library code in the main thread can swallow a signal's exception (a bare `except:`) or turn it into
