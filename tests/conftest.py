@@ -48,7 +48,6 @@ LONGEST_FIRST = (
     "tests/e2e/test_tune.py",
     "tests/e2e/test_sweep_compare.py",
     "tests/e2e/test_team.py",
-    "tests/e2e/test_tracking.py::test_queued_experiments_land_in_the_main_store",
     "tests/e2e/test_browser.py",
     "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result",
     "tests/e2e/test_tracking_resilience.py",

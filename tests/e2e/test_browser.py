@@ -70,10 +70,10 @@ def offline_page(html: Path, failures: Path):
 
 
 @pytest.fixture(scope="module")
-def two_runs(baseline, tmp_path_factory) -> Path:
+def two_runs(quick, tmp_path_factory) -> Path:
     """A repo whose store holds two FINISHED pipeline runs, latent_dim 2 and 3, and reports/ from compare:
-    a copy of the baseline repo (its run: latent_dim 2), then `dvc repro` of latent_dim 3."""
-    repo = copy_repo(baseline.repo, tmp_path_factory.mktemp("browser") / "repo")
+    a copy of the quick fixture's repo (its run: latent_dim 2), then `dvc repro` of latent_dim 3."""
+    repo = copy_repo(quick, tmp_path_factory.mktemp("browser") / "repo")
     assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["latent_dim"] == 2
     params = yaml.safe_load((repo / "params.yaml").read_text())
     write_params(repo, merge(params, {"model": {"latent_dim": 3}}))

@@ -1,15 +1,22 @@
 """Sweeps through DVC's queue, read back by `make compare`: a 2 x 2 grid named at queue time
 (`-S tracking.sweep=NAME`) tags every run of the grid, including a combination an earlier run already
 trained (DVC's run-cache must not restore it without an MLflow run), and compare selects exactly them,
-with the numbers `dvc exp show` has; its HTML page opens offline in Chromium with every image loaded."""
+with the numbers `dvc exp show` has; its HTML page opens offline in Chromium with every image loaded.
+The queue runs 2 at a time (`dvc queue start -j 2`, temporary copies) while a `dvc repro` runs in the
+workspace, and every run lands complete in the main repository's store: metric histories, artifacts,
+the model."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pipeline_repo import VENV_BIN, copy_repo, dvc_repro, mlflow_runs, stage_env, start_queue, stop_queue, wait_for
 from test_browser import offline_page
@@ -30,6 +37,11 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
     assert queued.returncode == 0, queued.stderr
     try:
         start_queue(repo, jobs=2)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["model"]["latent_dim"] = 5
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        workspace = dvc_repro(repo, timeout=900)  # concurrently with the queued experiments
+        assert workspace.returncode == 0, workspace.stderr[-3000:]
 
         def all_done() -> str | None:
             status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
@@ -40,7 +52,8 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
         assert status.count("Success") == 4, status
     finally:
         stop_queue(repo)
-    assert [state for _, state in mlflow_runs(repo)] == ["FINISHED"] * 5
+    assert [state for _, state in mlflow_runs(repo)] == ["FINISHED"] * 6  # the fixture's, 4 queued, the workspace's
+    every_run_is_complete_in_the_main_store(repo)
 
     out = tmp_path / "reports"
     result = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.compare", "--sweep", "grid1", "--out", str(out)],
@@ -65,13 +78,69 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
                                 cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=300)
     assert everything.returncode == 0, everything.stderr[-3000:]
     with (tmp_path / "all" / "compare.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 5  # the workspace run too, outside the sweep
+        assert len(list(csv.DictReader(handle))) == 6  # the workspace's runs too, outside the sweep
 
     with offline_page(out / "compare.html", tmp_path) as page:
         widths = page.evaluate("[...document.images].map(image => image.complete ? image.naturalWidth : 0)")
         # curves, rate-distortion, metrics against latent_dim and against beta
         assert len(widths) == 4 and all(width > 0 for width in widths), widths
         assert page.locator("table tbody tr").count() == 4
+
+
+def every_run_is_complete_in_the_main_store(repo: Path) -> None:
+    """The queued runs (temporary copies, gone now) and the workspace's latest hold what the workspace's
+    stages wrote: every column of train_log.csv as a history over every epoch, every number of
+    metrics.json, every PNG of plots/ (latent-2 runs draw the 2-D manifold as well), the model, all
+    stored under the main repository's mlartifacts/."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    workspace_run = client.get_run(json.loads((repo / "metrics.json").read_text())["mlflow_run_id"])
+    assert workspace_run.data.params["model.latent_dim"] == "5" and "test_loss" in workspace_run.data.metrics
+    queued = [run for run in client.search_runs([workspace_run.info.experiment_id]) if run.data.tags.get("dvc.exp_name")]
+    assert len(queued) == 4
+    with (repo / "train_log.csv").open() as handle:
+        per_epoch = [key for key in csv.DictReader(handle).fieldnames if key != "epoch"]
+    evaluated = [key for key, value in json.loads((repo / "metrics.json").read_text()).items()
+                 if isinstance(value, (int, float))]
+    pngs = {f"plots/{png.name}" for png in (repo / "plots").glob("*.png")}
+    expected_files = artifact_files(client, workspace_run.info.run_id)
+    assert per_epoch and evaluated and pngs and pngs <= set(expected_files), (per_epoch, evaluated, pngs, expected_files)
+    epochs = list(range(1, int(params_of(repo)["train"]["epochs"]) + 1))
+    for run in [*queued, workspace_run]:
+        run_id, name = run.info.run_id, run.data.tags.get("dvc.exp_name", "workspace")
+        latent_dim = int(run.data.params["model.latent_dim"])
+        assert set(run.data.metrics) == set(workspace_run.data.metrics), name
+        for key in per_epoch:
+            history = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in history) == epochs, (name, key, history)
+            assert all(math.isfinite(m.value) for m in history), (name, key, history)
+        assert all(math.isfinite(run.data.metrics[key]) for key in evaluated), name
+        files = artifact_files(client, run_id)
+        manifold = {"plots/manifold.png"} if latent_dim == 2 else set()
+        assert files.keys() == expected_files.keys() | manifold and all(size > 0 for size in files.values()), (name, files)
+        root = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert root.is_relative_to(repo / "mlartifacts"), run.info.artifact_uri
+        for png in pngs | manifold:
+            assert (root / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), (name, png)
+        models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        assert len(models) == 1, (name, models)
+        model_dir = Path(models[0].artifact_location.removeprefix("file://"))
+        assert model_dir.is_relative_to(repo / "mlartifacts"), models[0].artifact_location
+        encoded = mlflow.pyfunc.load_model(str(model_dir)).predict(np.full((3, 784), 0.5, np.float32))
+        assert encoded["z_mean"].shape == (3, latent_dim) and encoded["reconstruction"].shape == (3, 784), name
+
+
+def params_of(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def artifact_files(client, run_id: str, path: str | None = None) -> dict[str, int]:
+    """Every artifact file of a run (recursively) -> its size in bytes."""
+    files: dict[str, int] = {}
+    for item in client.list_artifacts(run_id, path):
+        files.update(artifact_files(client, run_id, item.path) if item.is_dir else {item.path: item.file_size})
+    return files
 
 
 def experiment_metrics(show_json: str) -> dict[str, dict]:
