@@ -51,6 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"  # scratch, git-ignored
 RESULTS = ROOT / "bench" / "results.json"
+PARTS = ("a", "b", "c", "c_tutorial", "d", "f", "g")  # results.json's keys of the parts' figures
 TRAIN_STAGE = ["dvc", "repro", "-f", "-s", "train"]  # the train stage as a user reruns it
 XLA_CACHE = WORK / "xla-cache"  # the stage processes' persistent XLA cache, emptied at the start of each run
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -524,7 +525,7 @@ def summarize_a(a: dict, stage: dict) -> None:
 
 
 def table(results: dict) -> str:
-    a, b, c, ct, d, f, g = (results.get(key) for key in ("a", "b", "c", "c_tutorial", "d", "f", "g"))
+    a, b, c, ct, d, f, g = (results.get(key) for key in PARTS)
     cpu = results["machine"]["cpu"]
     rows = [f"| measurement ({cpu}, {results['machine']['cores']} cores) | median | target |", "|---|---|---|"]
     if a:
@@ -604,8 +605,7 @@ def main() -> None:
     (WORK / "dvc.log").write_bytes(b"")
     shutil.rmtree(XLA_CACHE, ignore_errors=True)  # (d) runs from scratch: it compiles every XLA program
     if args.only_startup:
-        earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        results.update({key: value for key, value in earlier.items() if key in ("a", "b", "c", "c_tutorial", "d", "f")})
+        keep_earlier_parts(results)
         print("g. a stage process's start-up, with and without scikit-learn", flush=True)
         results["g"] = part_g()
         finish(results, started)
@@ -614,16 +614,23 @@ def main() -> None:
         repo = Path(tmp) / "repo"
         print("d. dvc repro -s prepare in a temporary clone", flush=True)
         prepare = part_d_prepare(repo)
-        if args.only_search:  # the other parts' figures stay those of the last full run
-            earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            results.update({key: value for key, value in earlier.items() if key in ("a", "b", "c", "c_tutorial", "d", "g")})
+        if args.only_search:
+            keep_earlier_parts(results)
         else:
             run_parts_a_to_e(args, results, repo, prepare)
         print("f. a search's trials against the train stage alone and two at once", flush=True)
         results["f"] = part_f(repo)
-    print("g. a stage process's start-up, with and without scikit-learn", flush=True)
-    results["g"] = part_g()
+    if not args.only_search:
+        print("g. a stage process's start-up, with and without scikit-learn", flush=True)
+        results["g"] = part_g()
     finish(results, started)
+
+
+def keep_earlier_parts(results: dict) -> None:
+    """For a run of one part: the other parts' figures stay those of the last run (the part run now
+    overwrites its own)."""
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update({key: value for key, value in earlier.items() if key in PARTS})
 
 
 def run_parts_a_to_e(args: argparse.Namespace, results: dict, repo: Path, prepare: dict) -> None:

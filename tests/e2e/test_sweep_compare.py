@@ -18,7 +18,19 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from pipeline_repo import VENV_BIN, copy_repo, dvc_repro, mlflow_runs, stage_env, start_queue, stop_queue, wait_for
+from pipeline_repo import (
+    QUICK_PARAMS,
+    VENV_BIN,
+    copy_repo,
+    dvc_repro,
+    merge,
+    mlflow_runs,
+    stage_env,
+    start_queue,
+    stop_queue,
+    wait_for,
+    write_params,
+)
 from test_browser import offline_page
 
 pytestmark = pytest.mark.e2e
@@ -37,9 +49,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
     assert queued.returncode == 0, queued.stderr
     try:
         start_queue(repo, jobs=2)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["model"]["latent_dim"] = 5
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        write_params(repo, merge(yaml.safe_load((repo / "params.yaml").read_text()), {"model": {"latent_dim": 5}}))
         workspace = dvc_repro(repo, timeout=900)  # concurrently with the queued experiments
         assert workspace.returncode == 0, workspace.stderr[-3000:]
 
@@ -106,7 +116,7 @@ def every_run_is_complete_in_the_main_store(repo: Path) -> None:
     pngs = {f"plots/{png.name}" for png in (repo / "plots").glob("*.png")}
     expected_files = artifact_files(client, workspace_run.info.run_id)
     assert per_epoch and evaluated and pngs and pngs <= set(expected_files), (per_epoch, evaluated, pngs, expected_files)
-    epochs = list(range(1, int(params_of(repo)["train"]["epochs"]) + 1))
+    epochs = list(range(1, QUICK_PARAMS["train"]["epochs"] + 1))  # the quick fixture's, which the grid keeps
     for run in [*queued, workspace_run]:
         run_id, name = run.info.run_id, run.data.tags.get("dvc.exp_name", "workspace")
         latent_dim = int(run.data.params["model.latent_dim"])
@@ -129,10 +139,6 @@ def every_run_is_complete_in_the_main_store(repo: Path) -> None:
         assert model_dir.is_relative_to(repo / "mlartifacts"), models[0].artifact_location
         encoded = mlflow.pyfunc.load_model(str(model_dir)).predict(np.full((3, 784), 0.5, np.float32))
         assert encoded["z_mean"].shape == (3, latent_dim) and encoded["reconstruction"].shape == (3, 784), name
-
-
-def params_of(repo: Path) -> dict:
-    return yaml.safe_load((repo / "params.yaml").read_text())
 
 
 def artifact_files(client, run_id: str, path: str | None = None) -> dict[str, int]:
