@@ -16,9 +16,8 @@ def main() -> None:
 
     inputs = evaluation.load_inputs(params)  # a bad input stops here, before the run is touched
     # The run logged into: the train run, or in a store without it (another clone) a run linked to it.
-    with tracking.active_run(run_id) as logged_run_id:
-        metrics = evaluation.score(inputs, params)
-        metrics["mlflow_run_id"] = logged_run_id
+    with tracking.active_run(run_id):
+        metrics = evaluation.score(inputs, params)  # metrics only: the run is models/mlflow_run_id
         with paths.atomic_path(paths.METRICS_FILE) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

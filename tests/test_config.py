@@ -108,3 +108,44 @@ def test_params_yaml_reads_exponent_floats_as_numbers_as_dvc_does(tmp_path, writ
 
     (tmp_path / "params.yaml").write_text(f"train:\n  learning_rate: {written}\n")
     assert load_params(tmp_path / "params.yaml").train.learning_rate == value
+
+
+@pytest.mark.parametrize("written, value", [("off", "off"), ("yes", "yes"), ("010", 10), ("0.5", 0.5), ("~", None)])
+def test_words_and_numbers_read_as_yaml_1_2_as_dvc_reads_them(written, value):
+    """PyYAML (YAML 1.1) reads `off`/`yes` as booleans and `010` as eight; DVC (ruamel, YAML 1.2) does not."""
+    from vaepipe.config import read_yaml
+
+    assert read_yaml(f"x: {written}\n") == {"x": value}
+    assert type(read_yaml(f"x: {written}\n")["x"]) is type(value)
+
+
+def test_a_word_yaml_1_1_reads_as_a_boolean_is_refused_as_a_word(tmp_path):
+    from vaepipe.config import load_params
+
+    (tmp_path / "params.yaml").write_text("train:\n  jit_compile: off\n")  # YAML 1.1 would take it as false
+    with pytest.raises(ConfigError, match=r"train.jit_compile = 'off'"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_duplicated_key_is_refused_naming_file_key_and_lines_in_every_kind_of_file(tmp_path, monkeypatch):
+    from vaepipe import paths, presets
+    from vaepipe.config import load_params
+    from vaepipe.tune.search import load_search
+
+    twice = "train:\n  epochs: 3\n  beta: 1.0\n  epochs: 5\n"
+    (tmp_path / "params.yaml").write_text(twice)
+    with pytest.raises(ConfigError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert str(error.value) == (f"{tmp_path / 'params.yaml'}: key 'epochs' is written twice (line 2 and line 4; "
+                                "DVC refuses a duplicated key): keep one")
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "twice.yaml").write_text("# a preset\n" + twice)
+    monkeypatch.setattr(paths, "PRESETS_DIR", tmp_path / "presets")
+    with pytest.raises(ConfigError, match=r"presets/twice.yaml: key 'epochs' is written twice \(line 3 and line 5"):
+        presets.load_preset("twice")
+
+    search = tmp_path / "search.yaml"
+    search.write_text("study: s\ntrials: 20\nobjective: {val_loss: minimize}\ntrials: 2\n")
+    with pytest.raises(ConfigError, match=r"search.yaml: key 'trials' is written twice \(line 2 and line 4"):
+        load_search(search)

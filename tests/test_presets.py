@@ -66,16 +66,18 @@ def test_an_unknown_preset_names_the_known_ones():
 
 def test_the_command_sets_the_preset_then_the_extras():
     command = presets.exp_run_command("nll", ["train.epochs=3", "train.learning_rate=1e-4"])
-    assert command[:4] == ["dvc", "exp", "run", "-n"] and command[4].startswith("nll-")
-    sets = dict(option.split("=", 1) for option in command[6::2])
-    assert command[5::2] == ["-S"] * len(sets)
+    # --temp: the experiment runs in DVC's temporary copy, so the workspace's params.yaml is never rewritten
+    assert command[:5] == ["dvc", "exp", "run", "--temp", "-n"] and command[5].startswith("nll-")
+    sets = dict(option.split("=", 1) for option in command[7::2])
+    assert command[6::2] == ["-S"] * len(sets)
     assert sets["model.hidden"] == "[200,200]" and sets["data.val_size"] == "0"
     assert sets["train.epochs"] == "3"  # the extra wins over the preset's 800
     assert sets["train.learning_rate"] == "0.0001"
-    assert "--queue" in presets.exp_run_command("mlp", [], queue=True)
+    queued = presets.exp_run_command("mlp", [], queue=True)
+    assert "--queue" in queued and "--temp" not in queued
     # Different extras, different experiment names; the same ones, the same name.
-    assert presets.exp_run_command("nll", [])[4] != command[4]
-    assert presets.exp_run_command("nll", ["train.epochs=3", "train.learning_rate=1e-4"])[4] == command[4]
+    assert presets.exp_run_command("nll", [])[5] != command[5]
+    assert presets.exp_run_command("nll", ["train.epochs=3", "train.learning_rate=1e-4"])[5] == command[5]
 
 
 def test_a_bad_extra_is_refused_before_dvc_runs():
@@ -85,11 +87,22 @@ def test_a_bad_extra_is_refused_before_dvc_runs():
         presets.exp_run_command("mlp", ["epochs"])
 
 
-@pytest.mark.parametrize("value", [1e-5, 0.001, 2.0, 3, True, None, "tanh", [200, 200], 1.5e-10])
-def test_a_formatted_value_reads_back_as_itself(value, tmp_path):
-    import yaml
+@pytest.mark.parametrize("value", [1e-5, 0.001, 2.0, 3, True, None, "tanh", [200, 200], 1.5e-10,
+                                   "off", "010", "1e-4", "x y", "it's"])
+def test_a_formatted_value_reads_back_as_itself_with_dvcs_set_grammar(value):
+    """What `make exp` hands DVC's -S is read by DVC (Hydra's grammar) as the preset's own value."""
+    assert presets.parse_set([f"s.k={presets.format_value(value)}"]) == {"s": {"k": value}}
 
-    assert yaml.safe_load(presets.format_value(value)) == value
+
+@pytest.mark.parametrize("given, value", [("1e-4", 1e-4), ("off", "off"), ("010", "010"), ("[1,2]", [1, 2]),
+                                          ("null", None), ("'5'", "5")])
+def test_extras_are_read_with_dvcs_set_grammar(given, value):
+    assert presets.parse_set([f"train.x={given}"]) == {"train": {"x": value}}
+
+
+def test_a_sweep_in_an_extra_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"a sweep of values.*dvc exp run --queue"):
+        presets.parse_set(["model.latent_dim=2,4"])
 
 
 def test_floats_read_as_dvc_writes_them(tmp_path, monkeypatch):

@@ -122,16 +122,19 @@ def test_every_evaluation_part_warns_naming_its_own_param_with_a_slow_clock(caps
 
 def test_off_a_terminal_training_prints_one_line_per_epoch_counted_in_batches():
     clock, lines = FakeClock(), []
-    epochs = progress.EpochProgress(3, 1563, terminal=False, clock=clock, write=lines.append)
-    for epoch in range(3):
+    epochs = progress.EpochProgress(4, 1563, terminal=False, clock=clock, write=lines.append)
+    for epoch, seconds in enumerate((10.0, 1.5, 2.5, 2.0)):  # the first epoch compiles: 10 s
         epochs.begin(epoch)
         for done in (71, 142, 1563):
-            clock.now += 0.5
+            clock.now += seconds / 3
             epochs.update(done)
-        epochs.end(epoch, {"loss": 160.0, "val_loss": 161.5, "epoch_time": 1.5})
-    assert lines[0] == ("epoch 1/3: 1563/1563 batches in 2s (960us/batch), about 3s left; "
-                        "loss=160.0000 val_loss=161.5000")
-    assert len(lines) == 3 and lines[2].startswith("epoch 3/3: 1563/1563 batches in 2s")
+        epochs.end(epoch, {"loss": 160.0, "val_loss": 161.5, "epoch_time": seconds})
+    assert lines[0] == ("epoch 1/4: 1563/1563 batches in 10s (6ms/batch), time left estimated after the next epoch "
+                        "(this one included compiling); loss=160.0000 val_loss=161.5000")
+    # The estimate leaves out the first epoch's compile time: 1.5 s per epoch after it, 2 epochs left.
+    assert "about 3s left" in lines[1]
+    assert "about 2s left" in lines[2]  # (1.5 + 2.5) / 2 for the one left
+    assert len(lines) == 4 and lines[3].startswith("epoch 4/4: 1563/1563 batches in 2s") and ", done;" in lines[3]
 
 
 def test_on_a_terminal_training_draws_keras_bar_in_batches(capsys):

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from vaepipe.errors import ConfigError
@@ -146,22 +144,35 @@ class Params(_Section):
     tune: TuneParams = TuneParams()
 
 
-class _Yaml12Floats(yaml.SafeLoader):
-    """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC, which writes params.yaml with ruamel) does:
-    `1e-07` is a number. DVC writes `dvc exp run -S train.learning_rate=1e-7` into params.yaml as `1e-07`,
-    which YAML 1.1 would read as text."""
+def read_yaml(text: str, source: str = "<text>") -> Any:
+    """YAML exactly as DVC reads params (dvc.utils.serialize.parse_yaml: ruamel.yaml's safe loader, YAML 1.2):
+    `off` and `yes` stay words, `010` is ten, `1e-7` is a number, and a key written twice is an error.
+    params.yaml, presets and search files are all read here, so the stage sees the value that
+    `dvc params diff` and `dvc exp show` show. ConfigError names `source` and, for a duplicated key, both lines."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except DuplicateKeyError as error:
+        key = str(error.problem).split('"')[1] if '"' in str(error.problem) else "?"
+        again = error.problem_mark
+        first = _first_line_of_key(text, key, again.column, error.context_mark.line, again.line)
+        raise ConfigError(f"{source}: key {key!r} is written twice (line {first + 1} and line {again.line + 1}; "
+                          f"DVC refuses a duplicated key): keep one") from None
+    except YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
 
 
-_Yaml12Floats.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def read_yaml(text: str) -> Any:
-    """YAML as params.yaml, presets and search files are read (floats as in YAML 1.2)."""
-    return yaml.load(text, Loader=_Yaml12Floats)  # noqa: S506  (a SafeLoader subclass)
+def _first_line_of_key(text: str, key: str, column: int, start: int, end: int) -> int:
+    """The 0-based line where `key` first appears at `column` between lines start and end (its mapping)."""
+    lines = text.splitlines()
+    for number in range(start, end):
+        line = lines[number] if number < len(lines) else ""
+        if line[column:].startswith((f"{key}:", f'"{key}":', f"'{key}':")) and not line[:column].strip(" -"):
+            return number
+    return start
 
 
 def read_yaml_file(path: Path, what: str, hint: str = "", shown_as: str | None = None) -> Any:
@@ -170,11 +181,10 @@ def read_yaml_file(path: Path, what: str, hint: str = "", shown_as: str | None =
     valid YAML."""
     name = shown_as or path
     try:
-        return read_yaml(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{name}: {what} not found{f' ({hint})' if hint else ''}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{name}: not valid YAML: {' '.join(str(error).split())}") from None
+    return read_yaml(text, source=str(name))
 
 
 def _looks_numeric(text: str) -> bool:

@@ -59,6 +59,12 @@ class TrackingError(VaepipeError):
     exit_code = 4
 
 
+class CheckpointBusy(VaepipeError):
+    """Another live train process holds this run's checkpoint (e.g. one orphaned by a killed `dvc`)."""
+
+    exit_code = 1
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived. A KeyboardInterrupt, so everything that cleans up after Ctrl-C
     (the MLflow run is marked KILLED, atomic outputs are not renamed into place) does so for both."""

@@ -1,7 +1,8 @@
-"""DVC experiments by name, read from git: the MLflow run id an experiment's commit recorded.
+"""DVC experiments by name: the MLflow run id an experiment recorded, and any file of it.
 
 DVC keeps each experiment as a commit under refs/exps/<baseline[:2]>/<baseline[2:]>/<name>, also one
-fetched by `dvc exp pull`. models/mlflow_run_id is a `cache: false` output, so it is in that commit.
+fetched by `dvc exp pull`. Train's outputs (models/mlflow_run_id, val_metrics.json) are DVC-cached, so
+they are read through `dvc.api.read` at that commit (DVC's cache holds them once the experiment ran here).
 """
 
 from __future__ import annotations
@@ -41,7 +42,19 @@ def experiment_run_id(name: str, root: Path) -> str | None:
         baselines = ", ".join(ref.split("/")[2] + ref.split("/")[3][:5] for ref in refs)
         raise ConfigError(f"RUN={name}: DVC experiments of that name exist on several baselines ({baselines}); "
                           "pass the MLflow run id instead")
-    shown = _git(root, "show", f"{refs[0]}:{RUN_ID_PATH}")
-    if shown.returncode != 0 or not shown.stdout.strip():
+    run_id = (read_from_experiment(refs[0], RUN_ID_PATH, root) or "").strip()
+    if not run_id:
         raise ConfigError(f"RUN={name}: DVC experiment {refs[0]} has no {RUN_ID_PATH} (did its train stage run?)")
-    return shown.stdout.strip()
+    return run_id
+
+
+def read_from_experiment(rev: str, path: str, root: Path) -> str | None:
+    """File `path` (relative to the repository root) as commit `rev` has it, git-tracked or DVC-cached
+    (dvc.api.read, DVC's public API); None if that commit has no such file or DVC's cache lacks it."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return dvc.api.read(path, repo=str(root), rev=rev)
+    except (DvcException, OSError, UnicodeDecodeError):
+        return None

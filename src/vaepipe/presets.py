@@ -20,10 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vaepipe import paths
-from vaepipe.config import flatten, merge_overrides, nest, parse_partial, raw_params, read_yaml, read_yaml_file
+from vaepipe.config import flatten, merge_overrides, nest, parse_partial, raw_params, read_yaml_file
 from vaepipe.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,48}$"
@@ -62,8 +60,9 @@ def describe(name: str) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A params value as `dvc exp run -S key=VALUE` spells it so that params.yaml reads it back with the
-    same type: floats always with a decimal point (YAML 1.1 reads 1e-05 as text), lists without spaces."""
+    """A params value as `dvc exp run -S key=VALUE` spells it so that DVC's -S grammar (Hydra's) reads back
+    the same value: floats with a decimal point, lists without spaces, a string quoted when unquoted it
+    would read as something else (`'1e-4'`, `'x y'`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -76,7 +75,18 @@ def format_value(value: Any) -> str:
         return text
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(item) for item in value) + "]"
-    return str(value)
+    text = str(value)
+    if isinstance(value, str) and _read_back(text) != value:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def _read_back(text: str) -> Any:
+    """What DVC's -S reads `key=text` as (a marker object if it cannot)."""
+    try:
+        return parse_set([f"s.k={text}"])["s"]["k"]
+    except ConfigError:
+        return ConfigError
 
 
 def set_options(overrides: dict[str, Any]) -> list[str]:
@@ -88,23 +98,28 @@ def set_options(overrides: dict[str, Any]) -> list[str]:
 
 
 def parse_set(assignments: list[str], source: str = "-S") -> dict[str, Any]:
-    """["train.epochs=5", ...] -> nested overrides, values read as `dvc exp run -S` reads them (YAML, and
-    1e-4 as a number)."""
+    """["train.epochs=5", ...] -> nested overrides, each value read with the grammar `dvc exp run -S` itself
+    uses (Hydra's override grammar: `1e-4` a number, `off` and `010` words), so what is validated here is
+    what DVC writes into the experiment's params.yaml. A sweep (`a=1,2`, `range(...)`) belongs to
+    `dvc exp run --queue`, not to one experiment, and is refused."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
     dotted: dict[str, Any] = {}
     for assignment in assignments:
-        key, sep, value = assignment.partition("=")
+        key, sep, _ = assignment.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"{source} {assignment!r}: expected section.key=value, e.g. train.epochs=5")
         try:
-            parsed = read_yaml(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"{source} {assignment!r}: the value is not valid YAML") from None
-        if isinstance(parsed, str):  # DVC's -S (Hydra's grammar) reads 1e-4 as a number, where YAML 1.1 does not
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        dotted[key.strip()] = parsed
+            override = parser.parse_override(assignment)
+        except HydraException as error:
+            reason = " ".join(str(error).split())[:200]
+            raise ConfigError(f"{source} {assignment!r}: not a value DVC's -S reads ({reason})") from None
+        if override.is_sweep_override():
+            raise ConfigError(f"{source} {assignment!r}: a sweep of values; one experiment takes one value "
+                              "(queue a grid with `dvc exp run --queue -S ...`)")
+        dotted[override.key_or_group] = override.value()
     return nest(dotted)
 
 
@@ -122,7 +137,9 @@ def exp_run_command(name: str, extra: list[str], queue: bool = False) -> list[st
         raise ConfigError("-S tune.*: the tune section is set by `make tune` on its trials")
     merged = merge_overrides(overrides, extras)
     parse_partial(merged, source=f"presets/{name}.yaml with -S {' '.join(extra)}" if extra else f"presets/{name}.yaml")
-    return ["dvc", "exp", "run", *(["--queue"] if queue else []), "-n", experiment_name(name, merged),
+    # --temp: DVC runs it in a temporary copy and keeps it as an experiment (`dvc exp show`; `dvc exp apply
+    # NAME` brings it into the workspace when asked); a workspace run would rewrite params.yaml.
+    return ["dvc", "exp", "run", "--queue" if queue else "--temp", "-n", experiment_name(name, merged),
             *set_options(merged)]
 
 

@@ -4,6 +4,7 @@ outcome calls for (vaepipe.errors' exit codes, 128 + a signal's number) and one 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     stage = Path(getattr(getattr(main, "__code__", None), "co_filename", sys.argv[0])).stem
     use_xla_cache()
     skip_scikit_learn()
+    quiet_libraries()
     rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
     try:
         with interruptible():
@@ -65,10 +67,9 @@ def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
 def removed_by_dvc(stage: str) -> list[str]:
     """The outputs of `stage` that `dvc repro` deleted before running it and that are still missing.
 
-    DVC removes a stage's outputs before its command unless they are `persist`; train, evaluate and plot
-    declare theirs persistent (they write each one atomically, so an interrupted run leaves the previous
-    ones), prepare does not (its run-cache restores prepared data for queued experiments). Only under DVC
-    (it sets DVC_STAGE) and only outputs that dvc.lock records, i.e. that `dvc checkout` can bring back.
+    DVC removes a stage's outputs before its command unless they are `persist`; none is (so that DVC's
+    run-cache holds every stage and going back restores instead of rerunning). Only under DVC (it sets
+    DVC_STAGE) and only outputs that dvc.lock records, i.e. a previous run's.
     """
     if os.environ.get("DVC_STAGE") != stage:
         return []
@@ -92,11 +93,38 @@ def removed_by_dvc(stage: str) -> list[str]:
 
 
 def _say_what_dvc_removed(stage: str) -> None:
-    """The stage's last line when `dvc repro` had deleted outputs that the failed run did not replace."""
+    """The stage's last line when `dvc repro` had deleted outputs that the failed run did not replace: the
+    one command that brings back the previous version (DVC's cache for cached outputs; git for a
+    `cache: false` one, which DVC's checkout skips: metrics.json is committed with dvc.lock)."""
     removed = removed_by_dvc(stage)
-    if removed:
-        print(f"{stage}: DVC removed {', '.join(removed)} before running this stage; `dvc checkout {stage}` brings "
-              f"back the previous version", file=sys.stderr)
+    if not removed:
+        return
+    uncached = set(_uncached_outputs(stage))
+    cached = [path for path in removed if path not in uncached]
+    command = " && ".join(part for part in (f"dvc checkout {stage}" if cached else "",
+                                           "git checkout -- " + " ".join(p for p in removed if p in uncached)
+                                           if uncached & set(removed) else "") if part)
+    print(f"{stage}: DVC removed {', '.join(removed)} before running this stage; `{command}` brings back the "
+          f"previous version", file=sys.stderr)
+
+
+def _uncached_outputs(stage: str) -> list[str]:
+    import yaml
+
+    from vaepipe import paths
+
+    try:
+        declared = yaml.safe_load((paths.ROOT / "dvc.yaml").read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    uncached = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in declared.get(kind, []):
+            if isinstance(entry, dict):
+                path, options = next(iter(entry.items()))
+                if (options or {}).get("cache") is False:
+                    uncached.append(path)
+    return uncached
 
 
 def use_xla_cache() -> None:
@@ -110,6 +138,23 @@ def use_xla_cache() -> None:
         directory = paths.xla_cache_dir()
         directory.mkdir(parents=True, exist_ok=True)
         os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+
+
+# Loggers whose INFO lines say nothing to the user of a stage: MLflow's system-metrics monitor (started,
+# stopping, terminated), its SQLite store's schema set-up (MLflow's and alembic's) and the model
+# logger's "Validating input example against model signature".
+QUIET_LOGGERS = ("mlflow.system_metrics", "mlflow.store.db.utils", "alembic", "mlflow.pyfunc")
+
+
+def quiet_libraries() -> None:
+    """A stage prints its own lines and errors. Silenced at the source, before the libraries load: the
+    loggers above to WARNING; MLflow's artifact download bars and its end-of-run "View run at" lines (the
+    stage prints its own link, to MLflow's training view) by MLflow's own switches, environment variables
+    it reads. Warnings and errors still show."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def skip_scikit_learn() -> None:

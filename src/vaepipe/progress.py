@@ -151,8 +151,17 @@ class EpochProgress:
             self.bar.update(self.batches, values=values, finalize=True)
             self.bar = None
             return
-        left = sum(self.epoch_seconds) / len(self.epoch_seconds) * (self.epochs - epoch - 1)
+        # This process's first epoch includes tracing and compiling (seconds, against a fraction of a second
+        # per epoch after it): the estimate uses the epochs after it, and waits for one.
+        steady = self.epoch_seconds[1:]
+        remaining = self.epochs - epoch - 1
+        if not remaining:
+            left = "done"
+        elif steady:
+            left = f"about {duration(sum(steady) / len(steady) * remaining)} left"
+        else:
+            left = "time left estimated after the next epoch (this one included compiling)"
         per_batch = seconds / self.batches if self.batches else 0.0
         rate = f"{per_batch * 1000:.0f}ms/batch" if per_batch >= 1e-3 else f"{per_batch * 1e6:.0f}us/batch"
         self.write(f"epoch {epoch + 1}/{self.epochs}: {self.batches}/{self.batches} batches in {duration(seconds)} "
-                   f"({rate}), about {duration(left)} left; " + " ".join(f"{k}={v:.4f}" for k, v in values))
+                   f"({rate}), {left}; " + " ".join(f"{k}={v:.4f}" for k, v in values))

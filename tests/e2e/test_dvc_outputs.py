@@ -1,7 +1,6 @@
 """What a failed or interrupted stage leaves under real `dvc repro`, which deletes a stage's outputs
-before it runs the command unless they are `persist`: train, evaluate and plot keep the previous ones
-(persistent outputs, written atomically), and prepare's last line names what DVC removed and the command
-that brings it back, which works."""
+before it runs the command (none is `persist`, so DVC's run-cache holds every stage): the stage's last line
+names what DVC removed and the one command that brings the previous version back, and that command works."""
 
 from __future__ import annotations
 
@@ -34,17 +33,20 @@ def edit_params(repo: Path, section: str, **values) -> None:
     write_params(repo, params)
 
 
-def test_a_failed_train_under_dvc_repro_leaves_the_previous_outputs(baseline, tmp_path):
+def test_a_failed_train_names_what_dvc_removed_and_dvc_checkout_brings_back_the_whole_set(baseline, tmp_path):
     repo = copy_repo(baseline.repo, tmp_path / "repo")
-    outputs = ["models/vae.keras", "models/mlflow_run_id", "train_log.csv"]
+    outputs = ["models/vae.keras", "models/mlflow_run_id", "train_log.csv", "val_metrics.json"]
     before = {name: digest(repo / name) for name in outputs}
     edit_params(repo, "train", epochs=baseline_epochs(repo) + 1)  # so that dvc repro runs train
     result = repro(repo, "train", MLFLOW_TRACKING_URI="http://127.0.0.1:9")  # nothing answers: fails in seconds
     assert result.returncode != 0
     assert "127.0.0.1:9" in result.stderr
-    # Without `persist`, DVC would have deleted all three before train started.
-    assert {name: digest(repo / name) for name in outputs if (repo / name).exists()} == before
-    assert "DVC removed" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2] == (f"train: DVC removed {', '.join(outputs)} before running this stage; `dvc checkout train` "
+                         "brings back the previous version"), result.stderr[-2000:]
+    assert not any((repo / name).exists() for name in outputs), "DVC removes them all, so no two runs' files mix"
+    subprocess.run(["dvc", "checkout", "train"], cwd=repo, env=stage_env(), check=True, capture_output=True)
+    assert {name: digest(repo / name) for name in outputs} == before
 
 
 def test_a_failed_prepare_names_what_dvc_removed_and_dvc_checkout_brings_it_back(baseline, tmp_path, mnist_wheel):

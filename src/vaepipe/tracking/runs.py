@@ -5,6 +5,7 @@ and plot (or linked to, in a store that lacks it), always closed with a status, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -76,11 +77,18 @@ def _git(*args: str) -> str:
         return ""
 
 
+# What a run's numbers depend on, as git tracks it: `git.dirty` is true only when these differ from HEAD.
+# Not the outputs a run writes (dvc.lock, metrics.json): a rerun of a clean commit is still clean.
+CODE_AND_PARAMS = ("src", "stages", "dvc.yaml", "params.yaml")
+
+
 def run_tags(dataset_sha256: str) -> dict[str, str]:
     """Tags that link an MLflow run to its DVC experiment, code and data."""
+    # A DVC experiment's params differ from HEAD by design, and its commit records them: only code counts there.
+    watched = [path for path in CODE_AND_PARAMS if not (path == "params.yaml" and os.environ.get("DVC_EXP_NAME"))]
     tags = {
         "mlflow.source.git.commit": _git("rev-parse", "HEAD"),
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", "--", *watched))).lower(),
         "data.sha256": dataset_sha256,
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
@@ -277,10 +285,17 @@ def kill_run_if_running(run_id: str, reason: str) -> str | None:
 
 
 def read_run_id(path: Path) -> str:
+    """The MLflow run id train wrote beside its model. Missing, empty or not a run id is an error, never a
+    new run: train writes this file last of its outputs, so without it the model beside it has no run."""
     try:
-        return path.read_text().strip()
+        run_id = path.read_text(errors="replace").strip()
     except FileNotFoundError:
-        raise TrackingError(f"{path}: no MLflow run id; run `dvc repro train` first") from None
+        raise TrackingError(f"{path}: no MLflow run id (train has not finished writing its outputs); "
+                            "run `dvc repro train` (or `dvc checkout train` for the previous ones)") from None
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise TrackingError(f"{path}: {run_id[:40]!r} is not an MLflow run id (32 hex digits); "
+                            "run `dvc repro train` (or `dvc checkout train` for the previous outputs)")
+    return run_id
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

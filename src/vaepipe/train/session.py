@@ -15,17 +15,20 @@ uninterrupted run computes, and continues the same MLflow run.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import keras
 
 from vaepipe import paths, tracking
 from vaepipe.config import Params, flat_params
+from vaepipe.errors import CheckpointBusy
 from vaepipe.prepared import TrainingInputs
 from vaepipe.tracking import model_logging
 from vaepipe.train.checkpoint import Checkpoint
@@ -45,6 +48,7 @@ class TrainingSession:
         self.directory = paths.checkpoint_dir(key)
         keep_other_checkpoints(current=self.directory, provenance=provenance)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_exclusively(self.directory)
         self.checkpoint = Checkpoint(self.directory, key, provenance)
         self.epoch_log = self.directory / "train_log.csv"
         self.run_id_file = paths.checkpoint_run_id_file(key)
@@ -90,6 +94,32 @@ class TrainingSession:
                   f"from {self.directory.relative_to(paths.ROOT)}", flush=True)
 
 
+LOCK_FILE = "train.lock"
+
+
+def hold_exclusively(directory: Path) -> IO[str]:
+    """Lock the checkpoint directory for this process's lifetime (flock: the kernel releases it when the
+    process dies, however it dies). A second train of the same params (say a new `dvc repro` beside a
+    train stage orphaned by a killed `dvc`) stops in one line naming the process that holds it, instead
+    of resuming the same checkpoint beside it and logging its epochs twice."""
+    handle = (directory / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        shown = directory.relative_to(paths.ROOT) if directory.is_relative_to(paths.ROOT) else directory
+        raise CheckpointBusy(f"train: checkpoint {shown} is in use by train process {holder} (still running, "
+                             f"e.g. after its `dvc` was killed): wait for it to finish, or stop it with "
+                             f"`kill {holder}`, then run `dvc repro` again") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def log_model_summary(vae: keras.Model) -> None:
     tracking.log_metrics({"parameter_count": vae.count_params()})
     summary: list[str] = []
@@ -99,27 +129,34 @@ def log_model_summary(vae: keras.Model) -> None:
 
 
 def write_outputs(vae: keras.Model, epoch_log: Path, run_id: str, params: Params) -> None:
-    """The stage's outputs, each renamed into place only when complete, and the model in MLflow."""
-    with paths.replaced_together() as outputs:  # a failure (a full disk) replaces neither
+    """The stage's outputs, one set: the model, its epoch log, its validation summary, then its run id.
+
+    Each is written to a temporary name first, so a failure (a full disk) replaces none. The run id is
+    removed before any rename and renamed last: whatever moment a kill strikes, a run id beside the model
+    is that model's run, and a model without one is refused by evaluate (tracking.read_run_id), never
+    scored into another run's record."""
+    with paths.replaced_together() as outputs:
         with outputs.write(paths.MODEL_FILE) as tmp_model:
             vae.save(tmp_model)
         with outputs.write(paths.TRAIN_LOG, size=epoch_log.stat().st_size) as tmp_log:
             shutil.copyfile(epoch_log, tmp_log)
+        with outputs.write(paths.VAL_METRICS_FILE) as tmp_summary:
+            tmp_summary.write_text(json.dumps(validation_summary(epoch_log, params.train.epochs), indent=2) + "\n")
+        with outputs.write(paths.RUN_ID_FILE) as tmp_id:
+            tmp_id.write_text(run_id + "\n")
+        paths.RUN_ID_FILE.unlink(missing_ok=True)  # from here to the last rename, no run id names a mixed set
     model_logging.log_model(paths.MODEL_FILE)
-    write_json(paths.VAL_METRICS_FILE, validation_summary(epoch_log, run_id, params.train.epochs))
     if params.tune.trial >= 0 and not params.tune.final:
         # A search's trial runs up to train only: the metrics.json it carries is its baseline's, test numbers
         # of another model. Replaced by a marker, `dvc exp show` shows no test metrics for it (and dvc.lock
         # then says evaluate has not run on this model, which is true).
-        write_json(paths.METRICS_FILE, {"train_only": True, "mlflow_run_id": run_id})
-    with paths.atomic_path(paths.RUN_ID_FILE) as tmp_id:
-        tmp_id.write_text(run_id + "\n")
+        write_json(paths.METRICS_FILE, {"train_only": True})
 
 
-def validation_summary(epoch_log: Path, run_id: str, epochs: int) -> dict[str, Any]:
+def validation_summary(epoch_log: Path, epochs: int) -> dict[str, Any]:
     """val_metrics.json: the validation numbers a search's objectives name (the last epoch's val_loss,
-    val_recon and val_kl; the best val_loss), the epochs trained, whether it stopped early (pruned),
-    and the MLflow run id. Values are null without a validation split (data.val_size 0)."""
+    val_recon and val_kl; the best val_loss), the epochs trained and whether it stopped early (pruned).
+    Metrics only: the MLflow run id is models/mlflow_run_id. Values are null without a validation split."""
     header, rows = read_log(epoch_log)
     columns = {name: [row[index] for row in rows] for index, name in enumerate(header)}
 
@@ -129,7 +166,7 @@ def validation_summary(epoch_log: Path, run_id: str, epochs: int) -> dict[str, A
     val_losses = columns.get("val_loss") or []
     return {"val_loss": last("val_loss"), "best_val_loss": float(min(val_losses)) if val_losses else None,
             "val_recon": last("val_recon"), "val_kl": last("val_kl"), "epochs": len(rows),
-            "pruned": len(rows) < epochs, "mlflow_run_id": run_id}
+            "pruned": len(rows) < epochs}
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

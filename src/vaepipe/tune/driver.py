@@ -28,7 +28,14 @@ from vaepipe.errors import ConfigError, VaepipeError
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
 from vaepipe.tune.search import Search, params_values, suggest, trial_overrides
 from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
-from vaepipe.tune.trials import Experiment, experiment_ref, final_experiment, read_experiment_json, trial_experiment
+from vaepipe.tune.trials import (
+    Experiment,
+    experiment_ref,
+    final_experiment,
+    read_experiment_json,
+    read_experiment_run_id,
+    trial_experiment,
+)
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 FINAL_ATTR = "vaepipe.final"  # study user attribute: {trial number: its final run's experiment, run id, test metrics}
@@ -216,8 +223,9 @@ class Driver:
         code = experiment.process.returncode if experiment.process else None
         ref = experiment_ref(experiment.name) if code == 0 else None
         summary = read_experiment_json(ref, "val_metrics.json") if ref else None
-        if summary and summary.get("mlflow_run_id"):
-            trial.set_user_attr("mlflow_run_id", summary["mlflow_run_id"])
+        run_id = read_experiment_run_id(ref) if summary else None
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
         elapsed = time.monotonic() - experiment.started
         if experiment.interrupted and summary is None:
             trial.set_user_attr("interrupted", True)
@@ -291,7 +299,7 @@ def run_finals(study: optuna.Study, search: Search, storage: str, driver: Driver
                 raise SearchFailed(f"the final run of trial {trial.number} ({name}) failed: {experiment.error_line()}")
         metrics = read_experiment_json(ref, "metrics.json") or {}
         val = read_experiment_json(ref, "val_metrics.json") or {}
-        entry = {"trial": trial.number, "dvc_experiment": name, "mlflow_run_id": metrics.get("mlflow_run_id"),
+        entry = {"trial": trial.number, "dvc_experiment": name, "mlflow_run_id": read_experiment_run_id(ref),
                  "values": dict(zip(search.metrics, trial.values, strict=True)),
                  "final_validation": {metric: val.get(metric) for metric in search.metrics},
                  "test": {key: metrics.get(key) for key in TEST_SUMMARY if key in metrics},

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vaepipe import paths
+from vaepipe.experiments import RUN_ID_PATH, read_from_experiment
 from vaepipe.presets import set_options
 from vaepipe.tune.storage import STORAGE_ENV
 
@@ -65,14 +66,16 @@ def experiment_ref(name: str, baseline: str | None = None) -> str | None:
 
 def read_experiment_json(ref: str, filename: str) -> dict[str, Any] | None:
     """A JSON file (val_metrics.json, metrics.json) as the experiment's commit holds it."""
-    prefix = _git("rev-parse", "--show-prefix").stdout.strip()
-    shown = _git("show", f"{ref}:{prefix}{filename}")
-    if shown.returncode != 0:
-        return None
+    text = read_from_experiment(ref, filename, paths.repo_root())
     try:
-        return json.loads(shown.stdout)
+        return json.loads(text) if text is not None else None
     except json.JSONDecodeError:
         return None
+
+
+def read_experiment_run_id(ref: str) -> str | None:
+    """The MLflow run id the experiment's train stage recorded (models/mlflow_run_id)."""
+    return (read_from_experiment(ref, RUN_ID_PATH, paths.repo_root()) or "").strip() or None
 
 
 @dataclass
