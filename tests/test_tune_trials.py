@@ -38,3 +38,25 @@ def test_a_trial_runs_up_to_train_in_a_temporary_copy():
     assert final[-2:] == ["-S", "tune.final=true"]  # no target: the whole pipeline
     assert trials.trial_experiment("s", 3) == "s-t3" and trials.final_experiment("s", 3) == "s-final-t3"
     assert paths.optuna_dir().name == ".optuna"
+
+
+def test_a_trials_experiment_is_found_from_its_launch_not_from_head(tmp_path, monkeypatch):
+    """A commit (or checkout) during a long study moves HEAD; the trial's experiment, under the baseline
+    its launch recorded, is still found, and so is a study's uniquely named experiment on any baseline."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True,
+                              env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x.invalid", "GIT_COMMITTER_NAME": "t",
+                                   "GIT_COMMITTER_EMAIL": "t@x.invalid", "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+    git("init", "-q")
+    git("commit", "-q", "--allow-empty", "-m", "baseline")
+    launched_on = git("rev-parse", "HEAD")
+    git("update-ref", f"refs/exps/{launched_on[:2]}/{launched_on[2:]}/six-t0", launched_on)  # what DVC commits
+    git("commit", "-q", "--allow-empty", "-m", "a commit made while the study runs")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    expected = f"refs/exps/{launched_on[:2]}/{launched_on[2:]}/six-t0"
+    assert trials.experiment_ref("six-t0", launched_on) == expected
+    assert trials.experiment_ref("six-t0") == expected
+    assert trials.experiment_ref("six-t0", git("rev-parse", "HEAD")) is None  # where a HEAD lookup would look

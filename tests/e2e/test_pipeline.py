@@ -78,7 +78,8 @@ def test_one_finished_run_holds_params_histories_metrics_and_figures(pipeline):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2], key
     metrics = read_metrics(pipeline)
-    assert metrics["mlflow_run_id"] == run.info.run_id
+    assert "mlflow_run_id" not in metrics  # metrics only: the run is models/mlflow_run_id
+    assert (pipeline / "models/mlflow_run_id").read_text().strip() == run.info.run_id
     assert run.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
     assert run.data.metrics["knn_accuracy"] == pytest.approx(metrics["knn_accuracy"])
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -98,7 +99,7 @@ def test_logged_pyfunc_model_gives_the_keras_models_outputs(pipeline):
     mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
     versions = mlflow_client(pipeline).search_model_versions("name='vaepipe-vae'")
     version = max(versions, key=lambda v: int(v.version))
-    assert version.run_id == read_metrics(pipeline)["mlflow_run_id"]
+    assert version.run_id == (pipeline / "models/mlflow_run_id").read_text().strip()
     served = mlflow.pyfunc.load_model(f"models:/vaepipe-vae/{version.version}")
     vae = load_vae(pipeline / "models/vae.keras")
     images = np.load(pipeline / "data/prepared/test.npz")["images"][:5].astype(np.float32) / 255

@@ -33,6 +33,8 @@ from pipeline_repo import (
 )
 from test_browser import offline_page
 
+from vaepipe.experiments import experiment_run_id
+
 pytestmark = pytest.mark.e2e
 
 
@@ -78,7 +80,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
                                               capture_output=True, text=True, check=True).stdout)
     for row in rows:
         metrics = shown[row["dvc_experiment"]]
-        assert metrics["mlflow_run_id"] == row["run_id"]
+        assert experiment_run_id(row["dvc_experiment"], repo) == row["run_id"]  # what the experiment's train wrote
         for name in ("test_loss", "test_recon", "test_kl", "test_nll_iw", "knn_accuracy"):
             assert float(row[name]) == pytest.approx(metrics[name], abs=6e-5), (row["run"], name)
         assert int(row["active_units"]) == metrics["active_units"]
@@ -105,7 +107,7 @@ def every_run_is_complete_in_the_main_store(repo: Path) -> None:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    workspace_run = client.get_run(json.loads((repo / "metrics.json").read_text())["mlflow_run_id"])
+    workspace_run = client.get_run((repo / "models" / "mlflow_run_id").read_text().strip())
     assert workspace_run.data.params["model.latent_dim"] == "5" and "test_loss" in workspace_run.data.metrics
     queued = [run for run in client.search_runs([workspace_run.info.experiment_id]) if run.data.tags.get("dvc.exp_name")]
     assert len(queued) == 4

@@ -50,6 +50,7 @@ from sshd import Sshd
 from team_servers import PostgresCluster, TeamServer, server_command, server_env
 from test_sweep_compare import experiment_metrics
 
+from vaepipe.experiments import experiment_run_id
 from vaepipe.tracking.server import with_driver
 
 pytestmark = pytest.mark.e2e
@@ -178,7 +179,8 @@ def team(tmp_path_factory):
         alice.run("dvc", "exp", "push", "origin", *EXPERIMENTS)
 
         shown = experiment_metrics(alice.run("dvc", "exp", "show", "--json").stdout)
-        experiment_runs = {name: shown[name]["mlflow_run_id"] for name in EXPERIMENTS}
+        experiment_runs = {name: experiment_run_id(name, alice.repo) for name in EXPERIMENTS}
+        assert all(experiment_runs.values()) and set(shown) >= set(EXPERIMENTS)
 
         bob_repo = root / "bob"
         subprocess.run(["git", "clone", "-q", str(origin), str(bob_repo)], check=True, capture_output=True)
@@ -199,8 +201,9 @@ def test_bob_pulls_alice_s_work_and_retrains_nothing(team):
     bob.run("dvc", "pull")
     assert (bob.repo / "models" / "vae.keras").read_bytes() == (alice.repo / "models" / "vae.keras").read_bytes()
     pulled = bob.run("dvc", "exp", "pull", "origin", *EXPERIMENTS)
+    # The run ids travel with the experiments' cached outputs (dvc exp pull fetches them from the remote).
+    assert {name: experiment_run_id(name, bob.repo) for name in EXPERIMENTS} == team.experiment_runs, pulled.stdout
     shown = experiment_metrics(bob.run("dvc", "exp", "show", "--json").stdout)
-    assert {name: shown[name]["mlflow_run_id"] for name in EXPERIMENTS} == team.experiment_runs, pulled.stdout
     status = bob.run("dvc", "status").stdout
     assert "up to date" in status, status
     repro = bob.run("dvc", "repro")

@@ -25,6 +25,8 @@ from PIL import Image
 from pipeline_repo import PROJECT, VENV_BIN, copy_repo, dvc_repro, make_repo, stage_env, wait_for
 from test_browser import offline_page
 
+from vaepipe.experiments import experiment_run_id
+
 pytestmark = pytest.mark.e2e
 
 # Small: 500 training and 100 validation images, 2 epochs, no XLA (a new latent size would recompile).
@@ -140,8 +142,8 @@ def test_a_study_of_six_trials_then_the_best_in_full(tune_repo, tmp_path):
         assert exp["params"]["model"]["latent_dim"] == trial.params["model.latent_dim"]
         assert exp["params"]["train"]["learning_rate"] == pytest.approx(trial.params["train.learning_rate"])
         # No test metrics: the baseline's metrics.json is replaced by the train-only marker.
-        assert exp["metrics"] == {"train_only": True, "mlflow_run_id": trial.user_attrs["mlflow_run_id"]}
-        assert exp["val"]["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
+        assert exp["metrics"] == {"train_only": True}
+        assert experiment_run_id(name, repo) == trial.user_attrs["mlflow_run_id"]  # found from its own experiment
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == exp["val"]["val_loss"]  # told exactly what its train stage wrote
         run = runs[trial.user_attrs["mlflow_run_id"]]
@@ -156,7 +158,7 @@ def test_a_study_of_six_trials_then_the_best_in_full(tune_repo, tmp_path):
     final = shown[f"six-final-t{best.number}"]
     assert all(isinstance(final["metrics"].get(name), float) for name in TEST_METRICS), final["metrics"]
     assert final["val"]["val_loss"] == pytest.approx(best.value, rel=1e-4)  # the same training, replayed
-    final_run = runs[final["metrics"]["mlflow_run_id"]]
+    final_run = runs[experiment_run_id(f"six-final-t{best.number}", repo)]
     assert {"vaepipe.study": "six", "vaepipe.trial": str(best.number), "vaepipe.final": "true"}.items() <= \
         final_run["tags"].items()
     assert set(TEST_METRICS) <= final_run["metrics"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus, RunTag
 
 from vaepipe.errors import TrackingError, deferred_signals, received_signal
 from vaepipe.tracking.details import (
@@ -194,10 +194,17 @@ def active_run(run_id: str | None = None, start: dict[str, Any] | None = None) -
     """Reopen run `run_id` (evaluate, plot) or start one (train, with `start` = kwargs of
     start_or_resume_run); yield the id of the run logged into. Whatever happens inside, the run does
     not stay RUNNING."""
+    global _attached_run
     if start is not None:
         run_id = start_or_resume_run(run_id, **start)
     else:
         run_id = _reopen_or_link(run_id)
+    if run_id == _attached_run:  # evaluate and plot add to the finished train run, never reopening it
+        try:
+            yield run_id
+        finally:
+            _attached_run = None
+        return
     try:
         yield run_id
     except BaseException as error:
@@ -206,13 +213,21 @@ def active_run(run_id: str | None = None, start: dict[str, Any] | None = None) -
     end_run(None)
 
 
+# The finished train run that evaluate or plot logs into, by id, through MlflowClient: its status is
+# never touched, so a stage killed mid-way (even by SIGKILL) leaves it FINISHED, as train left it.
+_attached_run: str | None = None
+
+
 def _reopen_or_link(train_run_id: str) -> str:
-    """Reopen the train run. A store without it (a second clone, a new server) gets a run linked to
-    it by the tag TRAIN_RUN_TAG instead, one per train run: plot continues the run evaluate opened."""
+    """Attach to the train run (logging into it by id, its status untouched). A store without it (a
+    second clone, a new server) gets a run linked to it by the tag TRAIN_RUN_TAG instead, one per
+    train run: plot continues the run evaluate opened."""
+    global _attached_run
     experiment_id = connect()
     try:
         try:
-            return mlflow.start_run(run_id=train_run_id).info.run_id
+            _attached_run = mlflow.MlflowClient().get_run(train_run_id).info.run_id
+            return _attached_run
         except mlflow.exceptions.MlflowException as error:
             if error.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -303,7 +318,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     with store_call("logging metrics" + (f" of step {step}" if step is not None else "")):
         started = time.monotonic()
         try:
-            mlflow.log_metrics(values, step=step)
+            _log_metrics(values, step)
         except mlflow.exceptions.MlflowException as error:
             # A server killed while answering (after it stored the batch) fails the call at once: a
             # response cut off mid-body is not retried. One more call, with MLflow's whole retry budget,
@@ -311,23 +326,41 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
             # only after the budget (the server stayed down) is not repeated.
             if not server_unreachable(error) or time.monotonic() - started > 5:
                 raise
-            mlflow.log_metrics(values, step=step)
+            _log_metrics(values, step)
+
+
+def _log_metrics(values: dict[str, float], step: int | None) -> None:
+    if _attached_run is None:
+        mlflow.log_metrics(values, step=step)
+        return
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(_attached_run, metrics=[Metric(key, value, now, step or 0)
+                                                            for key, value in values.items()])
 
 
 def set_tags(tags: dict[str, str]) -> None:
     """Tag the active run (e.g. a pruned trial's vaepipe.pruned)."""
     with store_call("setting tags " + ", ".join(tags)):
-        mlflow.set_tags(tags)
+        if _attached_run is None:
+            mlflow.set_tags(tags)
+        else:
+            mlflow.MlflowClient().log_batch(_attached_run, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     with store_call(f"logging {path.name}"):
-        retry_http_errors(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
+        if _attached_run is None:
+            retry_http_errors(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
+        else:
+            retry_http_errors(lambda: mlflow.MlflowClient().log_artifact(_attached_run, str(path), artifact_path))
 
 
 def log_text(text: str, artifact_file: str) -> None:
     with store_call(f"logging {artifact_file}"):
-        retry_http_errors(lambda: mlflow.log_text(text, artifact_file))
+        if _attached_run is None:
+            retry_http_errors(lambda: mlflow.log_text(text, artifact_file))
+        else:
+            retry_http_errors(lambda: mlflow.MlflowClient().log_text(_attached_run, text, artifact_file))
 
 
 def print_run_link(run_id: str) -> None:

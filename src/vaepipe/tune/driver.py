@@ -221,7 +221,7 @@ class Driver:
 
     def _tell(self, trial: optuna.trial.Trial, experiment: Experiment) -> None:
         code = experiment.process.returncode if experiment.process else None
-        ref = experiment_ref(experiment.name) if code == 0 else None
+        ref = experiment_ref(experiment.name, experiment.baseline) if code == 0 else None
         summary = read_experiment_json(ref, "val_metrics.json") if ref else None
         run_id = read_experiment_run_id(ref) if summary else None
         if run_id:
@@ -294,7 +294,7 @@ def run_finals(study: optuna.Study, search: Search, storage: str, driver: Driver
             if experiment.interrupted or (driver is not None and driver.stopping.is_set()):
                 say(f"final run of trial {trial.number} interrupted; `make tune FINAL=1` runs it again")
                 break
-            ref = experiment_ref(name) if code == 0 else None
+            ref = experiment_ref(name, experiment.baseline) if code == 0 else None
             if ref is None:
                 raise SearchFailed(f"the final run of trial {trial.number} ({name}) failed: {experiment.error_line()}")
         metrics = read_experiment_json(ref, "metrics.json") or {}

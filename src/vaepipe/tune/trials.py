@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vaepipe import paths
-from vaepipe.experiments import RUN_ID_PATH, read_from_experiment
+from vaepipe.experiments import RUN_ID_PATH, experiment_refs, read_from_experiment
 from vaepipe.presets import set_options
 from vaepipe.tune.storage import STORAGE_ENV
 
@@ -58,15 +58,20 @@ def baseline_rev() -> str:
 
 
 def experiment_ref(name: str, baseline: str | None = None) -> str | None:
-    """The git ref of DVC experiment `name` on the current baseline, if DVC committed one."""
-    baseline = baseline or baseline_rev()
-    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
-    return ref if _git("rev-parse", "--verify", "-q", ref).returncode == 0 else None
+    """The git ref of DVC experiment `name`, if DVC committed one: on `baseline`, the commit its launch
+    recorded; without one, the only experiment of that name on any baseline (a study's names are its own:
+    `<study>-t<n>`, `<study>-final-t<n>`). Never the HEAD of the moment: a commit or a checkout during a
+    long study changes nothing about which experiment a trial is."""
+    if baseline:
+        ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+        return ref if _git("rev-parse", "--verify", "-q", ref).returncode == 0 else None
+    refs = experiment_refs(name, paths.ROOT)
+    return refs[0] if len(refs) == 1 else None
 
 
 def read_experiment_json(ref: str, filename: str) -> dict[str, Any] | None:
     """A JSON file (val_metrics.json, metrics.json) as the experiment's commit holds it."""
-    text = read_from_experiment(ref, filename, paths.repo_root())
+    text = read_from_experiment(ref, filename, paths.ROOT)
     try:
         return json.loads(text) if text is not None else None
     except json.JSONDecodeError:
@@ -75,7 +80,7 @@ def read_experiment_json(ref: str, filename: str) -> dict[str, Any] | None:
 
 def read_experiment_run_id(ref: str) -> str | None:
     """The MLflow run id the experiment's train stage recorded (models/mlflow_run_id)."""
-    return (read_from_experiment(ref, RUN_ID_PATH, paths.repo_root()) or "").strip() or None
+    return (read_from_experiment(ref, RUN_ID_PATH, paths.ROOT) or "").strip() or None
 
 
 @dataclass
@@ -87,6 +92,7 @@ class Experiment:
     target: str | None  # "train" for a trial: the search never runs evaluate
     storage: str
     process: subprocess.Popen | None = None
+    baseline: str | None = None  # the commit DVC runs it on, recorded at launch (its ref lives under it)
     interrupted: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -101,6 +107,7 @@ class Experiment:
         env = {**os.environ, STORAGE_ENV: self.storage}
         with (paths.optuna_dir() / "launch.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self.baseline = baseline_rev()
             with log.open("w") as out:
                 self.process = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "--wait-for-lock",
                                                  *self.command()[1:]], cwd=paths.ROOT,

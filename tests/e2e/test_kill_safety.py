@@ -1,0 +1,92 @@
+"""One owner per piece of work, and nothing lost to a kill: a killed evaluate leaves the train run as it
+found it; a second train beside an orphaned one stops in one line naming the orphan's PID, and no epoch is
+logged twice; an empty run id is refused, never taken as "start a new run"."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import psutil
+import pytest
+import yaml
+from pipeline_repo import copy_repo, metric_history, mlflow_runs, stage_env, wait_for, write_params
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_killed_evaluate_leaves_the_train_run_finished(quick, tmp_path):
+    repo = copy_repo(quick, tmp_path / "repo")
+    [(train_run, status)] = mlflow_runs(repo)
+    assert status == "FINISHED"
+    process = subprocess.Popen([sys.executable, "stages/evaluate.py"], cwd=repo, env=stage_env(PYTHONPATH="src"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:  # the run is attached by now: scoring has begun
+            if line.startswith("evaluate: ELBO terms"):
+                break
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert mlflow_runs(repo) == [(train_run, "FINISHED")]  # not RUNNING, and no other run
+
+
+def test_an_empty_run_id_is_refused_in_one_line_and_opens_no_run(quick, tmp_path):
+    repo = copy_repo(quick, tmp_path / "repo")
+    before = mlflow_runs(repo)
+    (repo / "models" / "mlflow_run_id").write_text("")
+    result = subprocess.run([sys.executable, "stages/evaluate.py"], cwd=repo, env=stage_env(PYTHONPATH="src"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 4, result.stderr[-2000:]  # errors.TrackingError
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "models/mlflow_run_id: '' is not an MLflow run id" in line and "dvc repro train" in line
+    assert mlflow_runs(repo) == before
+
+
+def test_a_second_train_beside_an_orphaned_one_stops_naming_its_pid(baseline, tmp_path):
+    repo = copy_repo(baseline.repo, tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 60  # long enough (several seconds) to be orphaned and then met
+    write_params(repo, params)
+    env = stage_env()
+    dvc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lock = wait_for(lambda: next((path for path in (repo / "checkpoints").glob("*/train.lock")
+                                      if path.read_text().strip()), None), timeout=300, what="train's checkpoint lock")
+        orphan = psutil.Process(int(lock.read_text()))
+        dvc.send_signal(signal.SIGKILL)  # dvc alone, as a closed terminal or a killed CI step might
+        dvc.wait(timeout=30)
+        assert orphan.is_running(), "the train stage outlives its dvc"
+        second = subprocess.run(["dvc", "repro", "train"], cwd=repo, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert second.returncode != 0
+        assert "Traceback" not in second.stderr
+        held = [line for line in second.stderr.splitlines() if "is in use by train process" in line]
+        assert held == [f"error: train: checkpoint {lock.parent.relative_to(repo)} is in use by train process "
+                        f"{orphan.pid} (still running, e.g. after its `dvc` was killed): wait for it to finish, "
+                        f"or stop it with `kill {orphan.pid}`, then run `dvc repro` again"], second.stderr[-2000:]
+        orphan.wait(timeout=900)
+    finally:
+        if dvc.poll() is None:
+            os.killpg(dvc.pid, signal.SIGKILL)
+    third = subprocess.run(["dvc", "repro", "train"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    runs = [run for run, _ in mlflow_runs(repo) if run != baseline.run_id]
+    assert runs and all(status == "FINISHED" for _, status in mlflow_runs(repo))
+    for run in runs:
+        history = metric_history(repo, run)["loss"]
+        assert sorted(history) == list(range(1, 61)), f"run {run}: epochs {sorted(history)}"
+        assert all(len(values) == 1 for values in history.values()), "an epoch logged twice"
+    with sqlite3.connect(repo / "mlflow.db") as conn:  # each epoch a single row, not the same value twice
+        counts = conn.execute("SELECT run_uuid, step, COUNT(*) FROM metrics WHERE key = 'loss' "
+                              "GROUP BY run_uuid, step HAVING COUNT(*) > 1").fetchall()
+    assert counts == []
+    assert (repo / "models" / "mlflow_run_id").read_text().strip() in runs
