@@ -110,27 +110,6 @@ def test_fresh_clone_is_current_and_going_back_restores_from_the_cache(quick, tm
     assert seconds < 120, f"going back took {seconds:.0f} s: a restore, not a retrain, takes seconds"
 
 
-def test_make_exp_leaves_params_yaml_alone(quick, tmp_path):
-    repo = with_make_and_venv(copy_repo(quick, tmp_path / "repo"))
-    before = (repo / "params.yaml").read_bytes()
-    result = run(repo, "make", "exp", "PRESET=quick", "S=data.limit=256 data.val_size=64 evaluate.iw_samples=5",
-                 env=unactivated_env())
-    assert (repo / "params.yaml").read_bytes() == before
-    assert "applied to your workspace" not in result.stdout + result.stderr
-    name = re.search(r"-n (quick-[0-9a-f]{7})", result.stdout).group(1)
-    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    params = next(exp["data"]["params"]["params.yaml"]["data"]
-                  for baseline in shown for experiments in (baseline.get("experiments") or [])
-                  for exp in experiments["revs"] if exp.get("name") == name)
-    from vaepipe.config import merge_overrides, read_yaml_file
-
-    preset = read_yaml_file(PROJECT / "presets" / "quick.yaml", "preset")
-    expected = merge_overrides(preset, {"data": {"limit": 256, "val_size": 64}, "evaluate": {"iw_samples": 5}})
-    for section, values in expected.items():
-        for key, value in values.items():
-            assert params[section][key] == value, (section, key)
-
-
 def test_every_param_type_set_by_dvc_reads_back_in_the_stage_as_dvc_shows_it(tmp_path):
     """Values YAML 1.1 (PyYAML) reads otherwise: `off`/`yes` (booleans there), `010` (eight there), `1e-7`
     (text there); and every other type a param can have."""
@@ -168,14 +147,29 @@ def readme_smoke_run() -> str:
     return commands[0]
 
 
-def test_the_readmes_smoke_run_works_as_printed_without_an_activated_environment(quick, tmp_path):
+def test_the_readmes_smoke_run_and_make_exp_work_from_any_shell_and_leave_params_yaml_alone(quick, tmp_path):
+    """The README's smoke run, exactly as printed, from a shell where .venv is not activated; then `make exp`
+    of the preset it spells out, which DVC's run-cache restores in seconds. params.yaml never changes."""
     repo = with_make_and_venv(copy_repo(quick, tmp_path / "repo"))
-    command = readme_smoke_run()
-    result = subprocess.run(command, shell=True, cwd=repo, env=unactivated_env(), capture_output=True, text=True,
-                            timeout=900)
+    before = (repo / "params.yaml").read_bytes()
+    result = subprocess.run(readme_smoke_run(), shell=True, cwd=repo, env=unactivated_env(), capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
+    assert (repo / "params.yaml").read_bytes() == before
+
+    made = run(repo, "make", "exp", "PRESET=quick", env=unactivated_env())
+    assert (repo / "params.yaml").read_bytes() == before
+    assert "applied to your workspace" not in made.stdout + made.stderr
+    assert "Running stage 'train'" not in made.stdout, "the same params as the smoke run: restored, not retrained"
+    name = re.search(r"-n (quick-[0-9a-f]{7})", made.stdout).group(1)
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    finished = [exp for baseline in shown for experiments in (baseline.get("experiments") or [])
-                for exp in experiments["revs"] if (exp.get("data") or {}).get("metrics", {}).get("metrics.json")]
-    assert finished, "the smoke run's experiment has test metrics"
+    experiment = next(exp for baseline in shown for experiments in (baseline.get("experiments") or [])
+                      for exp in experiments["revs"] if exp.get("name") == name)
+    params = experiment["data"]["params"]["params.yaml"]["data"]
+    assert experiment["data"]["metrics"]["metrics.json"]["data"]["test_loss"] > 0
+    from vaepipe.config import read_yaml_file
+
+    for section, values in read_yaml_file(PROJECT / "presets" / "quick.yaml", "preset").items():
+        for key, value in values.items():
+            assert params[section][key] == value, (section, key)
