@@ -149,3 +149,24 @@ def test_storage_default_is_the_journal_and_passwords_are_never_printed(monkeypa
     assert resolve_storage() == "postgresql://tuner:s3cret@db.example:5432/studies"
     assert storage_label(resolve_storage()) == "postgresql://tuner:***@db.example:5432/studies"
     assert resolve_storage("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_continued_seeded_study_proposes_no_configuration_it_has_run(tmp_path):
+    """Reopened with the same seed, a sampler would replay its stream: the first proposals again."""
+    from vaepipe.tune.driver import open_study
+
+    search = parse(seed=7, sampler="random", pruner="none")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def run_trials(count: int) -> list[dict]:
+        study = open_study(search, storage)
+        proposed = []
+        for _ in range(count):
+            trial = study.ask()
+            proposed.append(suggest(trial, search))
+            study.tell(trial, 1.0)
+        return proposed
+
+    first = run_trials(3)
+    continued = run_trials(3)
+    assert not [values for values in continued if values in first], (first, continued)

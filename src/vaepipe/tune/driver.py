@@ -32,6 +32,7 @@ from vaepipe.tune.trials import (
     Experiment,
     experiment_ref,
     final_experiment,
+    group_members,
     read_experiment_json,
     read_experiment_run_id,
     trial_experiment,
@@ -51,13 +52,16 @@ def say(message: str) -> None:
     print(f"tune: {message}", flush=True)
 
 
-def make_sampler(search: Search) -> optuna.samplers.BaseSampler:
+def make_sampler(search: Search, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The search's sampler. A seeded one continuing a study starts its stream at seed + the trials the study
+    already holds: reseeded as at the start, it would propose again the configurations those trials ran."""
+    seed = None if search.seed is None else search.seed + trials_so_far
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=search.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     # constant_liar: trials running at once (jobs > 1, several processes) are not all sent to one point
-    return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True, multivariate=True)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
 
 
 def open_study(search: Search, storage: str) -> optuna.Study:
@@ -75,6 +79,9 @@ def open_study(search: Search, storage: str) -> optuna.Study:
                 raise ConfigError(f"cannot open study {search.study!r} in {storage_label(storage)}: "
                                   f"{type(error).__name__}: {redact((str(error).splitlines() or [''])[0], storage)}") from None
             time.sleep(1.0 + attempt)
+    if search.seed is not None and study.trials:  # a continued study: a sampler that has not proposed these
+        study = optuna.load_study(study_name=search.study, storage=open_storage(storage),
+                                  sampler=make_sampler(search, len(study.trials)), pruner=study.pruner)
     have = [direction.name.lower() for direction in study.directions]
     if have != directions:
         raise ConfigError(f"{search.path.name}: objective {search.objective}: study {search.study!r} in "
@@ -97,11 +104,16 @@ def _epochs(search: Search) -> int:
 
 def fail_abandoned(study: optuna.Study) -> None:
     """RUNNING trials that a `make tune` on this machine left behind when it was killed outright (SIGKILL,
-    a power cut): their driver's process is gone, so they are told FAIL (`abandoned`) and do not block the count."""
+    a power cut), once every process of theirs is gone: told FAIL (`abandoned`), they do not block the count
+    and a new trial takes their place. A trial whose processes still run (its driver just died: its
+    watchdog, tune/dvc_one.py, is stopping it) is left RUNNING and checked again on the next look, so it is
+    never told FAIL while it trains, nor waited on once it is gone."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        pid = attrs.get("driver_pid")
+        pid, group = attrs.get("driver_pid"), attrs.get("trial_pgid")
+        if isinstance(group, int) and group_members(group):
+            continue
         if attrs.get("driver_host") == host and isinstance(pid, int) and not _alive(pid):
             optuna.trial.Trial(study, trial._trial_id).set_user_attr("abandoned", True)  # public API on a RUNNING trial
             study.tell(trial.number, state=TrialState.FAIL)
@@ -182,6 +194,7 @@ class Driver:
                 self.stopping.set()
                 return None
             if counts["done"] + counts["running"] >= self.search.trials:
+                fail_abandoned(self.study)  # a trial whose processes died meanwhile is replaced, not waited on
                 return "wait"  # the running trials (maybe another process's) may still fail
             trial = self.study.ask()
             values = suggest(trial, self.search)
@@ -209,6 +222,8 @@ class Driver:
                 experiment.interrupted = True
             else:
                 experiment.start()
+                if experiment.process is not None:  # its process group: alive = the trial is still running
+                    trial.set_user_attr("trial_pgid", experiment.process.pid)
                 if self.stopping.is_set():
                     experiment.stop()
                 experiment.wait()

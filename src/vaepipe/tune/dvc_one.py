@@ -8,11 +8,21 @@ dropped entry anyway). So a process that finishes its own trial just as another 
 its entry runs that entry too, alongside the launching process: one trial, two train stages, two MLflow
 runs (seen once in CI with two `make tune` processes on one study). Here a process's second look at the
 stash finds it empty, and trials.py's launch lock makes its first look see only its own entry.
+
+It also stops with its `make tune`: a trial runs in its own process group (so Ctrl-C reaches the driver
+first, which stops its trials itself), and a driver killed outright (SIGKILL: nothing it can pass on) would
+leave it training for a study that no longer waits for it. A watchdog thread sees the parent go (the
+process is re-parented) within a second and stops the whole group as Ctrl-C would: the stage marks its
+MLflow run KILLED and DVC commits nothing.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from dvc.cli import main
@@ -33,6 +43,23 @@ def first_entry_only(get: Callable) -> Callable:
     return get_once
 
 
+PARENT_POLL_S = 0.5
+
+
+def stop_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thread:
+    """Watch for the parent's death; then SIGINT this process group (DVC and the stage)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        print(f"vaepipe: the `make tune` that started this trial (pid {parent}) is gone: stopping it", flush=True)
+        os.killpg(os.getpgrp(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, name="stop-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 if __name__ == "__main__":
+    stop_with_parent(os.getppid())
     TempDirQueue.get = first_entry_only(TempDirQueue.get)
     sys.exit(main(sys.argv[1:]))

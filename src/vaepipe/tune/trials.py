@@ -175,7 +175,7 @@ def _executor_started(name: str) -> bool:
     return False
 
 
-def _group_members(pgid: int) -> list:
+def group_members(pgid: int) -> list:
     """The live (not zombie) processes of process group `pgid`."""
     import psutil
 
@@ -193,7 +193,7 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
     """Until no live process of the group is left (the stage may outlive DVC by a moment); SIGKILL after
     `timeout`. Zombies do not count: a container's init may never reap them."""
     deadline = time.monotonic() + timeout
-    while members := _group_members(pgid):
+    while members := group_members(pgid):
         if time.monotonic() > deadline:
             for process in members:
                 try:

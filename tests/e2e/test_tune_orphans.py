@@ -1,0 +1,77 @@
+"""A trial never outlives its `make tune`: killed outright (SIGKILL, which it cannot pass on), the driver's
+trial processes (their own process group, under `vaepipe.tune.dvc_one`) notice within a second and stop as
+Ctrl-C stops them, so a new `make tune` never meets a trial still training for a study that is gone."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pipeline_repo import PROJECT, VENV_BIN, stage_env, wait_for
+
+from vaepipe.tune.trials import group_members
+
+pytestmark = pytest.mark.e2e
+
+STAGE = """import os, signal, sys, time
+from pathlib import Path
+
+MAIN = Path(os.environ["DVC_ROOT"])  # the stage runs in DVC's temporary copy; the test looks in the main repo
+
+def stop(signum, frame):
+    (MAIN / "stopped").write_text(signal.Signals(signum).name)
+    sys.exit(130)
+
+signal.signal(signal.SIGINT, stop)
+(MAIN / "stage.pid").write_text(str(os.getpid()))
+time.sleep(300)
+Path("out.txt").write_text("finished")
+"""
+
+DRIVER = """import subprocess, sys, time
+trial = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "exp", "run", "--temp", "-n", "mine",
+                          "-S", "x=2"], start_new_session=True)
+print(trial.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_trial_stops_itself_when_its_driver_is_killed(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = stage_env(PYTHONPATH=str(PROJECT / "src"))
+
+    def run(*command: str) -> None:
+        subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=True)
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    (repo / "params.yaml").write_text("x: 1\n")
+    (repo / "stage.py").write_text(STAGE)
+    (repo / "dvc.yaml").write_text(f"stages:\n  slow:\n    cmd: {VENV_BIN / 'python'} stage.py\n    deps: [stage.py]\n"
+                                   "    params: [x]\n    outs: [out.txt]\n")
+    (repo / ".gitignore").write_text("/out.txt\n/stage.pid\n/stopped\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "tiny")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        group = int(driver.stdout.readline())
+        wait_for(lambda: (repo / "stage.pid").exists(), timeout=120, what="the trial's stage")
+        assert group_members(group), "the trial runs in its own process group"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        started = time.monotonic()
+        wait_for(lambda: not group_members(group), timeout=60, what="the trial's processes to stop")
+        seconds = time.monotonic() - started
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert (repo / "stopped").read_text() == "SIGINT", "stopped as Ctrl-C stops it (the stage cleans up)"
+    assert seconds < 30, f"the trial took {seconds:.0f} s to notice"
+    refs = subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=repo, capture_output=True, text=True).stdout
+    assert "/mine" not in refs, "a stopped trial commits no experiment"
+    assert not Path(repo / "out.txt").exists()
