@@ -143,3 +143,57 @@ def test_fit_with_stop_on_signal_stops_after_the_call_whose_signal_was_swallowed
                       callbacks=[counter, StopOnSignal()])
     assert stopped.value.signum == signal.SIGTERM
     assert counter.batches == 4  # of 16 per epoch: stopped right after the call that got the signal
+
+
+def test_a_write_refused_by_a_read_only_file_system_is_one_line_naming_the_path(tmp_path):
+    """A read-only models/ or artifact directory: one line naming the path and what to do, exit code 3 (a
+    DataError), no traceback. A read-only tmpfs, since root (as in CI) writes through any file mode."""
+    from conftest import missing_prerequisite
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        missing_prerequisite(f"cannot mount a read-only tmpfs ({mounted.stderr.strip() or 'mount failed'}; needs root)")
+    try:
+        result = run_script(f"""
+            from pathlib import Path
+            from vaepipe.process import run_stage
+
+            def main():
+                Path({str(mount / "vae.keras")!r}).write_bytes(b"model")
+
+            run_stage(main)
+        """, tmp_path)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {mount / 'vae.keras'}: Read-only file system (a read-only directory or file system?): "
+        "make it writable, then run `dvc repro` again"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_sqlite_store_is_one_line_naming_it(tmp_path, damage):
+    """A truncated or overwritten mlflow.db: one line naming the store and what to do, exit code 4."""
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as conn:  # a real SQLite file with pages to cut
+        conn.execute("CREATE TABLE t (x TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    db.write_bytes(db.read_bytes()[:3000] if damage == "truncated" else b"not a database" * 100)
+    result = run_script(f"""
+        import os
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{db}"
+        from vaepipe import tracking
+        from vaepipe.process import run_stage
+
+        run_stage(lambda: tracking.connect(write=False))
+    """, tmp_path)
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: MLflow store sqlite:///{db} cannot be used: ") and "restore it from a backup" in line

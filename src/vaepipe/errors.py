@@ -53,6 +53,17 @@ def disk_full_cause(error: BaseException) -> OSError | None:
     return None
 
 
+def permission_cause(error: BaseException) -> OSError | None:
+    """The EACCES/EPERM/EROFS OSError behind `error` (a read-only directory or file system), if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class TrackingError(VaepipeError):
     """The MLflow tracking store cannot be reached or used."""
 

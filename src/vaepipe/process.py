@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from vaepipe.errors import VaepipeError, disk_full_cause, interruptible, received_signal
+from vaepipe.errors import DataError, VaepipeError, disk_full_cause, interruptible, permission_cause, received_signal
 
 
 def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
@@ -39,11 +39,8 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     except Exception as error:
         if received_signal() is not None:  # a signal that library code turned into this error
             _stopped(stage, received_signal(), rerun, f"it surfaced as {type(error).__name__}: {error}")
-        if not isinstance(error, VaepipeError) and (full := disk_full_cause(error)) is not None:
-            from vaepipe import paths  # a full disk outside paths.atomic_path (e.g. an appended log)
-
-            error = paths.disk_full_error(full.filename2 or full.filename, replacing=False)  # (src, dst): dst
-        if not isinstance(error, VaepipeError):
+        error = user_error(error)
+        if error is None:
             raise  # a bug: its traceback, the ordinary way
         print(f"error: {error}", file=sys.stderr)
         _say_what_dvc_removed(stage)
@@ -53,6 +50,52 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
               f"are written, and `dvc repro` stops here", file=sys.stderr)
         _leave(128 + received_signal())
     _leave(0)
+
+
+def user_error(error: Exception) -> VaepipeError | None:
+    """`error` as the one-line failure a user can act on, or None for a bug (shown with its traceback).
+    Beside vaepipe's own errors: a full disk, an MLflow SQLite store that is damaged or locked, and a
+    read-only directory or file system, whatever library raised them. Stages and the `make` commands
+    (compare, serve, promote, tune) report failures through this one mapping."""
+    if isinstance(error, VaepipeError):
+        return error
+    if (full := disk_full_cause(error)) is not None:
+        from vaepipe import paths  # a full disk outside paths.atomic_path (e.g. an appended log)
+
+        return paths.disk_full_error(full.filename2 or full.filename, replacing=False)  # (src, dst): dst
+    if (broken := _sqlite_cause(error)) is not None:
+        return _store_error(broken)
+    if (denied := permission_cause(error)) is not None:
+        return DataError(f"cannot write {denied.filename2 or denied.filename or 'a file'}: {denied.strerror} "
+                         "(a read-only directory or file system?): make it writable, then run `dvc repro` again")
+    return None
+
+
+def _sqlite_cause(error: BaseException) -> BaseException | None:
+    """The sqlite3 error behind `error` (MLflow's SQLite store, through SQLAlchemy), if any."""
+    import sqlite3
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlite3.Error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _store_error(cause: BaseException) -> VaepipeError:
+    """One line for an MLflow SQLite store that cannot be used: which store, why, and what to do."""
+    from vaepipe.errors import TrackingError
+    from vaepipe.tracking.store import shown_uri
+
+    reason = " ".join(str(cause).split()) or type(cause).__name__
+    if "locked" in reason:
+        advice = "another process holds it locked (a long write, or a stuck `mlflow ui`): wait for it or stop it"
+    else:
+        advice = ("the file is damaged (truncated or overwritten): restore it from a backup, or move it aside "
+                  "to start a new store (earlier runs are then not in it)")
+    return TrackingError(f"MLflow store {shown_uri()} cannot be used: {reason}; {advice}")
 
 
 def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
