@@ -9,3 +9,13 @@ import os
 # parse tried before the binary one, CPU feature names). Failures still raise with their message;
 # set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def __getattr__(name: str):
+    """`from vaepipe import fit`: training on arrays in a notebook (vaepipe.train.single_process.fit). Loaded on
+    first use only, so `import vaepipe` (every stage, prepare too) does not load TensorFlow."""
+    if name == "fit":
+        import importlib
+
+        return importlib.import_module("vaepipe.train.single_process").fit
+    raise AttributeError(f"module 'vaepipe' has no attribute {name!r}")

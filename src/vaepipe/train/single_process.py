@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 
@@ -66,20 +68,36 @@ def progress_callback(vae: VAE, params: Params, n_images: int) -> BatchProgress:
                          lambda elements: batches_in_elements(elements, n_images, batch_size, stack))
 
 
+def fit(params: Params, x_train: np.ndarray, x_val: np.ndarray | None = None, *,
+        callbacks: Sequence[keras.callbacks.Callback] = (), vae: VAE | None = None, initial_epoch: int = 0) -> VAE:
+    """Train a VAE on arrays, in this process: no DVC, no MLflow, no checkpoint (`from vaepipe import fit`).
+
+    `x_train` and `x_val` are float32 images of shape (n, 784) in [0, 1], as the model sees them
+    (prepared.model_inputs makes them from a split; `data.binarize: dynamic` redraws each batch inside the
+    model). The numbers are the train stage's: the stage is this call with a checkpointed, tracked session
+    around it, which passes its compiled (perhaps resumed) `vae`, the `initial_epoch` to continue from and
+    its end-of-epoch `callbacks`. The model's `history` holds each epoch's loss, recon, kl and val_*."""
+    if vae is None:
+        vae = compile_vae(params, batches_per_epoch(len(x_train), params))
+    if initial_epoch < params.train.epochs:
+        batches = training_batches(vae, params, x_train, x_val, range(initial_epoch, params.train.epochs))
+        vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
+                epochs=params.train.epochs, initial_epoch=initial_epoch,
+                callbacks=[*fit_callbacks(params), progress_callback(vae, params, len(x_train)), *callbacks],
+                shuffle=False, verbose=0)  # progress in batches: progress_callback
+    return vae
+
+
 def train(params: Params) -> None:
-    """Train (resuming an interrupted run with the same params), then write the model, log and run id."""
+    """The train stage: `fit` inside a TrainingSession (resuming an interrupted run with the same params),
+    then the model, log, validation summary and run id written as one set."""
     inputs = prepared.training_inputs(params.data.binarize)
     session = TrainingSession(params, inputs)
     vae = compile_vae(params, batches_per_epoch(len(inputs.x_train), params))
     start_epoch = session.restore(vae)
-    batches = training_batches(vae, params, inputs.x_train, inputs.x_val, range(start_epoch, params.train.epochs))
     with session.run(vae, start_epoch) as epoch_end:
-        if start_epoch < params.train.epochs:
-            vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
-                    epochs=params.train.epochs, initial_epoch=start_epoch,
-                    callbacks=[*fit_callbacks(params), progress_callback(vae, params, len(inputs.x_train)), epoch_end,
-                               *search_callbacks(params)],
-                    shuffle=False, verbose=0)  # progress in batches: progress_callback
+        fit(params, inputs.x_train, inputs.x_val, vae=vae, initial_epoch=start_epoch,
+            callbacks=[epoch_end, *search_callbacks(params)])
 
 
 def search_callbacks(params: Params) -> list[keras.callbacks.Callback]:
