@@ -341,6 +341,8 @@ def test_runs_on_different_test_protocols_get_one_ranked_table_each(store, tmp_p
     assert {p.name for p in out.glob("*.png")} == {"rate_distortion-p1.png", "metrics_vs_model.latent_dim-p1.png",
                                                    "val_loss_curves-v1.png", "val_loss_curves-v2.png"}
     assert Image.open(out / "rate_distortion-p1.png").text["Description"] == "points=2"
+    assert "val_loss_curves.png (validation protocol: mnist, limit all, val_size 10000, split_seed 0, binarize none)" \
+        in page and "val_loss_curves.png (validation protocol: mnist, limit 5000, val_size 1000" in page
     printed = capsys.readouterr().out
     assert f"test protocol: {full}" in printed and f"test protocol: {quick}" in printed
     assert "2 test protocols: each ranked apart" in printed

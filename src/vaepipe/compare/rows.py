@@ -69,8 +69,9 @@ def validation_protocol(run: RunRecord) -> Protocol:
     """The validation images are data.val_size of the first data.limit training images, drawn by
     data.split_seed: a run that differs in any of them was validated on other images."""
     params = run.params
+    limit = params.get(LIMIT_PARAM, UNKNOWN)
     return Protocol("validation", (("dataset", params.get(DATASET_PARAM, UNKNOWN)),
-                                   ("limit", params.get(LIMIT_PARAM, UNKNOWN)),
+                                   ("limit", "all" if limit in ("null", "None", "") else limit),
                                    ("val_size", params.get("data.val_size", UNKNOWN)),
                                    ("split_seed", params.get("data.split_seed", UNKNOWN)),
                                    ("binarize", params.get(BINARIZE_PARAM, UNKNOWN))))
