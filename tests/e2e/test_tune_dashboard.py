@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -114,3 +115,18 @@ def test_make_tune_dashboard_passes_the_storage_in_the_environment_and_binds_hos
             "--host 127.0.0.1 --port 8123") in result.stdout.splitlines()
     phony = next(line for line in (PROJECT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
     assert "tune-dashboard" in phony.split()
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    journal = tmp_path / "journal.log"
+    make_study(journal)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.tune.dashboard", "--port", str(port)],
+                                cwd=tmp_path, env=stage_env(PYTHONPATH=str(PROJECT / "src"),
+                                                            VAEPIPE_TUNE_STORAGE=str(journal)),
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"optuna-dashboard cannot listen on 127.0.0.1:{port}" in result.stderr and "DASHBOARD_PORT=" in result.stderr
