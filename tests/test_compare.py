@@ -184,7 +184,7 @@ def test_html_is_self_contained_and_links_every_run_to_the_ui(store, tmp_path):
 def test_the_page_says_the_links_need_make_ui_on_a_local_store(store, tmp_path, capsys):
     store.add("a", BASE, result(1.0, 2.0))
     assert main(["--out", str(tmp_path), "--ui-port", "5123"]) == 0
-    note = "Run links open the MLflow UI at http://127.0.0.1:5123: start it first with `make ui`"
+    note = "Run links open the MLflow UI at http://127.0.0.1:5123: start it first with `make ui PORT=5123`"
     assert note in (tmp_path / "compare.html").read_text() and note in (tmp_path / "compare.md").read_text()
     assert note in capsys.readouterr().out
 

@@ -147,14 +147,15 @@ def remove_stale(out_dir: Path, written: list[Path]) -> list[Path]:
     return stale
 
 
-def links_note(ui_base: str, ui_url_given: bool) -> str:
-    """Which MLflow UI the page's run links need: the tracking server itself, or `make ui` on this machine."""
+def links_note(ui_base: str, ui_url_given: bool, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """Which MLflow UI the page's run links need: the tracking server itself, or `make ui` on this machine
+    (with the HOST=/PORT= that compare was given, so the two agree)."""
     if ui_url_given:
         return f"Run links open the MLflow UI at {ui_base} (--ui-url): it must be running."
     if is_http(tracking.tracking_uri()):
         return f"Run links open the tracking server's UI at {ui_base}."
-    return (f"Run links open the MLflow UI at {ui_base}: start it first with `make ui` "
-            "(it serves this store, the local one; PORT= if you gave compare another).")
+    extra = "".join(part for part in (host != "127.0.0.1" and f" HOST={host}", port != 5000 and f" PORT={port}") if part)
+    return f"Run links open the MLflow UI at {ui_base}: start it first with `make ui{extra}` (it serves this local store)."
 
 
 def what_exists(study_storage: str | None, study: str | None) -> str:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                + (f" within each of {len(groups)} test protocols (never ranked across them)" if len(groups) > 1 else "")
                + (f"; {only} train-only, listed apart" if only else "")
                + (f"; left out {left}" if left else ""))
-    note = links_note(ui_base, bool(args.ui_url))
+    note = links_note(ui_base, bool(args.ui_url), args.ui_host, args.ui_port)
     written = write_reports(groups, args.out, ui_base, summary, only_groups, study, note)
     for protocol, rows in groups:
         print(f"test protocol: {protocol.label}")
