@@ -24,7 +24,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: setup run test test-fast bench server ui serve promote compare train-multiworker clean-checkpoints exp presets tune tune-status
+.PHONY: setup run test test-fast bench server ui serve promote compare train-multiworker clean-checkpoints exp presets tune tune-status tune-dashboard
 
 setup: $(STAMP)
 
@@ -129,3 +129,9 @@ tune: setup
 
 tune-status: setup
 	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune status $(if $(SEARCH),--search '$(SEARCH)') $(if $(STUDY),--study '$(STUDY)')
+
+# optuna-dashboard (Optuna's own web UI: history, importances, parallel coordinates, trial notes) on the studies of
+# `make tune`'s storage (STORAGE= as for make tune, passed in the environment), on http://HOST:DASHBOARD_PORT.
+DASHBOARD_PORT ?= 8080
+tune-dashboard: setup
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune.dashboard --host $(HOST) --port $(DASHBOARD_PORT)

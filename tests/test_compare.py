@@ -175,8 +175,18 @@ def test_html_is_self_contained_and_links_every_run_to_the_ui(store, tmp_path):
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 3 and all(src.startswith("data:image/png;base64,") for src in sources)
     assert "<script" not in page and "<link" not in page  # nothing fetched: opens offline
-    for run_id in ids:
-        assert f'href="http://127.0.0.1:5999/#/experiments/{store.experiment_id}/runs/{run_id}"' in page
+    for run_id in ids:  # the run's page in MLflow 3's model-training view (its default is the GenAI one)
+        assert (f'href="http://127.0.0.1:5999/#/experiments/{store.experiment_id}/runs/{run_id}'
+                '?workflowType=machine_learning"') in page
+    assert "Run links open the MLflow UI at http://127.0.0.1:5999 (--ui-url): it must be running." in page
+
+
+def test_the_page_says_the_links_need_make_ui_on_a_local_store(store, tmp_path, capsys):
+    store.add("a", BASE, result(1.0, 2.0))
+    assert main(["--out", str(tmp_path), "--ui-port", "5123"]) == 0
+    note = "Run links open the MLflow UI at http://127.0.0.1:5123: start it first with `make ui PORT=5123`"
+    assert note in (tmp_path / "compare.html").read_text() and note in (tmp_path / "compare.md").read_text()
+    assert note in capsys.readouterr().out
 
 
 def test_rate_distortion_joins_runs_that_differ_only_in_beta(store):
@@ -290,3 +300,119 @@ def test_more_than_ten_curves_highlight_the_five_best_and_draw_the_rest_faint(st
     # At MAX_CURVES runs or fewer, every curve is drawn in colour with its own legend line.
     few = validation_curves(rows[:MAX_CURVES])
     assert all(line.get_alpha() is None for line in few.axes[0].get_lines()) and len(legend_texts(few)) == MAX_CURVES
+
+
+# ---------------------------------------------------------------- never ranking unlike runs together
+
+FULL_TEST = {"data.dataset": "mnist", "data.limit": "null", "data.binarize": "none", "evaluate.mc_samples": 10,
+             "data.val_size": 10000, "data.split_seed": 0}
+
+
+def test_runs_on_different_test_protocols_get_one_ranked_table_each(store, tmp_path, capsys):
+    """`make compare LAST=3` once ranked a run scored on 5000 test images with 10 importance samples above
+    runs scored on all 10000 with 1000: its lower numbers are of another test, not a better model."""
+    protocol = {**BASE, **FULL_TEST, "evaluate.iw_samples": 1000}
+    store.add("full-z2", {**protocol, "model.latent_dim": 2}, result(5.0, 160.0), curve=[190, 180])
+    store.add("full-z4", {**protocol, "model.latent_dim": 4}, result(9.0, 140.0), curve=[180, 170])
+    # Lower test numbers than either, on an easier protocol: 5000 test images, 10 importance samples.
+    store.add("quick-z8", {**protocol, "model.latent_dim": 8, "data.limit": 5000, "data.val_size": 1000,
+                           "evaluate.iw_samples": 10}, result(4.0, 100.0), curve=[150, 120])
+    out = tmp_path / "reports"
+    assert main(["--out", str(out)]) == 0
+
+    rows = read_csv(out)
+    full = "mnist, 10000 test images, binarize none, mc_samples 10, iw_samples 1000"
+    quick = "mnist, 5000 test images, binarize none, mc_samples 10, iw_samples 10"
+    # Each protocol ranked on its own (rank 1 twice), the larger group first; never one ranking of three.
+    assert [(row["protocol"], row["rank"], row["run"]) for row in rows] == [
+        (full, "1", "full-z4"), (full, "2", "full-z2"), (quick, "1", "quick-z8")]
+    # Within a group only what differs there is a column: the protocol is the group's key, not a param.
+    assert rows[0]["model.latent_dim"] == "4" and "data.limit" not in rows[0] and "evaluate.iw_samples" not in rows[0]
+    md = (out / "compare.md").read_text()
+    first, second = md.split(f"## Test protocol 1: {full}")[1].split(f"## Test protocol 2: {quick}")
+    assert "| full-z4 |" in first and "| full-z2 |" in first and "quick-z8" not in first
+    assert "| quick-z8 |" in second and "full-z" not in second.split("![")[0]
+    page = (out / "compare.html").read_text()
+    assert page.count("<table>") == 2 and page.count("Ranked among these") == 2
+    assert page.index(f"Test protocol 1: {full}") < page.index("full-z4") < page.index(f"Test protocol 2: {quick}") \
+        < page.index("quick-z8")
+    assert "within each of 2 test protocols (never ranked across them)" in page
+    # Figures of test metrics per protocol; the validation curves per validation protocol (other images).
+    assert {p.name for p in out.glob("*.png")} == {"rate_distortion-p1.png", "metrics_vs_model.latent_dim-p1.png",
+                                                   "val_loss_curves-v1.png", "val_loss_curves-v2.png"}
+    assert Image.open(out / "rate_distortion-p1.png").text["Description"] == "points=2"
+    assert "val_loss_curves.png (validation protocol: mnist, limit all, val_size 10000, split_seed 0, binarize none)" \
+        in page and "val_loss_curves.png (validation protocol: mnist, limit 5000, val_size 1000" in page
+    printed = capsys.readouterr().out
+    assert f"test protocol: {full}" in printed and f"test protocol: {quick}" in printed
+    assert "2 test protocols: each ranked apart" in printed
+
+
+def test_one_test_protocol_is_shown_with_its_table(store, tmp_path):
+    store.add("a", {**BASE, **FULL_TEST, "data.binarize": "static"}, result(1.0, 2.0))
+    store.add("b", {**BASE, **FULL_TEST, "data.binarize": "static", "train.seed": 1}, result(1.0, 3.0))
+    assert main(["--out", str(tmp_path)]) == 0
+    assert "## Test protocol: mnist, 10000 test images, binarize static, mc_samples 10, iw_samples 10" in \
+        (tmp_path / "compare.md").read_text()
+    assert {row["rank"] for row in read_csv(tmp_path)} == {"1", "2"}
+
+
+def test_a_name_that_matches_nothing_lists_the_sweeps_and_studies(store, tmp_path, capsys):
+    store.add("s1-a", BASE, result(1.0, 2.0), sweep="lr-grid")
+    store.add("s1-b", BASE, result(1.0, 3.0), sweep="lr-grid")
+    store.add("s2-a", BASE, result(1.0, 4.0), sweep="beta")
+    store.add("trial-0", BASE, {"val_loss": 3.0}, tags={"vaepipe.study": "rd", "vaepipe.trial": "0"})
+    out = tmp_path / "reports"
+    for args in (["--sweep", "lr-gird"], ["--filter", "params.`model.arch` = 'conv'"]):
+        assert main(["--out", str(out), *args]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no FINISHED run matches" in err, err
+        assert "sweeps (SWEEP=): beta (1 run), lr-grid (2 runs)" in err and "studies with runs (STUDY=): rd (1 run)" in err
+        assert "make run" not in err and not out.exists()
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main(["--out", str(out), "--study", "rdd", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "study 'rdd'" in err and "studies with runs (STUDY=): rd (1 run)" in err and "studies in sqlite:///" in err
+
+
+def tick_values(axis) -> list[float]:
+    axis.axes.figure.canvas.draw()
+    low, high = sorted(axis.get_view_interval())
+    return [tick for tick in axis.get_majorticklocs() if low <= tick <= high]
+
+
+def test_epochs_and_integer_params_get_integer_ticks(store):
+    """Three epochs and latent sizes 2 and 3: matplotlib's default ticks would read epoch 1.5, latent_dim 2.25."""
+    store.add("z2", {**BASE, "model.latent_dim": 2, "train.beta": 0.5}, result(5.0, 170.0), curve=[3.0, 2.0, 1.5])
+    store.add("z3", {**BASE, "model.latent_dim": 3, "train.beta": 0.75}, result(6.0, 160.0), curve=[2.5, 2.0, 1.8])
+    rows = build_rows(tracking.search.search_runs(), "test_loss")
+    epochs = tick_values(validation_curves(rows).axes[0].xaxis)
+    assert len(epochs) >= 2 and all(tick == int(tick) for tick in epochs), epochs
+    for axes in metrics_against(rows, "model.latent_dim").axes:
+        ticks = tick_values(axes.xaxis)
+        assert len(ticks) >= 2 and all(tick == int(tick) for tick in ticks), ticks
+    # A float param keeps matplotlib's own ticks (0.5 .. 0.75 needs fractions).
+    betas = tick_values(metrics_against(rows, "train.beta").axes[0].xaxis)
+    assert any(tick != int(tick) for tick in betas), betas
+    # Latent sizes 2..32 on the log axis: ticks at powers of two, labelled as plain integers.
+    store.add("z32", {**BASE, "model.latent_dim": 32, "train.beta": 0.5}, result(7.0, 150.0))
+    wide = metrics_against(build_rows(tracking.search.search_runs(), "test_loss"), "model.latent_dim").axes[0]
+    wide.figure.canvas.draw()
+    labels = [label.get_text() for label in wide.xaxis.get_majorticklabels() if label.get_text()]
+    assert labels and all(label.isdigit() for label in labels), labels
+
+
+def test_reports_hold_only_the_current_compare(store, tmp_path):
+    for dim in (2, 4):
+        store.add(f"z{dim}", {**BASE, "model.latent_dim": dim}, result(dim, 100.0 / dim), curve=[2.0, 1.0])
+    store.add("only-train", {**BASE, "model.latent_dim": 8}, {"val_loss": 1.0}, curve=[2.0, 1.0])
+    out = tmp_path / "reports"
+    assert main(["--out", str(out)]) == 0
+    first = {p.name for p in out.iterdir()}
+    assert {"rate_distortion.png", "metrics_vs_model.latent_dim.png", "compare_train_only.csv"} <= first
+    (out / "notes.md").write_text("mine")  # a user's own files are not compare's to remove
+    (out / "diagram.png").write_bytes(b"mine")
+    assert main(["--out", str(out), "--filter", "attributes.run_name = 'z2'"]) == 0
+    assert {p.name for p in out.iterdir()} == {"compare.md", "compare.csv", "compare.html", "val_loss_curves.png",
+                                               "notes.md", "diagram.png"}
+    assert [row["run"] for row in read_csv(out)] == ["z2"]

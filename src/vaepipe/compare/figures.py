@@ -3,7 +3,7 @@ main metrics against each numeric param that differs. A figure that needs two ru
 
 Readable with many runs: legends name runs briefly (Row.label: the run name or the trial number; the
 tables carry the params), and of more than MAX_CURVES curves the HIGHLIGHT best are drawn in colour,
-the others faint."""
+the others faint. Epochs and integer params (latent_dim, epochs, seed) get integer ticks only."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from vaepipe.compare.rows import Row
 
@@ -25,11 +26,14 @@ FAINT = {"color": "0.6", "alpha": 0.35, "linewidth": 0.8}
 MAX_LABEL_PARAMS = 2  # a legend names the params of a group of runs only when at most this many differ
 
 
-def draw_all(rows: list[Row], train_only: list[Row] = ()) -> dict[str, bytes]:
-    """The figures of the ranked runs (`rows`, with test metrics); the curves include the train-only runs."""
+def validation_figures(rows: list[Row]) -> dict[str, bytes]:
+    """The validation-loss curves of runs validated on the same images (one validation protocol)."""
+    return {"val_loss_curves.png": png(validation_curves(rows))} if any(row.curve for row in rows) else {}
+
+
+def test_figures(rows: list[Row]) -> dict[str, bytes]:
+    """The figures of ranked runs of one test protocol (rows with test metrics)."""
     figures = {}
-    if any(row.curve for row in (*rows, *train_only)):
-        figures["val_loss_curves.png"] = png(validation_curves([*rows, *train_only]))
     points = [row for row in rows if {"test_kl", "test_recon"} <= row.metrics.keys()]
     if len(points) >= 2:
         figures["rate_distortion.png"] = png(rate_distortion(points))
@@ -80,6 +84,7 @@ def validation_curves(rows: list[Row]):
     if faint:
         title += f" ({len(best)} lowest of {len(drawn)} runs highlighted)"
     axes.set(xlabel="epoch", ylabel="val_loss (negative ELBO, nats)", title=title)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
     _legend(axes, best)
     return figure
 
@@ -115,6 +120,7 @@ def metrics_against(rows: list[Row], name: str):
     if single:
         lines["other runs" if lines else "runs"] = single
     xs = [_float(row.differing[name]) for row in rows]
+    integral = all(_is_int(row.differing[name]) for row in rows)  # "4", not "4.0" (a float param)
     for axes, metric in zip(grid.flat, PARAM_METRICS, strict=True):
         for label, group in lines.items():
             points = sorted((_float(r.differing[name]), r.metrics[metric]) for r in group if metric in r.metrics)
@@ -123,6 +129,10 @@ def metrics_against(rows: list[Row], name: str):
                 axes.plot(*zip(*points, strict=True), marker="o", label=label, **style)
         if min(xs) > 0 and max(xs) / min(xs) >= 8:  # latent sizes 2..64 read better on a log axis
             axes.set_xscale("log", base=2)
+            if integral:  # ticks at powers of two, written 8 rather than 2^3
+                axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        elif integral:  # no latent_dim 2.25
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set(xlabel=name, ylabel=metric)
     _legend(grid.flat[0], lines)
     figure.suptitle(f"metrics against {name}")
@@ -141,6 +151,14 @@ def _group_label(group: list[Row], exclude: str) -> str:
 def _legend(axes, lines) -> None:
     if 0 < len(lines) <= MAX_LEGEND:
         axes.legend(fontsize=7)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _float(text: str) -> float | None:

@@ -1,13 +1,20 @@
-"""`make compare`'s data: the finished runs (read back by vaepipe.tracking.search), the params that differ
-between them, one row per run; runs with test metrics apart from the train-only ones (trials)."""
+"""`make compare`'s data: the finished runs (read back by vaepipe.tracking.search), grouped by the protocol
+their numbers were measured on, the params that differ between them, one row per run; runs with test
+metrics apart from the train-only ones (trials).
+
+A test metric depends on the test images (dataset, how many: data.limit), how they are binarized and
+how many samples evaluate draws (mc_samples for the ELBO terms, iw_samples for the IW NLL): runs that
+differ in any of these are never ranked against each other (test_protocol). Validation numbers depend
+on the validation images (data.limit, data.val_size, data.split_seed) instead (validation_protocol)."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vaepipe.config import param_applies
+from vaepipe.config import DATASET_SIZES, param_applies
 from vaepipe.tracking.search import FINAL_TAG, PRUNED_TAG, TRIAL_TAG, RunRecord, metric_history
 
 METRICS = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "active_units", "knn_accuracy")
@@ -16,6 +23,67 @@ IW_PARAM = "evaluate.iw_samples"
 ARCH_PARAM = "model.arch"
 EPOCH_CURVE = "val_loss"  # per-epoch validation loss (step = epoch)
 EPOCH_TIME = "epoch_time"
+DATASET_PARAM, LIMIT_PARAM, BINARIZE_PARAM = "data.dataset", "data.limit", "data.binarize"
+UNKNOWN = "?"  # a protocol param the run did not log (a run older than the param)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a group's numbers were measured on: (name, value) pairs, in a fixed order; runs are ranked
+    only against runs of the same protocol."""
+
+    kind: str  # "test" or "validation"
+    items: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        """One line, e.g. `mnist, 10000 test images, binarize none, mc_samples 10, iw_samples 1000`."""
+        return ", ".join(value if name == "dataset" else f"{value} {name}" if name.endswith("images")
+                         else f"{name} {value}" for name, value in self.items)
+
+
+def test_images(params: dict[str, str]) -> str:
+    """How many test images evaluate scored: data.limit's first N of the dataset's test split (all when null).
+    The params hold it, not a metric: evaluate logs numbers only, and data.limit decides it."""
+    limit, dataset = params.get(LIMIT_PARAM), params.get(DATASET_PARAM)
+    full = DATASET_SIZES.get(dataset or "", (None, None))[1]
+    if limit is None:
+        return UNKNOWN
+    if limit in ("null", "None", ""):
+        return str(full) if full else "all"
+    limit_n = _int_or_none(limit)
+    if limit_n is None:
+        return limit
+    return str(min(limit_n, full) if full else limit_n)
+
+
+def test_protocol(run: RunRecord) -> Protocol:
+    params = run.params
+    return Protocol("test", (("dataset", params.get(DATASET_PARAM, UNKNOWN)), ("test images", test_images(params)),
+                             ("binarize", params.get(BINARIZE_PARAM, UNKNOWN)),
+                             ("mc_samples", params.get("evaluate.mc_samples", UNKNOWN)),
+                             ("iw_samples", params.get(IW_PARAM, UNKNOWN))))
+
+
+def validation_protocol(run: RunRecord) -> Protocol:
+    """The validation images are data.val_size of the first data.limit training images, drawn by
+    data.split_seed: a run that differs in any of them was validated on other images."""
+    params = run.params
+    limit = params.get(LIMIT_PARAM, UNKNOWN)
+    return Protocol("validation", (("dataset", params.get(DATASET_PARAM, UNKNOWN)),
+                                   ("limit", "all" if limit in ("null", "None", "") else limit),
+                                   ("val_size", params.get("data.val_size", UNKNOWN)),
+                                   ("split_seed", params.get("data.split_seed", UNKNOWN)),
+                                   ("binarize", params.get(BINARIZE_PARAM, UNKNOWN))))
+
+
+def group_by_protocol(runs: list[RunRecord], protocol: Callable[[RunRecord], Protocol] = test_protocol,
+                      ) -> list[tuple[Protocol, list[RunRecord]]]:
+    """The runs by protocol (each group in the runs' order), the largest group first, then by label."""
+    groups: dict[Protocol, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(protocol(run), []).append(run)
+    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0].label))
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from vaepipe import tracking
 from vaepipe.compare.figures import png
+from vaepipe.compare.html import run_link
 from vaepipe.compare.rows import ARCH_PARAM, VAL_METRICS, Row
 from vaepipe.compare.table import number
 from vaepipe.config import param_applies
@@ -121,9 +121,9 @@ def trials_table(record: study_figures.StudyRecord, names: list[str], trial_rows
                       str(trial.user_attrs.get("dvc_experiment", "")), final.run.name if final else ""])
         link = {}
         if row:
-            link[run_column] = tracking.run_url(ui_base, row.run.experiment_id, row.run.run_id)
+            link[run_column] = run_link(ui_base, row.run.experiment_id, row.run.run_id)
         if final:
-            link[len(header) - 1] = tracking.run_url(ui_base, final.run.experiment_id, final.run.run_id)
+            link[len(header) - 1] = run_link(ui_base, final.run.experiment_id, final.run.run_id)
         links.append(link)
     return header, cells, links
 

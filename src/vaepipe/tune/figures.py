@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.importance import PedAnovaImportanceEvaluator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
@@ -72,6 +73,7 @@ def optimization_history(study: optuna.Study, names: list[str]) -> dict[str, Any
                 axes = optuna_plots.plot_optimization_history(
                     study, target=lambda trial, i=index: trial.values[i], target_name=name)
             axes.set_title(f"optimisation history of study {study.study_name}: {name}")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers: no trial 1.5
             figures[name] = axes.figure
     return figures
 
