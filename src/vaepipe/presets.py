@@ -81,12 +81,15 @@ def format_value(value: Any) -> str:
     return text
 
 
+_UNREADABLE = object()
+
+
 def _read_back(text: str) -> Any:
-    """What DVC's -S reads `key=text` as (a marker object if it cannot)."""
+    """What DVC's -S reads `key=text` as (_UNREADABLE if it cannot read it unquoted)."""
     try:
         return parse_set([f"s.k={text}"])["s"]["k"]
     except ConfigError:
-        return ConfigError
+        return _UNREADABLE
 
 
 def set_options(overrides: dict[str, Any]) -> list[str]:
