@@ -197,3 +197,36 @@ def test_a_damaged_sqlite_store_is_one_line_naming_it(tmp_path, damage):
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: MLflow store sqlite:///{db} cannot be used: ") and "restore it from a backup" in line
+
+
+def test_a_locked_sqlite_store_is_one_line_saying_another_process_holds_it(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    created = run_script(f"""
+        import os
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{db}"
+        from vaepipe import tracking
+        from vaepipe.process import run_stage
+
+        run_stage(lambda: tracking.connect(write=False))
+    """, tmp_path)
+    assert created.returncode == 0, created.stderr[-2000:]  # a real, healthy MLflow store
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, for longer than SQLite waits
+    try:
+        result = run_script(f"""
+            import os
+            os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{db}"
+            from vaepipe import tracking
+            from vaepipe.process import run_stage
+
+            run_stage(lambda: tracking.connect(write=True))
+        """, tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "database is locked" in line and "another process holds it locked" in line, line
