@@ -9,6 +9,12 @@ its entry runs that entry too, alongside the launching process: one trial, two t
 runs (seen once in CI with two `make tune` processes on one study). Here a process's second look at the
 stash finds it empty, and trials.py's launch lock makes its first look see only its own entry.
 
+No public DVC path gives "one `--temp` experiment per process" (`dvc exp run --queue` with its own
+workers has the same take-the-first-entry loop), so this is the one patch vaepipe keeps on DVC, replacing a
+private method: it runs only with the DVC version it was tested against (TESTED_DVC), and any other DVC
+is refused in one line before anything is stashed (tests/test_private_api.py checks the patched method is
+still there in the pinned DVC).
+
 It also stops with its `make tune`: a trial runs in its own process group (so Ctrl-C reaches the driver
 first, which stops its trials itself), and a driver killed outright (SIGKILL: nothing it can pass on) would
 leave it training for a study that no longer waits for it. A watchdog thread sees the parent go (the
@@ -43,7 +49,18 @@ def first_entry_only(get: Callable) -> Callable:
     return get_once
 
 
+TESTED_DVC = "3.67.1"  # requirements.txt's pin; a new DVC needs tests/e2e/test_tune.py run against it first
 PARENT_POLL_S = 0.5
+
+
+def refuse_untested_dvc() -> None:
+    import dvc
+
+    if dvc.__version__ != TESTED_DVC:
+        print(f"error: make tune's trial launcher patches DVC {TESTED_DVC}'s temp-dir queue and DVC is "
+              f"{dvc.__version__}: install dvc=={TESTED_DVC} (requirements.txt) or test the patch against it",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def stop_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thread:
@@ -60,6 +77,7 @@ def stop_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thre
 
 
 if __name__ == "__main__":
+    refuse_untested_dvc()
     stop_with_parent(os.getppid())
     TempDirQueue.get = first_entry_only(TempDirQueue.get)
     sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,9 @@ exactly the trials this driver runs. `jobs` trials run at once as `jobs` such pr
 DVC's temp-dir runs take their stash entry with `first(stash)` (dvc/repo/experiments/queue/tempdir.py):
 two `dvc exp run --temp` started at the same moment in one repository can swap, or one can run both.
 So a launch holds a lock file (.optuna/launch.lock, also across `make tune` processes of one repository)
-until DVC has taken this experiment's entry: its executor's info file, which names the experiment, exists.
+until DVC has taken this experiment's entry: its first stage has started (process.run_stage writes
+.optuna/launched/<experiment name> when it starts under a launch, named by DVC's documented DVC_EXP_NAME),
+or DVC has ended. No DVC-internal file is read.
 And DVC's process goes on taking entries after its own until the stash is empty, so it runs through
 `vaepipe.tune.dvc_one`, DVC's CLI with that loop cut to its first turn.
 """
@@ -31,6 +33,7 @@ from typing import Any
 from vaepipe import paths
 from vaepipe.experiments import RUN_ID_PATH, experiment_refs, read_from_experiment
 from vaepipe.presets import set_options
+from vaepipe.process import LAUNCHED_ENV
 from vaepipe.tune.storage import STORAGE_ENV
 
 LAUNCH_TIMEOUT_S = 300
@@ -104,7 +107,10 @@ class Experiment:
         """Launch under the launch lock; return once DVC has taken this experiment's stash entry."""
         log = log_file(self.name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, STORAGE_ENV: self.storage}
+        launched = launched_marker(self.name)
+        launched.parent.mkdir(parents=True, exist_ok=True)
+        launched.unlink(missing_ok=True)
+        env = {**os.environ, STORAGE_ENV: self.storage, LAUNCHED_ENV: str(launched.parent)}
         with (paths.optuna_dir() / "launch.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.baseline = baseline_rev()
@@ -114,8 +120,11 @@ class Experiment:
                                                 env=env, stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-            while self.process.poll() is None and not _executor_started(self.name) and time.monotonic() < deadline:
+            while self.process.poll() is None and not launched.exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if self.process.poll() is None and not launched.exists():
+                print(f"tune: {self.name} started no stage in {LAUNCH_TIMEOUT_S} s; releasing the launch lock",
+                      flush=True)
 
     def wait(self) -> int:
         assert self.process is not None
@@ -163,16 +172,9 @@ class Experiment:
         return lines[-1] if lines else f"dvc exp run exited with {self.process.returncode if self.process else '?'}"
 
 
-def _executor_started(name: str) -> bool:
-    """DVC has taken the experiment's stash entry: an executor info file naming it exists
-    (.dvc/tmp/exps/run/<rev>/<rev>.run, written by the executor's init_git right after the entry is dropped)."""
-    for info in (paths.ROOT / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"):
-        try:
-            if json.loads(info.read_text()).get("name") == name:
-                return True
-        except (OSError, json.JSONDecodeError):
-            continue
-    return False
+def launched_marker(name: str) -> Path:
+    """The file experiment `name`'s first stage writes when it starts (process.announce_launch)."""
+    return paths.optuna_dir() / "launched" / name
 
 
 def group_members(pgid: int) -> list:
