@@ -388,3 +388,55 @@ def test_a_preset_runs_as_an_experiment_with_the_presets_params(tune_repo, tmp_p
             assert params[section][key] == value, (section, key)
     assert params["train"]["epochs"] == 1 and params["data"]["limit"] == 600  # the extra, the base
     assert "test_loss" in experiments(repo)[names[0]]["metrics"]
+
+
+def test_make_tune_killed_outright_during_a_trial_and_a_final_run_loses_and_repeats_nothing(tune_repo, tmp_path):
+    """SIGKILL to `make tune`'s whole process group (what a closed terminal or a killed CI job does), once
+    while trials train and once during the final run; then `make tune` again finishes the study exactly."""
+    repo = copy_repo(tune_repo, tmp_path / "repo")
+    search = write_search(repo, study="killed", trials=3, jobs=2, final=1)
+    env = stage_env(PYTHONPATH="src")
+    logs = []
+
+    def kill_when(predicate, what: str) -> None:
+        log = tmp_path / f"run{len(logs)}.log"
+        logs.append(log)
+        with log.open("w") as out:
+            driver = subprocess.Popen(tune_command(search), cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+            try:
+                wait_for(lambda: driver.poll() is None and predicate(), timeout=900, interval=0.5, what=what)
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=60)
+            finally:
+                if driver.poll() is None:
+                    os.killpg(driver.pid, signal.SIGKILL)
+        # The trials' own process groups notice and stop themselves: their runs end KILLED, not RUNNING.
+        wait_for(lambda: not [run for run in mlflow_table(repo).values() if run["status"] == "RUNNING"],
+                 timeout=120, interval=0.5, what="the orphaned trials to stop and close their runs")
+
+    def training(final: bool) -> bool:
+        return any(run["status"] == "RUNNING" and run["tags"].get("vaepipe.study") == "killed"
+                   and (run["tags"].get("vaepipe.final") == "true") == final for run in mlflow_table(repo).values())
+
+    kill_when(lambda: training(final=False), "a trial's train stage")
+    kill_when(lambda: training(final=True), "the final run's stages")
+    again = run_tune(repo, search)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for text in [again.stdout + again.stderr, *(log.read_text() for log in logs)]:
+        assert "Traceback" not in text, text[-3000:]
+
+    study = optuna.load_study(study_name="killed", storage=journal(repo))
+    assert len(counted(study)) == 3, [(t.number, t.state.name) for t in study.get_trials()]
+    runs = [run for run in mlflow_table(repo).values() if run["tags"].get("vaepipe.study") == "killed"]
+    assert not [run for run in runs if run["status"] == "RUNNING"]
+    finished = [run for run in runs if run["status"] == "FINISHED" and run["tags"].get("vaepipe.final") != "true"]
+    trials = [run["tags"]["vaepipe.trial"] for run in finished]
+    assert len(trials) == len(set(trials)) == 3, trials  # no trial with two finished runs
+    finals = [run for run in runs if run["status"] == "FINISHED" and run["tags"].get("vaepipe.final") == "true"]
+    assert len(finals) == 1, finals  # the test split read once, for the one chosen trial
+    assert len([name for name in experiments(repo) if name.startswith("killed-final")]) == 1
+    queue = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=stage_env(), capture_output=True, text=True)
+    assert "Running" not in queue.stdout and "Queued" not in queue.stdout, queue.stdout
+    leftovers = [path for path in (repo / ".dvc" / "tmp" / "exps").glob("tmp*") if path.is_dir()]
+    assert leftovers == [], leftovers
