@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -26,7 +27,7 @@ from optuna.trial import TrialState
 
 from vaepipe.errors import ConfigError, VaepipeError
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
-from vaepipe.tune.search import Search, params_values, suggest, trial_overrides
+from vaepipe.tune.search import Search, objective_names, params_values, suggest, trial_overrides
 from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
 from vaepipe.tune.trials import Experiment, experiment_ref, final_experiment, read_experiment_json, trial_experiment
 
@@ -72,11 +73,14 @@ def open_study(search: Search, storage: str) -> optuna.Study:
     if have != directions:
         raise ConfigError(f"{search.path.name}: objective {search.objective}: study {search.study!r} in "
                           f"{storage_label(storage)} was created with directions {have}; name a new study")
-    metrics = study.user_attrs.get("vaepipe.objective")
+    metrics = objective_names(study)
     if metrics is not None and metrics != search.metrics:
         raise ConfigError(f"{search.path.name}: objective {search.metrics}: study {search.study!r} optimises "
                           f"{metrics}; name a new study")
-    study.set_user_attr("vaepipe.objective", search.metrics)
+    if study.metric_names != search.metrics:  # a new study, or one from before the driver set them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since 3.2
+            study.set_metric_names(search.metrics)
     study.set_user_attr(PRUNER_ATTR, {"kind": search.pruner, "startup": search.pruner_startup,
                                       "epochs": _epochs(search)})
     return study
