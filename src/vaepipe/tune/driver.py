@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from vaepipe.errors import ConfigError, VaepipeError
-from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
+from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
 from vaepipe.tune.search import Search, objective_names, params_values, suggest, trial_overrides
 from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
 from vaepipe.tune.trials import Experiment, experiment_ref, final_experiment, read_experiment_json, trial_experiment
@@ -92,7 +92,7 @@ def _epochs(search: Search) -> int:
     return parse_partial(search.base(), source=search.path.name).train.epochs
 
 
-def fail_abandoned(study: optuna.Study) -> None:
+def fail_abandoned(study: optuna.Study, storage: str) -> None:
     """RUNNING trials that a `make tune` on this machine left behind when it was killed outright (SIGKILL,
     a power cut): their driver's process is gone, so they are told FAIL (`abandoned`) and do not block the count."""
     host = socket.gethostname()
@@ -100,7 +100,7 @@ def fail_abandoned(study: optuna.Study) -> None:
         attrs = trial.user_attrs
         pid = attrs.get("driver_pid")
         if attrs.get("driver_host") == host and isinstance(pid, int) and not _alive(pid):
-            optuna.trial.Trial(study, trial._trial_id).set_user_attr("abandoned", True)  # public API on a RUNNING trial
+            running_trial(study, storage, trial.number).set_user_attr("abandoned", True)
             study.tell(trial.number, state=TrialState.FAIL)
             say(f"trial {trial.number} was left RUNNING by a `make tune` that is gone (pid {pid}): told FAIL")
 
@@ -328,7 +328,7 @@ def tune(search: Search, storage: str | None = None, final_only: bool = False) -
     storage = resolve_storage(storage)
     say(f"storage {storage_label(storage)}, study {search.study}")
     study = open_study(search, storage)
-    fail_abandoned(study)
+    fail_abandoned(study, storage)
     driver = Driver(search, storage, study)
     if not final_only:
         counts = driver.counts()
