@@ -17,6 +17,9 @@ from test_compare import BASE, Store, read_csv, result
 
 from vaepipe.compare.__main__ import main
 from vaepipe.tune import figures as study_figures
+from vaepipe.tune.driver import open_study
+from vaepipe.tune.search import OBJECTIVE_ATTR, parse_search
+from vaepipe.tune.status import status
 
 SPACE = {"model.latent_dim": IntDistribution(2, 16), "train.beta": FloatDistribution(0.1, 4.0, log=True)}
 # (latent_dim, beta) -> (val_recon, val_kl): four non-dominated trials (0, 1, 2, 5), two dominated (3, 4).
@@ -50,6 +53,7 @@ def make_rd_study(store, storage: str, name: str = "rd") -> optuna.Study:
     """A two-objective study (val_recon, val_kl) of TRIALS plus one pruned trial, each with its MLflow run,
     and a final run (test metrics) of trial 2."""
     study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"])
+    study.set_metric_names(["val_recon", "val_kl"])  # as the driver does (tune.driver.open_study)
     for (dim, beta), (recon, kl) in TRIALS:
         study.enqueue_trial({"model.latent_dim": dim, "train.beta": beta})
         trial = study.ask(SPACE)
@@ -84,7 +88,7 @@ def test_a_two_objective_study_compares_with_its_trials_and_a_pareto_front(store
     assert {row["pruned"] for row in apart if row["trial"] == "6"} == {"pruned"}
     with (out / "study_trials.csv").open() as handle:
         trials = list(csv.DictReader(handle))
-    # The objectives are named by the runs' metrics they equal (this study sets no metric names).
+    # The objectives are named by the study's metric names.
     assert list(trials[0])[:6] == ["trial", "state", "val_recon", "val_kl", "model.latent_dim", "train.beta"]
     assert [row["state"] for row in trials] == ["COMPLETE"] * 6 + ["PRUNED"]
     assert [(row["val_recon"], row["val_kl"]) for row in trials[:6]] == [
@@ -149,6 +153,57 @@ def test_a_single_objective_study_blanks_params_its_arch_does_not_read(store, tm
     assert apart["0"]["model.hidden"] == "" and apart["1"]["model.hidden"] == "[512]"
     assert not read_csv(out)  # no final run: the ranked table is empty
     assert "No run of this selection has test metrics." in (out / "compare.html").read_text()
+
+
+def study_header(out) -> list[str]:
+    with (out / "study_trials.csv").open() as handle:
+        return next(csv.reader(handle))
+
+
+def test_a_best_val_loss_study_is_labelled_best_val_loss_when_every_last_epoch_is_the_best(store, tmp_path):
+    """Issue 27: the driver set no metric names and compare named the objective by the run metric its values
+    equal, so with every trial's last epoch its best (val_loss = best_val_loss) it said val_loss."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = parse_search({"study": "best", "space": {"model.latent_dim": {"int": [2, 16]}},
+                           "objective": {"best_val_loss": "minimize"}, "trials": 3, "pruner": "none"},
+                          tmp_path / "search.yaml")
+    study = open_study(search, storage)  # what `make tune` creates
+    for curve in ([180.0, 170.0], [175.0, 160.0], [190.0, 165.0]):  # each run's last epoch is its best
+        trial = study.ask(SPACE)
+        run_id = add_trial_run(store, "best", trial.number, trial.params, curve[-1] - 10, 10.0)
+        store.client.log_metric(run_id, "best_val_loss", curve[-1])
+        for step, value in enumerate(curve, start=1):
+            store.client.log_metric(run_id, "val_loss", value, step=step)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        study.tell(trial, curve[-1])
+    out = tmp_path / "reports"
+    assert main(["--study", "best", "--storage", storage, "--out", str(out)]) == 0
+    assert study_header(out)[:3] == ["trial", "state", "best_val_loss"]
+    assert (out / "study_history_best_val_loss.png").exists()
+    text = status("best", storage)
+    assert "objective best_val_loss (minimize)" in text and " val_loss " not in text
+    assert status("best", storage, as_json=True).count('"best_val_loss"') == 1
+    assert open_study(search, storage).metric_names == ["best_val_loss"]  # reopened: the same names
+
+
+def test_a_study_from_before_metric_names_is_labelled_from_its_user_attribute(store, tmp_path):
+    """Older `make tune` recorded the objective only as a user attribute; a study with neither is
+    labelled "objective 0", not guessed from values that match a run metric."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for name, attr in (("old", ["val_kl"]), ("bare", None)):
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+        if attr:
+            study.set_user_attr(OBJECTIVE_ATTR, attr)
+        trial = study.ask(SPACE)
+        trial.set_user_attr("mlflow_run_id", add_trial_run(store, name, trial.number, trial.params, 120.0, 7.0))
+        study.tell(trial, 7.0)  # equals the run's val_kl
+    out = tmp_path / "reports"
+    assert main(["--study", "old", "--storage", storage, "--out", str(out)]) == 0
+    assert study_header(out)[:3] == ["trial", "state", "val_kl"]
+    assert "objective val_kl (minimize)" in status("old", storage)
+    assert main(["--study", "bare", "--storage", storage, "--out", str(out)]) == 0
+    assert study_header(out)[:3] == ["trial", "state", "objective 0"]
+    assert "objective value0 (minimize)" in status("bare", storage)
 
 
 def test_the_default_journal_and_an_unknown_study_are_one_clear_line(store, tmp_path, monkeypatch, capsys):

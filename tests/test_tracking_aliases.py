@@ -65,10 +65,14 @@ def test_a_model_uri_is_pinned_to_the_version_it_names(store):
     assert aliases.resolve_model("models:/vaepipe-vae@champion") == aliases.ServedModel("models:/vaepipe-vae/1", "1", store[0])
     assert aliases.resolve_model("models:/vaepipe-vae/2") == aliases.ServedModel("models:/vaepipe-vae/2", "2", store[1])
     assert aliases.resolve_model("models:/vaepipe-vae/latest").version == "3"
+    assert aliases.resolve_model("models:/vaepipe-vae/Latest").version == "3"
     runs_uri = f"runs:/{store[2]}/model"
     assert aliases.resolve_model(runs_uri) == aliases.ServedModel(runs_uri, "3", store[2])
     for bad, says in [("models:/vaepipe-vae@nosuch", "MODEL=models:/vaepipe-vae@nosuch"),
-                      ("models:/vaepipe-vae/9", "MODEL=models:/vaepipe-vae/9")]:
+                      ("models:/vaepipe-vae/9", "MODEL=models:/vaepipe-vae/9"),
+                      ("models:/nosuch/latest", "MODEL=models:/nosuch/latest: registered model nosuch has no versions"),
+                      ("models:/vaepipe-vae/Production", "'Production' is not a version number, `latest` or @alias"),
+                      ("models:/m-nosuch", "MODEL=models:/m-nosuch")]:
         with pytest.raises(TrackingError, match=says) as raised:
             aliases.resolve_model(bad)
         assert "\n" not in str(raised.value)
@@ -117,7 +121,8 @@ def test_promote_takes_a_dvc_experiment_name_or_a_run_id(store, tmp_path, monkey
 
     result = promote_cli(repo, "lucky-fern")  # what `make promote RUN=lucky-fern` runs
     assert result.returncode == 0, result.stderr
-    assert f"vaepipe-vae@champion: version none -> 1 (run {store[0]}, DVC experiment lucky-fern)" in result.stdout
+    assert (f"vaepipe-vae@champion: champion had no version before; now version 1 (run {store[0]}, DVC experiment "
+            "lucky-fern)") in result.stdout
     result = promote_cli(repo, "no-such-exp")
     assert result.returncode == 2, result.stderr
     assert result.stderr == ("error: RUN=no-such-exp: no MLflow run has that id and no DVC experiment that name "

@@ -46,6 +46,7 @@ def test_run_logs_inputs_description_sweep_and_system_metrics(store, tmp_path, v
     experiment = store.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.tags["mlflow.note.content"]
+    assert {d.tags[0].key for d in run.inputs.dataset_inputs} == {tracking.details.DATASET_CONTEXT_TAG}
     inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
     expected = ["training", "validation", "test"] if validation else ["training", "test"]
     assert sorted(inputs) == sorted(expected)
@@ -126,3 +127,14 @@ def test_ui_links_point_at_the_training_view(monkeypatch):
     assert tracking.experiment_url("http://h:1", "7") == "http://h:1/#/experiments/7/runs?workflowType=machine_learning"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert tracking.ui_base_url("127.0.0.1", 5001) == "http://127.0.0.1:5001"
+
+
+def test_the_context_tag_is_the_one_mlflows_public_log_input_sets(store):
+    """details writes the input tag itself (one log_inputs call for all splits); its key must be the one
+    `mlflow.log_input(dataset, context=...)` documents and sets, or the UI loses the splits' contexts."""
+    tracking.connect()
+    with mlflow.start_run() as run:
+        mlflow.log_input(mlflow.data.from_numpy(np.zeros((2, 3), np.float32), name="probe"), context="training")
+    [logged] = store.get_run(run.info.run_id).inputs.dataset_inputs
+    assert [(tag.key, tag.value) for tag in logged.tags] == [(tracking.details.DATASET_CONTEXT_TAG, "training")], (
+        f"mlflow {mlflow.__version__} names the dataset context differently")

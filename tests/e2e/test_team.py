@@ -162,7 +162,7 @@ def team(tmp_path_factory):
         workspace_run = (alice.repo / "models" / "mlflow_run_id").read_text().strip()
         # champion = Alice's workspace run before the queue: the queued runs must leave it there.
         promoted = alice.make("promote", f"RUN={workspace_run}").stdout
-        assert "version none -> 1" in promoted, promoted
+        assert "champion had no version before; now version 1" in promoted, promoted
 
         for name, latent in EXPERIMENTS.items():
             alice.run("dvc", "exp", "run", "--queue", "-n", name, "-S", f"model.latent_dim={latent}")
@@ -289,7 +289,7 @@ def test_serve_answers_with_the_workspace_model_then_the_promoted_experiment(tea
     alice = team.alice
     images = np.random.default_rng(0).random((3, 784), dtype=np.float32)
     # The queued runs registered versions 2 and 3 after the workspace's 1, and left champion on 1.
-    assert "version none -> 1" in team.champion_before_queue
+    assert "champion had no version before; now version 1" in team.champion_before_queue
 
     process, base, line = serve(alice)
     try:

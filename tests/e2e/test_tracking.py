@@ -83,7 +83,8 @@ def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
         run_id = runs[0]["info"]["run_id"]
         metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
         local = json.loads((repo / "metrics.json").read_text())
-        assert metrics["test_loss"] == pytest.approx(local["test_loss"]) and local["mlflow_run_id"] == run_id
+        assert metrics["test_loss"] == pytest.approx(local["test_loss"])
+        assert (repo / "models" / "mlflow_run_id").read_text().strip() == run_id
         params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
         assert params["model.latent_dim"] == "2" and params["data.limit"] == "256"
         history = server.history(run_id, "val_loss")

@@ -329,7 +329,7 @@ def test_two_objectives_give_a_pareto_front_run_in_full(tune_repo, tmp_path):
                              cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=300)
     assert compare.returncode == 0, compare.stderr[-3000:]
     assert "ExperimentalWarning" not in compare.stderr
-    final_runs = {shown[f"rd-final-t{number}"]["metrics"]["mlflow_run_id"] for number in finals}
+    final_runs = {experiment_run_id(f"rd-final-t{number}", repo) for number in finals}
     with (out / "compare.csv").open() as handle:
         assert {row["run_id"] for row in csv.DictReader(handle)} == final_runs
     with (out / "compare_train_only.csv").open() as handle:

@@ -7,12 +7,11 @@ Optuna is reached only through vaepipe.tune (storage: the study; figures: Optuna
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from vaepipe.compare.figures import png
 from vaepipe.compare.html import run_link
-from vaepipe.compare.rows import ARCH_PARAM, VAL_METRICS, Row
+from vaepipe.compare.rows import ARCH_PARAM, Row
 from vaepipe.compare.table import number
 from vaepipe.config import param_applies
 from vaepipe.tune import figures as study_figures
@@ -37,7 +36,7 @@ def study_part(name: str, storage: str | None, rows: list[Row], ui_base: str) ->
     record = study_figures.study_record(study)
     by_run = {row.run.run_id: row for row in rows}
     trial_rows = {trial.number: by_run.get(str(trial.user_attrs.get("mlflow_run_id", ""))) for trial in record.trials}
-    names = objective_names(record, trial_rows)
+    names = objective_names(record)
     header, cells, links = trials_table(record, names, trial_rows, rows, ui_base)
     figures = {}
     complete = [t for t in record.trials if t.state == "COMPLETE"]
@@ -64,24 +63,12 @@ def study_part(name: str, storage: str | None, rows: list[Row], ui_base: str) ->
     return StudyPart(name, summary, header, cells, links, figures)
 
 
-def objective_names(record: study_figures.StudyRecord, trial_rows: dict[int, Row | None]) -> list[str]:
-    """The objectives' names: the study's metric names (`make tune` sets them), else a list in its user
-    attribute `objectives`, else the validation metric of the trials' runs that every value equals."""
-    count = len(record.directions)
-    if record.metric_names and len(record.metric_names) == count:
+def objective_names(record: study_figures.StudyRecord) -> list[str]:
+    """The objectives' names as the study records them (search.objective_names), else "objective i":
+    never guessed from the runs' metrics, which two metrics can share (val_loss and best_val_loss)."""
+    if record.metric_names and len(record.metric_names) == len(record.directions):
         return list(record.metric_names)
-    listed = record.user_attrs.get("objectives")
-    if isinstance(listed, list) and len(listed) == count and all(isinstance(n, str) for n in listed):
-        return listed
-    measured = [(t.values, trial_rows[t.number]) for t in record.trials
-                if t.state == "COMPLETE" and t.values and trial_rows.get(t.number)]
-    names = []
-    for index in range(count):
-        matches = [key for key in VAL_METRICS if measured and all(
-            key in row.metrics and math.isclose(values[index], row.metrics[key], rel_tol=1e-5, abs_tol=1e-6)
-            for values, row in measured)]
-        names.append(matches[0] if matches and matches[0] not in names else f"objective {index}")
-    return names
+    return [f"objective {index}" for index in range(len(record.directions))]
 
 
 def pareto_plane(record: study_figures.StudyRecord, names: list[str],

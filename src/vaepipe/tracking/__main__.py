@@ -59,7 +59,9 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     if args.action == "promote":
         run_id, experiment = run_of(args.run)
         before, after = aliases.promote(run_id)
-        print(f">> {REGISTERED_MODEL}@{aliases.CHAMPION}: version {before or 'none'} -> {after} "
+        moved = (f"version {before} -> {after}" if before else
+                 f"{aliases.CHAMPION} had no version before; now version {after}")
+        print(f">> {REGISTERED_MODEL}@{aliases.CHAMPION}: {moved} "
               f"(run {run_id}{f', DVC experiment {experiment}' if experiment else ''})")
         return None
     link = experiment_url(ui_base_url(args.host, args.port), connect(write=False))

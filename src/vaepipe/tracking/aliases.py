@@ -61,18 +61,15 @@ def resolve_model(uri: str) -> ServedModel:
     """A model URI as MLflow takes it. A registered model's alias, `latest` or version is pinned to that
     version's number, so what is served is what was printed even if the alias moves meanwhile; any other
     URI (runs:/..., a path) is served as given, with the version its run registered, if any."""
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
     client = _client()
     if uri.startswith("models:/"):
         try:
-            resolved = get_model_name_and_version(client, uri)
-            if len(resolved) == 1:  # models:/<logged model id>
-                return ServedModel(uri, None, client.get_logged_model(resolved[0]).source_run_id)
-            name, version = resolved
-            found = client.get_model_version(name, version)
+            found = _model_version(client, uri)
+            if found is None:  # models:/<logged model id>
+                return ServedModel(uri, None, client.get_logged_model(uri.removeprefix("models:/")).source_run_id)
         except mlflow.exceptions.MlflowException as error:
             raise _store_error(f"MODEL={uri}", error) from None
+        name = found.name
         if name != REGISTERED_MODEL:
             return ServedModel(f"models:/{name}/{found.version}", None, found.run_id)
         return ServedModel(f"models:/{name}/{found.version}", str(found.version), found.run_id)
@@ -80,6 +77,30 @@ def resolve_model(uri: str) -> ServedModel:
         run_id = uri.removeprefix("runs:/").split("/", 1)[0]
         return ServedModel(uri, version_of_run(run_id, client), run_id)
     return ServedModel(uri, None, None)
+
+
+def _model_version(client: mlflow.MlflowClient, uri: str):
+    """The registered ModelVersion a models:/ URI names (MLflow's documented forms: models:/<name>/<version>,
+    models:/<name>/latest, models:/<name>@<alias>), or None for models:/<logged model id>. Parsed here and
+    looked up through MlflowClient: MLflow's own resolver is internal (mlflow.store)."""
+    path = uri.removeprefix("models:/")
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    if "/" not in path:
+        return None
+    name, reference = path.split("/", 1)
+    if reference.isdigit():
+        return client.get_model_version(name, reference)
+    if reference.lower() == "latest":
+        if "'" in name:
+            raise TrackingError(f"MODEL={uri}: a model name with a quote cannot be searched; name its version")
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise TrackingError(f"MODEL={uri}: registered model {name} has no versions in {shown_uri()}")
+        return max(versions, key=lambda version: int(version.version))
+    raise TrackingError(f"MODEL={uri}: {reference!r} is not a version number, `latest` or @alias (model stages "
+                        "are deprecated in MLflow: use an alias)")
 
 
 def champion_version(client: mlflow.MlflowClient | None = None) -> str | None:

@@ -24,6 +24,9 @@ STUDY_TAG, TRIAL_TAG, DVC_EXPERIMENT_TAG = "vaepipe.study", "vaepipe.trial", "va
 PRUNED_TAG, FINAL_TAG = "vaepipe.pruned", "vaepipe.final"
 DESCRIPTION_TAG = "mlflow.note.content"
 SPLIT_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}  # meta.json key -> context
+# The input tag that names a dataset's context: documented as the key `mlflow.log_input(context=...)` sets
+# (tests/test_tracking_ui.py checks it against that public call); MLflow's own constant is internal.
+DATASET_CONTEXT_TAG = "mlflow.data.context"
 DIGEST_CHARS = 16  # MLflow caps a dataset digest at 36 characters: the sha256's first 16 hex digits
 
 
@@ -70,9 +73,8 @@ def prepared_datasets(meta: dict[str, Any]) -> list[tuple[Any, str]]:
 def log_prepared_inputs(meta_file: Path | None = None) -> None:
     """Log the prepared splits as the active run's inputs (the UI's Dataset column and filter)."""
     from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    inputs = [DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, context)])
               for dataset, context in prepared_datasets(read_prepared_meta(meta_file))]
     if inputs:
         mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id, datasets=inputs)

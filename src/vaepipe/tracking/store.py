@@ -19,8 +19,8 @@ from pathlib import Path
 
 # A server that is down at the start fails the stage at once: check_reachable probes /health once,
 # without retries, before any work. Every later call rides out a blip with MLflow's own retries,
-# which it reads from the environment on each request (mlflow/utils/rest_utils.py): 5 retries with
-# urllib3's backoff of 0, 2f, 4f, 8f, 16f s, f = 4, about 2 minutes in all (see retry_budget_s).
+# which it reads from these documented variables on each request: 5 retries with urllib3's backoff
+# of 0, 2f, 4f, 8f, 16f s, f = 4, about 2 minutes in all (see retry_budget_s).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "4")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -81,14 +81,14 @@ def store_call(what: str) -> Iterator[None]:
         raise TrackingError(f"MLflow artifact store {_server_of(getattr(error.request, 'url', None)) or uri} did not "
                             f"answer while {what}: {_first_line(error)}") from None
     except mlflow.exceptions.MlflowException as error:
-        statuses = _RETRIED_STATUS.search(str(error))
-        if statuses:  # MLflow retried an HTTP error answer (503, ...) until its retries ran out
-            url = _API_URL.search(str(error))
+        failure = request_failure(error)
+        if isinstance(failure, requests.exceptions.RetryError):  # MLflow retried an HTTP error answer (503, ...)
+            url = getattr(failure.request, "url", None)
             run = mlflow.active_run()
             resume = f"; once it answers, `dvc repro` continues run {run.info.run_id}" if run else ""
             raise TrackingUnavailable(  # like a server that stopped answering: the run stays open
-                f"MLflow {'artifact store' if url and '/artifacts/' in url.group(1) else 'tracking server'} "
-                f"{_server_of(url.group(1) if url else None) or uri} answered HTTP {statuses.group(1)} to every try "
+                f"MLflow {'artifact store' if url and '/artifacts/' in url else 'tracking server'} "
+                f"{_server_of(url) or uri} answered {_retried_status(failure)} to every try "
                 f"while {what} ({retry_budget_s():.0f} s of retries){resume}"
             ) from None
         if server_unreachable(error):
@@ -101,11 +101,34 @@ def store_call(what: str) -> Iterator[None]:
         raise TrackingError(f"MLflow store {uri}: {what}: {_first_line(error)}") from None
 
 
-_RETRIED_STATUS = re.compile(r"too many (\d{3}) error responses")
-_API_URL = re.compile(r"API request to (\S+) failed")
 # Answers a retry may cure. MLflow retries its own list of them (408, 429, 500, 502, 503, 504) inside
 # the call; vaepipe retries an artifact upload answered with another 5xx (507, ...) the same way.
+_MLFLOW_RETRIED = (408, 429, 500, 502, 503, 504)
 _TRANSIENT = frozenset({408, 429}) | frozenset(range(500, 600))
+# What a call that got no answer ends with: refused or dropped connections, timeouts, a body cut off.
+_NO_ANSWER = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+              requests.exceptions.ChunkedEncodingError)
+
+
+def request_failure(error: BaseException) -> requests.exceptions.RequestException | None:
+    """The requests exception an MLflow error came from: MLflow's HTTP client raises MlflowException
+    while handling it, so it is the error's cause or context. None: the server answered (or no HTTP)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, requests.exceptions.RequestException):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _retried_status(failure: requests.exceptions.RetryError) -> str:
+    """"HTTP 503" for the line: urllib3 keeps the last status only in its ResponseError's text, so it is
+    read from there for the message alone (the failure is classified by its type)."""
+    reason = getattr(failure.args[0] if failure.args else None, "reason", None)
+    status = re.search(r"\b([1-5]\d\d)\b", str(reason or ""))
+    return f"HTTP {status.group(1)}" if status else "an HTTP error status"
 
 
 def retry_http_errors(call: Callable[[], object]) -> None:
@@ -151,9 +174,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def server_unreachable(error: Exception) -> bool:
-    """An HTTP tracking server's call that got no answer: MLflow's wording once its retries ran out
-    (or, with no retry, when an answer was cut off mid-body)."""
-    return is_http(tracking_uri()) and "API request to" in str(error)
+    """An HTTP tracking server's call that got no answer once MLflow's retries ran out (or, with no
+    retry, when an answer was cut off mid-body): by the type of the requests exception behind it."""
+    return is_http(tracking_uri()) and isinstance(request_failure(error), _NO_ANSWER)
 
 
 def tracking_uri() -> str:
@@ -203,19 +226,50 @@ def _user() -> str | None:
     return os.environ.get("MLFLOW_TRACKING_USERNAME") or None
 
 
-def _get(uri: str, endpoint: str, **query: str) -> requests.Response:
-    """One GET to the server with MLflow's own credentials from the environment. With MLflow's retries
-    and request timeout: check_reachable already failed fast on a server that is down, a refusal (401,
-    403) is not retried, and a busy server (two queued experiments starting at once on a loaded machine
-    timed out a 5 s, no-retry check) is waited for. No answer at all: one line."""
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
+def _session() -> requests.Session:
+    """A session that calls the server as MLflow's client does, from MLflow's documented variables: the
+    login (MLFLOW_TRACKING_USERNAME / _PASSWORD, else MLFLOW_TRACKING_TOKEN), TLS (MLFLOW_TRACKING_INSECURE_TLS,
+    MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_CLIENT_CERT_PATH) and its retries of the statuses it
+    retries, with its backoff. Credentials go into the request only, never into a message."""
+    from urllib3.util.retry import Retry
 
+    session = requests.Session()
+    retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    retry = Retry(total=retries, connect=retries, read=retries, status=retries, status_forcelist=_MLFLOW_RETRIED,
+                  backoff_factor=float(os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]), raise_on_status=False)
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, requests.adapters.HTTPAdapter(max_retries=retry))
+    user, password = _user(), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        session.auth = (user, password)
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        session.headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        session.verify = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        session.verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        session.cert = os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
+    return session
+
+
+def _get(uri: str, endpoint: str, **query: str) -> requests.Response:
+    """One GET to the server's documented REST endpoint, with MLflow's credentials, retries and request
+    timeout from the environment: check_reachable already failed fast on a server that is down, a
+    refusal (401, 403) is not retried, and a busy server (two queued experiments starting at once on a
+    loaded machine timed out a 5 s, no-retry check) is waited for. No answer, or a status MLflow
+    retries answered to every try: one line."""
     try:
-        return http_request(get_default_host_creds(uri), endpoint, "GET", params=query or None)
-    except mlflow.exceptions.MlflowException as error:
+        with _session() as session:
+            response = session.get(uri.rstrip("/") + endpoint, params=query or None,
+                                   timeout=float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]))
+    except requests.exceptions.RequestException as error:
         raise TrackingError(f"MLflow tracking server {masked_url(uri)} did not answer {endpoint} "
-                            f"({retry_budget_s():.0f} s of retries): {_first_line(error)}") from None
+                            f"({retry_budget_s():.0f} s of retries): {type(error).__name__}") from None
+    if response.status_code in _MLFLOW_RETRIED:
+        raise TrackingError(f"MLflow tracking server {masked_url(uri)} answered HTTP {response.status_code} to "
+                            f"every try of {endpoint} ({retry_budget_s():.0f} s of retries)")
+    return response
 
 
 def _refused(uri: str, what: str) -> TrackingError:
@@ -226,11 +280,7 @@ def _refused(uri: str, what: str) -> TrackingError:
 
 def _check_login(uri: str) -> None:
     """A server with MLflow's basic auth answers 401 without a login or to a wrong password."""
-    try:
-        response = _get(uri, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT_NAME)
-    except (requests.exceptions.RequestException, mlflow.exceptions.MlflowException) as error:
-        raise TrackingError(f"MLflow tracking server {masked_url(uri)} did not answer a request: "
-                            f"{_first_line(error)}") from None
+    response = _get(uri, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT_NAME)
     if response.status_code == 401:
         raise _refused(uri, ("wrong password or no such user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
                              if _user() else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"))

@@ -31,6 +31,37 @@ def check_finite(epoch: int, logs: dict) -> None:
         )
 
 
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """Every `keras.random.SeedGenerator` the model holds, in its layers, nested models or attributes,
+    ordered as their `state` variables are in `model.variables` (the order the epoch seeds are indexed
+    by, kept from before). Found as objects, not by Keras's internal variable name, so exact resume
+    cannot become silently inexact; a model without any is an error (a VAE always samples)."""
+    found: dict[int, keras.random.SeedGenerator] = {}
+    seen: set[int] = set()
+    todo: list[object] = [model]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, keras.random.SeedGenerator):
+            found[id(item.state)] = item
+        elif isinstance(item, keras.layers.Layer):
+            todo += [value for name, value in vars(item).items() if not name.startswith("_")]
+            todo += list(getattr(item, "layers", []))  # a nested model's layers (a property)
+        elif isinstance(item, (list, tuple)):
+            todo += list(item)
+        elif isinstance(item, dict):
+            todo += list(item.values())
+    order = {id(variable): index for index, variable in enumerate(model.variables)}
+    missing = [generator.name for key, generator in found.items() if key not in order]
+    if not found or missing:
+        raise ValueError(f"{model.name}: " + (f"SeedGenerator state not among the model's variables: {missing}"
+                                              if missing else "no keras.random.SeedGenerator found: the epochs "
+                                              "could not be reseeded and resume would not be exact"))
+    return [found[key] for key in sorted(found, key=order.__getitem__)]
+
+
 class EpochRandomState(keras.callbacks.Callback):
     """Before each epoch, set every SeedGenerator in the model from (seed, epoch); the data order is
     keyed by the epoch inside the dataset (inputs.make_datasets)."""
@@ -40,8 +71,7 @@ class EpochRandomState(keras.callbacks.Callback):
         self.seed = seed
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
-        for index, state in enumerate(states):
+        for index, state in enumerate(generator.state for generator in seed_generators(self.model)):
             state.assign(np.array([epoch_seed(self.seed, epoch, index), 0], dtype=state.dtype))
 
 

@@ -34,7 +34,7 @@ from vaepipe.config import Params
 from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, build_vae
 from vaepipe.progress import EpochProgress
-from vaepipe.train.callbacks import check_finite
+from vaepipe.train.callbacks import check_finite, seed_generators
 from vaepipe.train.epoch_end import EpochEnd
 from vaepipe.train.inputs import VAL_BATCH_SIZE, batches_per_epoch, epoch_permutation, epoch_seed
 from vaepipe.train.schedules import make_optimizer
@@ -94,7 +94,7 @@ class DistributedTrainer:
             self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False,
                                     synchronization=tf.VariableSynchronization.ON_READ,
                                     aggregation=tf.VariableAggregation.SUM)
-        self.seed_states = [v for v in self.vae.variables if v.name == "seed_generator_state"]
+        self.seed_states = [generator.state for generator in seed_generators(self.vae)]
         self._train_steps = tf.function(self._run_steps(self._train_replica))
         self._eval_steps = tf.function(self._run_steps(self._eval_replica))
 

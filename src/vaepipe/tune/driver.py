@@ -19,14 +19,15 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from vaepipe.errors import ConfigError, VaepipeError
-from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
-from vaepipe.tune.search import Search, params_values, suggest, trial_overrides
+from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
+from vaepipe.tune.search import Search, objective_names, params_values, suggest, trial_overrides
 from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
 from vaepipe.tune.trials import (
     Experiment,
@@ -86,11 +87,14 @@ def open_study(search: Search, storage: str) -> optuna.Study:
     if have != directions:
         raise ConfigError(f"{search.path.name}: objective {search.objective}: study {search.study!r} in "
                           f"{storage_label(storage)} was created with directions {have}; name a new study")
-    metrics = study.user_attrs.get("vaepipe.objective")
+    metrics = objective_names(study)
     if metrics is not None and metrics != search.metrics:
         raise ConfigError(f"{search.path.name}: objective {search.metrics}: study {search.study!r} optimises "
                           f"{metrics}; name a new study")
-    study.set_user_attr("vaepipe.objective", search.metrics)
+    if study.metric_names != search.metrics:  # a new study, or one from before the driver set them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since 3.2
+            study.set_metric_names(search.metrics)
     study.set_user_attr(PRUNER_ATTR, {"kind": search.pruner, "startup": search.pruner_startup,
                                       "epochs": _epochs(search)})
     return study
@@ -102,7 +106,7 @@ def _epochs(search: Search) -> int:
     return parse_partial(search.base(), source=search.path.name).train.epochs
 
 
-def fail_abandoned(study: optuna.Study) -> None:
+def fail_abandoned(study: optuna.Study, storage: str) -> None:
     """RUNNING trials that a `make tune` on this machine left behind when it was killed outright (SIGKILL,
     a power cut), once every process of theirs is gone: told FAIL (`abandoned`), they do not block the count
     and a new trial takes their place. A trial whose processes still run (its driver just died: its
@@ -115,7 +119,7 @@ def fail_abandoned(study: optuna.Study) -> None:
         if isinstance(group, int) and group_members(group):
             continue
         if attrs.get("driver_host") == host and isinstance(pid, int) and not _alive(pid):
-            optuna.trial.Trial(study, trial._trial_id).set_user_attr("abandoned", True)  # public API on a RUNNING trial
+            running_trial(study, storage, trial.number).set_user_attr("abandoned", True)
             study.tell(trial.number, state=TrialState.FAIL)
             say(f"trial {trial.number} was left RUNNING by a `make tune` that is gone (pid {pid}): told FAIL")
 
@@ -194,7 +198,7 @@ class Driver:
                 self.stopping.set()
                 return None
             if counts["done"] + counts["running"] >= self.search.trials:
-                fail_abandoned(self.study)  # a trial whose processes died meanwhile is replaced, not waited on
+                fail_abandoned(self.study, self.storage)  # a trial whose processes died meanwhile is replaced, not waited on
                 return "wait"  # the running trials (maybe another process's) may still fail
             trial = self.study.ask()
             values = suggest(trial, self.search)
@@ -347,7 +351,7 @@ def tune(search: Search, storage: str | None = None, final_only: bool = False) -
     storage = resolve_storage(storage)
     say(f"storage {storage_label(storage)}, study {search.study}")
     study = open_study(search, storage)
-    fail_abandoned(study)
+    fail_abandoned(study, storage)
     driver = Driver(search, storage, study)
     if not final_only:
         counts = driver.counts()

@@ -54,11 +54,11 @@ PARENT_POLL_S = 0.5
 
 
 def refuse_untested_dvc() -> None:
-    import dvc
+    from importlib.metadata import version
 
-    if dvc.__version__ != TESTED_DVC:
+    if (installed := version("dvc")) != TESTED_DVC:
         print(f"error: make tune's trial launcher patches DVC {TESTED_DVC}'s temp-dir queue and DVC is "
-              f"{dvc.__version__}: install dvc=={TESTED_DVC} (requirements.txt) or test the patch against it",
+              f"{installed}: install dvc=={TESTED_DVC} (requirements.txt) or test the patch against it",
               file=sys.stderr, flush=True)
         sys.exit(2)
 

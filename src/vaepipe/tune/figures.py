@@ -23,6 +23,8 @@ from optuna.importance import PedAnovaImportanceEvaluator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
+from vaepipe.tune.search import objective_names  # noqa: E402
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -39,7 +41,7 @@ class TrialRecord:
 class StudyRecord:
     name: str
     directions: tuple[str, ...]  # "minimize" / "maximize", one per objective
-    metric_names: tuple[str, ...] | None  # Study.metric_names (set by `make tune`), else None
+    metric_names: tuple[str, ...] | None  # search.objective_names: Study.metric_names (set by `make tune`)
     user_attrs: dict[str, Any]
     trials: tuple[TrialRecord, ...]
 
@@ -48,7 +50,7 @@ def study_record(study: optuna.Study) -> StudyRecord:
     trials = tuple(TrialRecord(t.number, t.state.name, tuple(t.values) if t.values is not None else None,
                                dict(t.params), dict(t.user_attrs))
                    for t in study.get_trials(deepcopy=False))
-    names = study.metric_names
+    names = objective_names(study)
     return StudyRecord(study.study_name, tuple(d.name.lower() for d in study.directions),
                        tuple(names) if names is not None else None, dict(study.user_attrs), trials)
 

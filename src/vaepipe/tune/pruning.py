@@ -4,7 +4,7 @@ the fit stops. The stage then ends as a finished run: outputs written (val_metri
 the MLflow run FINISHED with the tag vaepipe.pruned = "true", exit 0, so DVC commits the experiment and
 the driver tells the study PRUNED.
 
-The stage attaches to the RUNNING trial the driver asked for (`optuna.trial.Trial(study, trial_id)`), in
+The stage attaches to the RUNNING trial the driver asked for (pruners.running_trial), in
 the storage the driver passes through the environment (storage.STORAGE_ENV). The study's pruner is
 rebuilt from what the driver recorded in the study's user attributes (PRUNER_ATTR).
 """
@@ -17,7 +17,7 @@ import keras
 import optuna
 
 from vaepipe import tracking
-from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner
+from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
 from vaepipe.tune.storage import load_study, resolve_storage, storage_label
 
 
@@ -40,7 +40,7 @@ def attach(study_name: str, number: int) -> optuna.trial.Trial | None:
         print(f"tune: trial {number} of study {study_name!r} in {storage_label(storage)} is {state}, not RUNNING: "
               "training without reporting to it", file=sys.stderr, flush=True)
         return None
-    return optuna.trial.Trial(study, found[0]._trial_id)
+    return running_trial(study, storage, number)
 
 
 class ReportAndPrune(keras.callbacks.Callback):

@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from vaepipe.tune.search import objective_names
 from vaepipe.tune.storage import load_study, resolve_storage, storage_label, study_names
 
 
@@ -39,7 +40,7 @@ def status(study_name: str | None, storage: str | None = None, as_json: bool = F
         study_name = names[0]
     study = load_study(study_name, storage)
     rows = trial_rows(study)
-    metrics = study.user_attrs.get("vaepipe.objective") or [f"value{i}" for i in range(len(study.directions))]
+    metrics = objective_names(study) or [f"value{i}" for i in range(len(study.directions))]
     if as_json:
         return json.dumps({"storage": storage_label(storage), "study": study_name, "objective": metrics,
                            "directions": [d.name.lower() for d in study.directions], "trials": rows,
