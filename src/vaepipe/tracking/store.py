@@ -28,6 +28,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 import mlflow  # noqa: E402
 import requests  # noqa: E402  (what MLflow's artifact uploads raise for an HTTP error answer)
 
+from vaepipe import urls  # noqa: E402
 from vaepipe.errors import TrackingError, deferred_signals  # noqa: E402
 from vaepipe.paths import main_repo_root  # noqa: E402
 
@@ -171,8 +172,8 @@ def artifact_location() -> str | None:
 
 
 def masked_url(url: str) -> str:
-    """The URL with the password of its user:password@ part shown as ***: what messages print."""
-    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+    """The URL with its password shown as ***: what messages print (vaepipe.urls, one masking for all)."""
+    return urls.masked_url(url)
 
 
 def shown_uri() -> str:

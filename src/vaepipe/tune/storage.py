@@ -11,12 +11,11 @@ dvc.lock and MLflow.
 from __future__ import annotations
 
 import os
-import urllib.parse
 from pathlib import Path
 
 import optuna
 
-from vaepipe import paths
+from vaepipe import paths, urls
 from vaepipe.errors import ConfigError
 
 STORAGE_ENV = "VAEPIPE_TUNE_STORAGE"
@@ -38,25 +37,23 @@ def resolve_storage(url: str | None = None) -> str:
 
 
 def storage_label(storage: str) -> str:
-    """The storage as it may be printed: a URL's password replaced by ***."""
-    parts = urllib.parse.urlsplit(storage)
-    if parts.password is None:
-        return storage
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """The storage as it may be printed: a URL's password replaced by *** (vaepipe.urls, as everywhere)."""
+    return urls.masked_url(storage)
 
 
 def redact(text: str, storage: str) -> str:
-    """`text` (an error message) without the storage URL's password."""
-    password = urllib.parse.urlsplit(storage).password if "://" in storage else None
-    return text.replace(password, "***") if password else text
+    """`text` (an error message) without the storage URL's password, in any of its forms."""
+    return urls.redact(text, storage)
 
 
 def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage | str:
     """The Optuna storage object for a resolved storage string (a journal file or a URL)."""
     storage = resolve_storage(storage)
     if "://" in storage:
-        return storage  # Optuna opens RDB URLs itself (SQLAlchemy: sqlite, postgresql, mysql)
+        urls.check_password_encoding(storage, "STORAGE")
+        # Optuna opens RDB URLs itself (SQLAlchemy: sqlite, postgresql, mysql), with the driver the
+        # tracking server's store gets too: postgresql:// alone would mean psycopg 3, not installed.
+        return urls.with_driver(storage)
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
