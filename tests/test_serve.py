@@ -163,3 +163,22 @@ def test_a_port_in_use_is_one_line_naming_it(tmp_path):
         assert not (tmp_path / "x.db").exists()  # it stopped before any store was touched
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize("action", ["server", "ui"])
+def test_make_server_and_ui_on_a_port_in_use_stop_in_one_line_naming_it(tmp_path, action):
+    taken = bound_socket("127.0.0.1", 0)
+    taken.listen()
+    port = taken.getsockname()[1]
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    try:
+        env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+        result = subprocess.run([sys.executable, "-m", "vaepipe.tracking", action, "--host=127.0.0.1", f"--port={port}"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.splitlines() == [f"error: port {port} on 127.0.0.1 is already in use (another `make serve`, "
+                                              "`make ui` or server?); stop it or choose another port (SERVE_PORT=N for "
+                                              "make serve, PORT=N for make server/ui)"], result.stderr[-3000:]
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        taken.close()
