@@ -1,4 +1,4 @@
-"""vaepipe.urls: one masking of URL passwords for every message (the tracking store, `make server`, `make
+"""tracking/store.py's URL helpers: one masking of URL passwords for every message (the tracking store, `make server`, `make
 tune`, `make tune-status`), with passwords that hold the characters hand-made masking gets wrong, and the
 one driver normalisation that the server's store and Optuna's storage share."""
 
@@ -10,7 +10,8 @@ import pytest
 
 from vaepipe.errors import ConfigError
 from vaepipe.tracking import masked_url as tracking_masked_url
-from vaepipe.urls import check_password_encoding, masked_url, redact, with_driver
+from vaepipe.tracking.store import check_password_encoding, masked_url, with_driver
+from vaepipe.tracking.store import redact_password as redact
 
 HOSTILE = "p@ss/w:rd%40x"  # '@', '/', ':' and a %-encoding, as a password
 ENCODED = urllib.parse.quote(HOSTILE, safe="")  # p%40ss%2Fw%3Ard%2540x: how it is written into a URL

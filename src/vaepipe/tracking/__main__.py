@@ -14,6 +14,7 @@ from vaepipe.experiments import experiment_run_id
 from vaepipe.tracking import aliases
 from vaepipe.tracking.model_logging import REGISTERED_MODEL
 from vaepipe.tracking.runs import connect, read_run_id
+from vaepipe.tracking.serve import port_is_free
 from vaepipe.tracking.store import (
     EXPERIMENT_NAME,
     artifact_location,
@@ -45,9 +46,7 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     if args.action == "store":
         print(f"tracking URI: {shown_uri()}\nartifact location: {artifact_location() or '(the server decides)'}")
         return None
-    if args.action in ("server", "ui"):  # serve: tracking/serve.py binds its port before loading the model
-        from vaepipe.tracking.serve import port_is_free
-
+    if args.action == "server":  # serve: tracking/serve.py binds its port before loading the model; ui: below
         port_is_free(args.host, args.port)  # one line naming a taken port, before MLflow starts
     if args.action == "server":  # the stages then reach it by MLFLOW_TRACKING_URI (tracking/server.py)
         from vaepipe.tracking.server import server_command
@@ -69,6 +68,8 @@ def command(argv: list[str] | None = None) -> list[str] | None:
         print(f">> {REGISTERED_MODEL}@{aliases.CHAMPION}: version {before or 'none'} -> {after} "
               f"(run {run_id}{f', DVC experiment {experiment}' if experiment else ''})")
         return None
+    if not is_http(tracking_uri()):  # a UI will start: a taken port is one line before the store is opened
+        port_is_free(args.host, args.port)
     link = experiment_url(ui_base_url(args.host, args.port), connect(write=False))
     if is_http(tracking_uri()):
         print(f">> the store is the server {shown_uri()}; its runs: {link}")

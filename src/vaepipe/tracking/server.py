@@ -19,8 +19,8 @@ import secrets
 from pathlib import Path
 
 from vaepipe.errors import ConfigError, TrackingError
-from vaepipe.tracking.store import local_store, masked_url
-from vaepipe.urls import check_password_encoding, redact, with_driver
+from vaepipe.tracking.store import check_password_encoding, local_store, masked_url, with_driver
+from vaepipe.tracking.store import redact_password as redact
 
 STORE_ENV = "VAEPIPE_SERVER_STORE"
 ARTIFACTS_ENV = "VAEPIPE_SERVER_ARTIFACTS"

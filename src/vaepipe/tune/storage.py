@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 
-from vaepipe import paths, urls
+from vaepipe import paths
 from vaepipe.errors import ConfigError
 
 STORAGE_ENV = "VAEPIPE_TUNE_STORAGE"
@@ -36,20 +36,29 @@ def resolve_storage(url: str | None = None) -> str:
     return url
 
 
+def _urls():
+    """tracking/store.py's URL helpers (the masking and driver every store URL gets), imported for URLs only:
+    it imports MLflow (seconds), which a journal file's study never needs."""
+    from vaepipe.tracking import store
+
+    return store
+
+
 def storage_label(storage: str) -> str:
-    """The storage as it may be printed: a URL's password replaced by *** (vaepipe.urls, as everywhere)."""
-    return urls.masked_url(storage)
+    """The storage as it may be printed: a URL's password replaced by *** (tracking.store's, as everywhere)."""
+    return _urls().masked_url(storage) if "://" in storage else storage
 
 
 def redact(text: str, storage: str) -> str:
     """`text` (an error message) without the storage URL's password, in any of its forms."""
-    return urls.redact(text, storage)
+    return _urls().redact_password(text, storage) if "://" in storage else text
 
 
 def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage | str:
     """The Optuna storage object for a resolved storage string (a journal file or a URL)."""
     storage = resolve_storage(storage)
     if "://" in storage:
+        urls = _urls()
         urls.check_password_encoding(storage, "STORAGE")
         # Optuna opens RDB URLs itself (SQLAlchemy: sqlite, postgresql, mysql), with the driver the
         # tracking server's store gets too: postgresql:// alone would mean psycopg 3, not installed.
