@@ -115,3 +115,21 @@ def test_the_server_banner_and_errors_mask_a_hostile_store_password(tmp_path, mo
     with pytest.raises(ConfigError) as raised:
         server.server_command("127.0.0.1", 5000, {})
     assert "holds a password" in str(raised.value) and not any(form in str(raised.value) for form in FORMS)
+
+
+def test_a_store_password_the_environment_cannot_carry_apart_goes_in_mlflow_s_own_variable(tmp_path, monkeypatch):
+    """MySQL has no PGPASSWORD: the whole URL goes to `mlflow server` in MLFLOW_BACKEND_STORE_URI, not argv."""
+    from vaepipe.tracking import server
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("VAEPIPE_SERVER_ARTIFACTS", "VAEPIPE_SERVER_AUTH", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(server, "check_store", lambda url: None)
+    store = f"mysql+pymysql://mlflow:{ENCODED}@db.example:3306/mlflow"
+    monkeypatch.setenv("VAEPIPE_SERVER_STORE", store)
+    env: dict[str, str] = {}
+    command, line = server.server_command("127.0.0.1", 5000, env)
+    assert "--backend-store-uri" not in command and env["MLFLOW_BACKEND_STORE_URI"] == store
+    assert not any(form in " ".join(command) + line for form in FORMS)
+    assert "store mysql+pymysql://mlflow:***@db.example:3306/mlflow," in line

@@ -129,9 +129,14 @@ def server_command(host: str, port: int, env: dict[str, str] | None = None) -> t
             raise ConfigError(f"{AUTH_ENV}=basic needs the admin's password in MLFLOW_AUTH_ADMIN_PASSWORD "
                               f"(admin user {admin!r}, MLFLOW_AUTH_ADMIN_USERNAME); not starting the server")
     check_store(store)
-    command = ["mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-               "--backend-store-uri", _password_to_env(with_driver(store), env), "--artifacts-destination", artifacts,
-               "--serve-artifacts"]
+    backend = _password_to_env(with_driver(store), env)
+    if masked_url(backend) != backend:  # a password libpq cannot take apart (MySQL, ...): the environment, not ps
+        env["MLFLOW_BACKEND_STORE_URI"] = backend  # mlflow server's own variable for --backend-store-uri
+        store_option = []
+    else:
+        store_option = ["--backend-store-uri", backend]
+    command = ["mlflow", "server", "--host", host, "--port", str(port), "--workers", "1", *store_option,
+               "--artifacts-destination", artifacts, "--serve-artifacts"]
     auth = "none (anyone who reaches the port can log and register models)"
     if mode == "basic":
         users = auth_database(store)
