@@ -100,8 +100,9 @@ server: setup
 ui: setup
 	python -m vaepipe.tracking ui --host="$$HOST" --port="$$PORT"
 
-# The workspace's model (models/mlflow_run_id's registered version) by default; MODEL= any MLflow model URI,
-# e.g. MODEL=models:/vaepipe-vae@champion, models:/vaepipe-vae/7, runs:/<run id>/model. SERVE_PORT= its port.
+# The workspace's model (models/mlflow_run_id's registered version) by default; MODEL= a models:/ or runs:/ URI,
+# a run id or a DVC experiment name, e.g. MODEL=models:/vaepipe-vae@champion, models:/vaepipe-vae/7,
+# runs:/<run id>/model (paths and other URIs are refused). SERVE_PORT= its port.
 SERVE_PORT ?= 5001
 serve: export SERVE_PORT := $(SERVE_PORT)
 serve: setup

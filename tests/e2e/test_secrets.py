@@ -169,3 +169,34 @@ def test_make_server_on_postgresql_shows_the_password_in_no_command_line_and_no_
     assert not leaks(output), output[-3000:]
     assert any("mlflow" in line and "server" in line for line in ps.seen), "the sampler never saw the server"
     assert not ps.leaked(), ps.leaked()
+
+
+def test_make_tune_on_postgresql_shows_the_password_in_no_command_line_and_no_output(pg, tmp_path_factory):
+    """A real study: one trial as a DVC experiment up to train, its storage the PostgreSQL role's, given in the
+    environment (`STORAGE=postgresql://... make tune`). Every process (make, the driver, dvc, the train stage)
+    sampled while it runs: the password is in none of their command lines, nor in anything printed."""
+    import optuna
+    from pipeline_repo import dvc_repro, make_repo
+    from test_tune import TUNE_PARAMS, write_search
+
+    repo = make_repo(tmp_path_factory.mktemp("tune-pg") / "repo", TUNE_PARAMS)
+    for name in ("Makefile", "requirements.txt", "requirements.lock"):
+        shutil.copy(PROJECT / name, repo / name)
+    result = dvc_repro(repo, "train", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    env = make_env(STORAGE=url(pg, "studies"))
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=repo, env=env, check=True, capture_output=True)
+    write_search(repo, study="pg-study", trials=1)
+    env["PYTHONPATH"] = "src"
+    with CommandLines() as ps:
+        tune = subprocess.run(["make", "-s", "-o", "setup", "tune"], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=1500)
+    output = tune.stdout + tune.stderr
+    assert tune.returncode == 0, output[-3000:]
+    assert f"storage postgresql://tuner:***@127.0.0.1:{pg.port}/studies" in output, output[-3000:]
+    assert not leaks(output), output[-3000:]
+    assert any("stages/train.py" in line for line in ps.seen), "the sampler never saw the trial's train stage"
+    assert not ps.leaked(), ps.leaked()
+    study = optuna.load_study(study_name="pg-study", storage=f"postgresql+psycopg2://tuner:{WRITTEN}@127.0.0.1:{pg.port}/studies")
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"]
