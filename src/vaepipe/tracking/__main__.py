@@ -46,11 +46,11 @@ def command(argv: list[str] | None = None) -> list[str] | None:
     if args.action == "store":
         print(f"tracking URI: {shown_uri()}\nartifact location: {artifact_location() or '(the server decides)'}")
         return None
-    if args.action == "server":  # serve: tracking/serve.py binds its port before loading the model; ui: below
-        port_is_free(args.host, args.port)  # one line naming a taken port, before MLflow starts
     if args.action == "server":  # the stages then reach it by MLFLOW_TRACKING_URI (tracking/server.py)
         from vaepipe.tracking.server import server_command
 
+        # A taken port is one line before MLflow starts (serve: tracking/serve.py binds its own; ui: below).
+        port_is_free(args.host, args.port)
         argv, line = server_command(args.host, args.port)
         print(line, flush=True)
         return argv
