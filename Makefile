@@ -89,28 +89,35 @@ bench: setup
 # The store's URI and artifact location come from vaepipe.tracking, as the stages' do. SQLite by default;
 # VAEPIPE_SERVER_STORE=postgresql://..., VAEPIPE_SERVER_ARTIFACTS=DIR|URI, VAEPIPE_SERVER_AUTH=basic (admin:
 # MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD), see docs/tracking.md "Team server".
+# Make variables reach these commands through the environment ("$$VAR" in the recipe: the shell expands the
+# value, never parses it), so a quote in RUN=, MODEL=, ... cannot run a command, and a password in STORAGE= is
+# on no command line (give it in the environment, `STORAGE=... make tune`: make's own arguments show in ps).
+server ui serve compare: export HOST := $(HOST)
+server ui compare: export PORT := $(PORT)
 server: setup
-	python -m vaepipe.tracking server --host $(HOST) --port $(PORT)
+	python -m vaepipe.tracking server --host="$$HOST" --port="$$PORT"
 
 ui: setup
-	python -m vaepipe.tracking ui --host $(HOST) --port $(PORT)
+	python -m vaepipe.tracking ui --host="$$HOST" --port="$$PORT"
 
-# The workspace's model (models/mlflow_run_id's registered version) by default; MODEL= any MLflow model URI,
-# e.g. MODEL=models:/vaepipe-vae@champion, models:/vaepipe-vae/7, runs:/<run id>/model. SERVE_PORT= its port.
+# The workspace's model (models/mlflow_run_id's registered version) by default; MODEL= a models:/ or runs:/ URI,
+# a run id or a DVC experiment name, e.g. MODEL=models:/vaepipe-vae@champion, models:/vaepipe-vae/7,
+# runs:/<run id>/model (paths and other URIs are refused). SERVE_PORT= its port.
 SERVE_PORT ?= 5001
+serve: export SERVE_PORT := $(SERVE_PORT)
 serve: setup
-	python -m vaepipe.tracking serve --host $(HOST) --port $(SERVE_PORT) $(if $(MODEL),--model '$(MODEL)')
+	python -m vaepipe.tracking serve --host="$$HOST" --port="$$SERVE_PORT" $(if $(MODEL),--model="$$MODEL")
 
 # Moves the alias champion of vaepipe-vae to the version of RUN= (an MLflow run id or a DVC experiment name).
 promote: setup
-	python -m vaepipe.tracking promote '$(RUN)'
+	python -m vaepipe.tracking promote -- "$$RUN"
 
 # reports/compare.{md,csv,html} + figures from the FINISHED runs: SWEEP=name, LAST=N, FILTER="mlflow filter", SORT=metric;
 # STUDY=name (STORAGE=url): a `make tune` study's runs, its trials table and Optuna's figures
 compare: setup
-	python -m vaepipe.compare --ui-host $(HOST) --ui-port $(PORT) $(if $(SWEEP),--sweep '$(SWEEP)') \
-		$(if $(LAST),--last $(LAST)) $(if $(SORT),--sort $(SORT)) $(if $(FILTER),--filter "$$FILTER") \
-		$(if $(STUDY),--study '$(STUDY)') $(if $(STUDY),$(if $(STORAGE),--storage "$$STORAGE"))
+	$(if $(STUDY),$(if $(STORAGE),VAEPIPE_TUNE_STORAGE="$$STORAGE")) python -m vaepipe.compare --ui-host="$$HOST" \
+		--ui-port="$$PORT" $(if $(SWEEP),--sweep="$$SWEEP") $(if $(LAST),--last="$$LAST") $(if $(SORT),--sort="$$SORT") \
+		$(if $(FILTER),--filter="$$FILTER") $(if $(STUDY),--study="$$STUDY")
 
 # A named preset (presets/<name>.yaml) as a DVC experiment `<preset>-<short hash>`: PRESET=conv, QUEUE=1 to
 # queue it instead, S='train.epochs=5 data.limit=2000' for extra -S overrides (one word each).
@@ -125,13 +132,16 @@ presets: setup
 # storage URL> (default .optuna/journal.log; passed in the environment, never echoed), FINAL=1 for the chosen
 # trials' full runs only. `make tune-status` prints the study's trials.
 tune: setup
-	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune $(if $(SEARCH),--search '$(SEARCH)') $(if $(FINAL),--final)
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE="$$STORAGE") python -m vaepipe.tune $(if $(SEARCH),--search="$$SEARCH") $(if $(FINAL),--final)
 
 tune-status: setup
-	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune status $(if $(SEARCH),--search '$(SEARCH)') $(if $(STUDY),--study '$(STUDY)')
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE="$$STORAGE") python -m vaepipe.tune status $(if $(SEARCH),--search="$$SEARCH") \
+		$(if $(STUDY),--study="$$STUDY")
 
 # optuna-dashboard (Optuna's own web UI: history, importances, parallel coordinates, trial notes) on the studies of
 # `make tune`'s storage (STORAGE= as for make tune, passed in the environment), on http://HOST:DASHBOARD_PORT.
 DASHBOARD_PORT ?= 8080
+tune-dashboard: export HOST := $(HOST)
+tune-dashboard: export DASHBOARD_PORT := $(DASHBOARD_PORT)
 tune-dashboard: setup
-	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE='$(STORAGE)') python -m vaepipe.tune.dashboard --host $(HOST) --port $(DASHBOARD_PORT)
+	@$(if $(STORAGE),VAEPIPE_TUNE_STORAGE="$$STORAGE") python -m vaepipe.tune.dashboard --host="$$HOST" --port="$$DASHBOARD_PORT"

@@ -230,3 +230,22 @@ def test_a_locked_sqlite_store_is_one_line_saying_another_process_holds_it(tmp_p
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "database is locked" in line and "another process holds it locked" in line, line
+
+
+def test_the_exit_code_table_lists_exactly_the_codes_errors_defines():
+    """docs/reliability.md's "Exit codes" table: one row per code in errors.EXIT_CODES, none other; each
+    exception type's code is one of them, and the modules that raise codes 5 and 6 use errors.py's types."""
+    from vaepipe.train import callbacks
+    from vaepipe.tune import driver
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    section = doc.split("## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0] == "code", rows
+    codes = [int(cell) for cell in rows[1:]]
+    assert codes == sorted(errors.EXIT_CODES), (codes, sorted(errors.EXIT_CODES))
+    types = [value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, errors.VaepipeError)]
+    assert {kind.exit_code for kind in types} == set(errors.EXIT_CODES) - {errors.EXIT_OK, errors.EXIT_SIGINT,
+                                                                           errors.EXIT_SIGTERM}
+    assert callbacks.NonFiniteLossError is errors.NonFiniteLossError and driver.SearchFailed is errors.SearchFailed
+    assert (errors.EXIT_SIGINT, errors.EXIT_SIGTERM) == (128 + signal.SIGINT, 128 + signal.SIGTERM) == (130, 143)

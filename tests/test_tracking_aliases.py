@@ -85,11 +85,11 @@ def test_serve_defaults_to_the_workspace_run_and_prints_what_it_serves(store, tm
         command(["serve"])
     run_id_file.write_text(store[1] + "\n")
     argv = command(["serve", "--port", "5099"])
-    assert argv[:5] == ["mlflow", "models", "serve", "-m", "models:/vaepipe-vae/2"]
+    assert argv[1:4] == ["-m", "vaepipe.tracking.serve", "--model=models:/vaepipe-vae/2"]  # tracking/serve.py
     assert f"serving models:/vaepipe-vae/2 (run {store[1]}, the workspace's model)" in capsys.readouterr().out
     aliases.promote(store[2])
     argv = command(["serve", "--model", "models:/vaepipe-vae@champion"])
-    assert argv[4] == "models:/vaepipe-vae/3"
+    assert argv[3] == "--model=models:/vaepipe-vae/3"
     assert (f"serving models:/vaepipe-vae@champion = models:/vaepipe-vae/3 (version 3 of vaepipe-vae, run {store[2]})"
             in capsys.readouterr().out)
     run_id_file.write_text(store[3])
@@ -138,3 +138,39 @@ def test_promote_takes_a_dvc_experiment_name_or_a_run_id(store, tmp_path, monkey
         with pytest.raises(error, match=re.escape(says)):
             command(["promote", bad])
     assert aliases.champion_version() == "3"  # the failures moved nothing
+
+
+@pytest.mark.parametrize("model", ["/etc", "file:///etc/passwd", "./models", "models", "s3://bucket/model",
+                                   "http://127.0.0.1:5000/model", "models:/", "models:/vaepipe-vae/1/extra",
+                                   "models:/../../etc", "runs:/bad/model", f"runs:/{'a' * 32}", "runs:/", "x' ; id ; '",
+                                   "-rf", "models:/vaepipe vae/1"])
+def test_serve_refuses_a_model_that_is_not_a_uri_run_or_experiment_in_one_line_before_fetching(model, store, tmp_path,
+                                                                                                 monkeypatch):
+    """Paths and other URIs are refused before anything is copied: the store is never asked (the client
+    fails the test if it is made), except to check that runs:/<well-formed id> names a run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    if not model.startswith(("runs:/", "models")) or model in ("models:/", "runs:/bad/model", "runs:/"):
+        monkeypatch.setattr(aliases, "_client", lambda: pytest.fail(f"MODEL={model} reached the store"))
+    with pytest.raises((ConfigError, TrackingError)) as raised:
+        command(["serve", f"--model={model}"])
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("MODEL="), message
+    assert raised.value.exit_code in (2, 4)
+
+
+def test_serve_says_in_one_line_that_a_well_formed_run_does_not_exist(store):
+    with pytest.raises(ConfigError, match=f"^MODEL='runs:/{'0' * 32}/model': no run {'0' * 32} in sqlite:///"):
+        command(["serve", f"--model=runs:/{'0' * 32}/model"])
+
+
+def test_serve_takes_a_run_id_or_a_dvc_experiment_name(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert command(["serve", f"--model={store[1]}"])[3] == "--model=models:/vaepipe-vae/2"
+    assert command(["serve", "--model=tagged-exp"])[3] == "--model=models:/vaepipe-vae/2"  # the runs' dvc.exp_name tag
+    with pytest.raises(TrackingError, match=f"^MODEL={store[3]}: run {store[3]} has no registered version"):
+        command(["serve", f"--model={store[3]}"])
+    with pytest.raises(ConfigError, match="^MODEL=no-such-exp: no MLflow run has that id and no DVC experiment"):
+        command(["serve", "--model=no-such-exp"])

@@ -1,5 +1,9 @@
 """One exception type for every user-facing failure (each with its exit code), and the signal handling
-that makes SIGTERM stop a stage the way Ctrl-C does. vaepipe.process turns both into a stage's exit."""
+that makes SIGTERM stop a stage the way Ctrl-C does. vaepipe.process turns both into a stage's exit.
+
+Every exit code a vaepipe command ends with is defined here (EXIT_CODES); docs/reliability.md's
+"Exit codes" table lists exactly these (tests/test_errors.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,28 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+EXIT_OK = 0
+EXIT_FAILURE = 1  # VaepipeError: a user-facing failure of no more specific kind
+EXIT_CONFIG = 2  # ConfigError: a wrong param, setting or command-line value
+EXIT_DATA = 3  # DataError, DiskFull: a file missing, corrupt, unreadable or unwritable
+EXIT_TRACKING = 4  # TrackingError: the MLflow store cannot be reached or used
+EXIT_NON_FINITE_LOSS = 5  # NonFiniteLossError: the training loss became NaN or infinite
+EXIT_SEARCH_FAILED = 6  # SearchFailed: `make tune` gave up, or a chosen trial's final run failed
+EXIT_SIGINT = 128 + signal.SIGINT  # 130: stopped by Ctrl-C (process.run_stage: 128 + the signal's number)
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: stopped by SIGTERM
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "another user-facing failure",
+    EXIT_CONFIG: "a wrong param or setting",
+    EXIT_DATA: "a missing, corrupt or unwritable file; a full disk",
+    EXIT_TRACKING: "the MLflow store cannot be reached or used",
+    EXIT_NON_FINITE_LOSS: "the training loss became NaN or infinite",
+    EXIT_SEARCH_FAILED: "a search gave up, or a final run failed",
+    EXIT_SIGINT: "interrupted by SIGINT",
+    EXIT_SIGTERM: "stopped by SIGTERM",
+}
+
 
 class VaepipeError(Exception):
     """A failure caused by the user's input (params, data files, tracking server), not by a bug.
@@ -15,19 +41,19 @@ class VaepipeError(Exception):
     The message is printed as-is: it names the bad value and what is expected.
     """
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class ConfigError(VaepipeError):
     """A value in params.yaml is wrong. Exit code 2, like a command-line usage error."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIG
 
 
 class DataError(VaepipeError):
     """A data file is missing, corrupt or not what it claims to be."""
 
-    exit_code = 3
+    exit_code = EXIT_DATA
 
 
 class DiskFull(DataError):
@@ -67,13 +93,25 @@ def permission_cause(error: BaseException) -> OSError | None:
 class TrackingError(VaepipeError):
     """The MLflow tracking store cannot be reached or used."""
 
-    exit_code = 4
+    exit_code = EXIT_TRACKING
+
+
+class NonFiniteLossError(VaepipeError):
+    """The training loss became NaN or infinite (train/callbacks.check_finite; the last good checkpoint is kept)."""
+
+    exit_code = EXIT_NON_FINITE_LOSS
+
+
+class SearchFailed(VaepipeError):
+    """`make tune` gave up after too many failed trials, or a chosen trial's final run failed."""
+
+    exit_code = EXIT_SEARCH_FAILED
 
 
 class CheckpointBusy(VaepipeError):
     """Another live train process holds this run's checkpoint (e.g. one orphaned by a killed `dvc`)."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class Interrupted(KeyboardInterrupt):

@@ -102,6 +102,17 @@ class PostgresCluster:
     def createdb(self, name: str) -> None:
         self._as_user(self.bin / "createdb", "-h", self.root, "-p", str(self.port), "-U", self.superuser, name)
 
+    def create_role(self, name: str, password: str, *databases: str) -> None:
+        """A login role with `password` (any characters but a quote) owning new databases `databases`. The SQL
+        goes to psql on stdin, over the trusted socket: the password is on no command line."""
+        argv = [str(self.bin / "psql"), "-h", str(self.root), "-p", str(self.port), "-U", self.superuser, "-d", "postgres",
+                "-v", "ON_ERROR_STOP=1", "-q"]
+        if os.geteuid() == 0 and self.user != "root":
+            argv = ["runuser", "-u", self.user, "--", *argv]
+        for statement in [f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
+                          *(f"CREATE DATABASE {db} OWNER {name}" for db in databases)]:  # one per call: no transaction
+            subprocess.run(argv, input=statement + ";\n", capture_output=True, text=True, timeout=60, check=True, cwd="/")
+
     def url(self, db: str = "mlflow", password: str | None = None) -> str:
         """A SQLAlchemy URL of database `db` over TCP, with the superuser's password (or `password`)."""
         return f"postgresql://{self.superuser}:{password or self.password}@{self.host}:{self.port}/{db}"

@@ -1,7 +1,8 @@
-"""The served model refuses input it would answer with garbage: `mlflow models serve`, a real process on
-127.0.0.1, given the model the baseline's pipeline registered, answers NaN, infinities, pixel values
-outside [0, 1], rows of the wrong width and too many rows with HTTP 400 and a message naming the problem,
-and good rows with 200."""
+"""The served model refuses input it would answer with garbage: `make serve`'s server (tracking/serve.py:
+MLflow's scoring server behind one-line errors), a real process on 127.0.0.1, given the model the baseline's
+pipeline registered, answers NaN, infinities, pixel values outside [0, 1], rows of the wrong width and too
+many rows with HTTP 400 and a message naming the problem (and nothing of the request), a request without a
+Content-Type with 415, and good rows with 200."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from pipeline_repo import VENV_BIN, free_port, stage_env, wait_for
+from pipeline_repo import PROJECT, VENV_BIN, free_port, stage_env, wait_for
 
 from vaepipe.serving import MAX_ROWS
 
@@ -22,9 +23,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def server(baseline):
     port = free_port()
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{baseline.repo / 'mlflow.db'}")
-    process = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/vaepipe-vae/1",
-                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{baseline.repo / 'mlflow.db'}", PYTHONPATH=str(PROJECT / "src"))
+    process = subprocess.Popen([str(VENV_BIN / "python"), "-m", "vaepipe.tracking.serve", "--model=models:/vaepipe-vae/1",
+                                "--host=127.0.0.1", f"--port={port}"],
                                cwd=baseline.repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -83,3 +84,26 @@ def test_more_rows_than_the_limit_are_refused(server):
     status, answer = post(server, np.zeros((MAX_ROWS + 1, 2)).tolist())  # latent rows: a small request body
     assert status == 400, answer
     assert f"{MAX_ROWS + 1} rows in one request; at most {MAX_ROWS}" in answer["message"]
+
+
+def test_a_request_without_a_content_type_is_a_415_not_a_500(server):
+    import http.client
+
+    port = int(server.rsplit(":", 1)[1])
+    body = json.dumps({"inputs": np.full((1, 784), 0.5).tolist()}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.putrequest("POST", "/invocations", skip_accept_encoding=True)
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    answer = connection.getresponse()
+    assert answer.status == 415, answer.read()[:3000]
+    assert json.loads(answer.read())["message"] == "missing Content-Type header: send application/json (or text/csv)"
+
+
+def test_a_large_bad_request_is_not_echoed(server):
+    """MLflow's own answer began `Failed to predict data '<the request>'`, with the model's input schema in play."""
+    rows = np.full((3000, 783), 0.4375).tolist()  # one pixel short: about 16 MB of JSON
+    status, answer = post(server, rows)
+    assert status == 400, answer
+    assert answer == {"error_code": "INVALID_PARAMETER_VALUE", "message": answer["message"]}
+    assert "0.4375" not in answer["message"] and len(answer["message"]) <= 303, answer["message"][:500]

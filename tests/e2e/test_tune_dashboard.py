@@ -111,8 +111,9 @@ def test_make_tune_dashboard_passes_the_storage_in_the_environment_and_binds_hos
     result = subprocess.run(["make", "-n", "tune-dashboard", "STORAGE=postgresql://u:secret@db/studies",
                              "DASHBOARD_PORT=8123"], cwd=PROJECT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert ("VAEPIPE_TUNE_STORAGE='postgresql://u:secret@db/studies' python -m vaepipe.tune.dashboard "
-            "--host 127.0.0.1 --port 8123") in result.stdout.splitlines()
+    # Values reach the command as "$VAR" expansions of exported variables, never pasted into shell code.
+    assert ('VAEPIPE_TUNE_STORAGE="$STORAGE" python -m vaepipe.tune.dashboard --host="$HOST" '
+            '--port="$DASHBOARD_PORT"') in result.stdout.splitlines()
     phony = next(line for line in (PROJECT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
     assert "tune-dashboard" in phony.split()
 

@@ -295,7 +295,7 @@ def kill_run_if_running(run_id: str, reason: str) -> str | None:
             client.set_tag(run_id, KILLED_REASON_TAG, reason[:4000])
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"MLflow store {uri}: {(str(error).splitlines() or [''])[0]}") from None
+        raise TrackingError(f"MLflow store {shown_uri()}: {(str(error).splitlines() or [''])[0]}") from None
     return RunStatus.to_string(RunStatus.KILLED)
 
 

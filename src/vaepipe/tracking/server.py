@@ -19,7 +19,8 @@ import secrets
 from pathlib import Path
 
 from vaepipe.errors import ConfigError, TrackingError
-from vaepipe.tracking.store import local_store, masked_url
+from vaepipe.tracking.store import check_password_encoding, local_store, masked_url, with_driver
+from vaepipe.tracking.store import redact_password as redact
 
 STORE_ENV = "VAEPIPE_SERVER_STORE"
 ARTIFACTS_ENV = "VAEPIPE_SERVER_ARTIFACTS"
@@ -32,24 +33,15 @@ def server_store() -> str:
     return os.environ.get(STORE_ENV) or local_store()[0]
 
 
-def with_driver(url: str) -> str:
-    """`postgresql://...` with the pinned driver (psycopg2-binary): SQLAlchemy 2.1's default for a URL
-    without one is psycopg 3, which is not installed. A URL naming its driver stays as it is."""
-    import importlib.util
-
-    import sqlalchemy
-
-    parsed = sqlalchemy.engine.make_url(url)
-    if parsed.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
-        return url
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-
-
 def server_artifacts() -> str:
     """An absolute directory (relative ones are from the current directory) or a URI, as given."""
     given = os.environ.get(ARTIFACTS_ENV)
     if not given:
         return str(local_store()[1])
+    if masked_url(given) != given:  # it would be on mlflow server's command line, which `ps` shows to all
+        raise ConfigError(f"{ARTIFACTS_ENV}={masked_url(given)} holds a password: it would be on the server's command "
+                          "line; give the artifact store's credentials in its own environment variables "
+                          "(e.g. AWS_SECRET_ACCESS_KEY for s3://)")
     return given if "://" in given else str(Path(given).expanduser().resolve())
 
 
@@ -70,6 +62,7 @@ def check_store(url: str) -> None:
     except sqlalchemy.exc.ArgumentError:
         raise ConfigError(f"{STORE_ENV}={masked_url(url)} is not a SQLAlchemy database URL "
                           "(e.g. postgresql://user@host:5432/mlflow or sqlite:////path/mlflow.db)") from None
+    check_password_encoding(url, STORE_ENV)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +73,7 @@ def check_store(url: str) -> None:
         with engine.connect():
             pass
     except Exception as error:  # the driver's own errors (psycopg2.OperationalError, ...) or a missing driver
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__]
-        if parsed.password:
-            reason = [line.replace(str(parsed.password), "***") for line in reason]
+        reason = redact(str(getattr(error, "orig", None) or error), url).strip().splitlines() or [type(error).__name__]
         raise TrackingError(f"MLflow server store {masked_url(url)} is unreachable: {reason[0].strip()} "
                             f"(set {STORE_ENV} to a database that answers)") from None
 
@@ -138,9 +129,14 @@ def server_command(host: str, port: int, env: dict[str, str] | None = None) -> t
             raise ConfigError(f"{AUTH_ENV}=basic needs the admin's password in MLFLOW_AUTH_ADMIN_PASSWORD "
                               f"(admin user {admin!r}, MLFLOW_AUTH_ADMIN_USERNAME); not starting the server")
     check_store(store)
-    command = ["mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-               "--backend-store-uri", _password_to_env(with_driver(store), env), "--artifacts-destination", artifacts,
-               "--serve-artifacts"]
+    backend = _password_to_env(with_driver(store), env)
+    if masked_url(backend) != backend:  # a password libpq cannot take apart (MySQL, ...): the environment, not ps
+        env["MLFLOW_BACKEND_STORE_URI"] = backend  # mlflow server's own variable for --backend-store-uri
+        store_option = []
+    else:
+        store_option = ["--backend-store-uri", backend]
+    command = ["mlflow", "server", "--host", host, "--port", str(port), "--workers", "1", *store_option,
+               "--artifacts-destination", artifacts, "--serve-artifacts"]
     auth = "none (anyone who reaches the port can log and register models)"
     if mode == "basic":
         users = auth_database(store)

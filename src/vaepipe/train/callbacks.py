@@ -9,13 +9,9 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from vaepipe.errors import VaepipeError, stop_if_signalled
+from vaepipe.errors import NonFiniteLossError, stop_if_signalled
 from vaepipe.progress import EpochProgress
 from vaepipe.train.inputs import epoch_seed
-
-
-class NonFiniteLossError(VaepipeError):
-    exit_code = 5
 
 
 def check_finite(epoch: int, logs: dict) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from vaepipe.errors import ConfigError, VaepipeError
+from vaepipe.errors import ConfigError, SearchFailed
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
 from vaepipe.tune.search import Search, objective_names, params_values, suggest, trial_overrides
 from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
@@ -43,10 +43,6 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 FINAL_ATTR = "vaepipe.final"  # study user attribute: {trial number: its final run's experiment, run id, test metrics}
 TEST_SUMMARY = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "knn_accuracy", "active_units")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver says what happens, one line a trial
-
-
-class SearchFailed(VaepipeError):
-    exit_code = 6
 
 
 def say(message: str) -> None:

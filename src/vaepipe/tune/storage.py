@@ -11,7 +11,6 @@ dvc.lock and MLflow.
 from __future__ import annotations
 
 import os
-import urllib.parse
 from pathlib import Path
 
 import optuna
@@ -37,26 +36,33 @@ def resolve_storage(url: str | None = None) -> str:
     return url
 
 
+def _urls():
+    """tracking/store.py's URL helpers (the masking and driver every store URL gets), imported for URLs only:
+    it imports MLflow (seconds), which a journal file's study never needs."""
+    from vaepipe.tracking import store
+
+    return store
+
+
 def storage_label(storage: str) -> str:
-    """The storage as it may be printed: a URL's password replaced by ***."""
-    parts = urllib.parse.urlsplit(storage)
-    if parts.password is None:
-        return storage
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """The storage as it may be printed: a URL's password replaced by *** (tracking.store's, as everywhere)."""
+    return _urls().masked_url(storage) if "://" in storage else storage
 
 
 def redact(text: str, storage: str) -> str:
-    """`text` (an error message) without the storage URL's password."""
-    password = urllib.parse.urlsplit(storage).password if "://" in storage else None
-    return text.replace(password, "***") if password else text
+    """`text` (an error message) without the storage URL's password, in any of its forms."""
+    return _urls().redact_password(text, storage) if "://" in storage else text
 
 
 def open_storage(storage: str | None = None) -> optuna.storages.BaseStorage | str:
     """The Optuna storage object for a resolved storage string (a journal file or a URL)."""
     storage = resolve_storage(storage)
     if "://" in storage:
-        return storage  # Optuna opens RDB URLs itself (SQLAlchemy: sqlite, postgresql, mysql)
+        urls = _urls()
+        urls.check_password_encoding(storage, "STORAGE")
+        # Optuna opens RDB URLs itself (SQLAlchemy: sqlite, postgresql, mysql), with the driver the
+        # tracking server's store gets too: postgresql:// alone would mean psycopg 3, not installed.
+        return urls.with_driver(storage)
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
