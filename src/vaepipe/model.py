@@ -126,9 +126,15 @@ class VAE(keras.Model):
         return objectives.negative_elbo(x, logits, z_mean, z_log_var, beta=self.beta)
 
     def iwae_objective(self, x, training: bool = False) -> objectives.ElboTerms:
-        """Encode once, draw iw_k z per image from the sampler's seeded stream, decode all in one call."""
+        """Encode once, draw iw_k z per image from the sampler's seeded stream, decode all in one call.
+
+        Philox is asked for by name (as in redraw_binary): keras.random.normal's default lowers under XLA
+        on CPU to a far slower RNG inside the stacked loop (5 x 100 x 50 draws: 60 ms against 2.4 ms here).
+        """
         z_mean, z_log_var = self.encoder(x, training=training)
-        eps = keras.random.normal((self.iw_k, *ops.shape(z_mean)), seed=self.sampling.seed_generator)
+        seed = tf.cast(self.sampling.seed_generator.next(), tf.int32)
+        eps = tf.random.stateless_normal(tf.concat([[self.iw_k], tf.shape(z_mean)], axis=0), seed=seed,
+                                         alg="philox", dtype=z_mean.dtype)
         z = objectives.reparameterize(z_mean[None], z_log_var[None], eps)  # (k, batch, latent)
         logits = self.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])), training=training)
         logits = ops.reshape(logits, (self.iw_k, -1, ops.shape(x)[-1]))
