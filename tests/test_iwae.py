@@ -141,7 +141,7 @@ def test_the_iwae_bound_of_a_trained_model_is_at_least_as_tight_as_its_elbo(trai
     iwae_5 = mean_bound(vae, mnist_binary, "iwae", 5, repeats=4)
     iwae_50 = mean_bound(vae, mnist_binary, "iwae", 50, repeats=1)
     assert elbo < iwae_5 < iwae_50, (elbo, iwae_5, iwae_50)
-    assert iwae_50 - elbo > 1.0, (elbo, iwae_50)  # a real gap, not Monte Carlo noise (measured: several nats)
+    assert iwae_50 - elbo > 3.0, (elbo, iwae_50)  # a real gap, not Monte Carlo noise (measured: 10.9 nats)
 
 
 def test_the_bound_agrees_with_evaluations_importance_sampled_likelihood(trained, mnist_binary):

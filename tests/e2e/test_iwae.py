@@ -41,6 +41,6 @@ def test_dvc_exp_run_with_the_iwae_objective_logs_its_loss_per_epoch(quick, tmp_
 
     new_runs = [run_id for run_id, _ in mlflow_runs(repo) if run_id not in dict(mlflow_runs(quick))]
     assert len(new_runs) == 1, mlflow_runs(repo)
-    history = metric_history(repo, new_runs[0])
+    history = metric_history(repo, new_runs[0])  # MLflow's steps count epochs from 1
     assert {step: next(iter(values)) for step, values in history["loss"].items()} == pytest.approx(
-        {index: row["loss"] for index, row in enumerate(log)}, rel=1e-6)
+        {index + 1: row["loss"] for index, row in enumerate(log)}, rel=1e-6)
