@@ -128,8 +128,9 @@ class VAE(keras.Model):
     def iwae_objective(self, x, training: bool = False) -> objectives.ElboTerms:
         """Encode once, draw iw_k z per image from the sampler's seeded stream, decode all in one call.
 
-        Philox is asked for by name (as in redraw_binary): keras.random.normal's default lowers under XLA
-        on CPU to a far slower RNG inside the stacked loop (5 x 100 x 50 draws: 60 ms against 2.4 ms here).
+        eps comes from tf.random.stateless_normal (Philox, int32 seed, as redraw_binary draws): the same
+        bits as keras.random.normal(seed=the generator) under XLA, but inside the stacked XLA loop 25x
+        faster here (5 x 100 x 50 draws: 2.4 ms against 60 ms per step).
         """
         z_mean, z_log_var = self.encoder(x, training=training)
         seed = tf.cast(self.sampling.seed_generator.next(), tf.int32)
