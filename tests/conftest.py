@@ -59,7 +59,7 @@ LONGEST_FIRST = (
 # their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.
 MODULE_FIXTURES = ("tests/e2e/test_browser.py", "tests/e2e/test_distributed.py", "tests/e2e/test_pipeline.py",
                    "tests/e2e/test_serving_input.py", "tests/test_corrupt_files.py", "tests/test_evaluation.py",
-                   "tests/test_tracking_store.py", "tests/e2e/test_tune.py",
+                   "tests/test_tracking_store.py", "tests/e2e/test_tune.py", "tests/test_iwae.py",
                    "tests/test_tracking_aliases.py", "tests/e2e/test_team.py", "tests/e2e/test_secrets.py",
                    "tests/test_serve.py")
 # Modules with a module-scoped fixture whose tests may still go to both workers: the fixture costs less

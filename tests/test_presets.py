@@ -9,7 +9,7 @@ from vaepipe import paths, presets
 from vaepipe.config import flatten, merge_overrides, parse_partial, raw_params
 from vaepipe.errors import ConfigError
 
-DOCUMENTED = {"mlp", "conv", "conv-kerasio", "nll"}  # the presets of docs/results.md
+DOCUMENTED = {"mlp", "conv", "conv-kerasio", "nll", "iwae"}  # the presets of docs/results.md
 
 
 def test_the_documented_presets_are_files():

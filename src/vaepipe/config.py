@@ -92,6 +92,9 @@ class TrainParams(_Section):
     # constant | cosine (decay to 0 over the run) | iwae (Burda et al.'s 8 stages, compressed to the run)
     lr_schedule: Literal["constant", "cosine", "iwae"] = "constant"
     beta: float = Field(default=0.5, ge=0)
+    # elbo: one z per image, recon + beta * KL | iwae: Burda et al.'s k-sample bound, k = iw_k (objectives.py)
+    objective: Literal["elbo", "iwae"] = "elbo"
+    iw_k: int = Field(default=5, ge=1, description="importance samples per image in training (objective iwae)")
     seed: int = Field(default=42, ge=0)
     # Speed only, never the math: how many batches run per compiled call, and XLA (auto: on except
     # for conv, whose convolutions run faster in TensorFlow's oneDNN kernels than under XLA on CPU).

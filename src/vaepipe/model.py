@@ -1,7 +1,8 @@
 """The VAE in Keras 3: a Sampling layer, encoder/decoder builders per `model.arch`, and the VAE model.
 
 The model reads like the math (after keras-io's vae.py): encode to (mean, log_var), sample
-z = mean + exp(log_var / 2) * eps, decode to Bernoulli logits, loss = reconstruction + beta * KL.
+z = mean + exp(log_var / 2) * eps, decode to Bernoulli logits, loss = reconstruction + beta * KL
+(`objective="elbo"`), or the negative k-sample importance-weighted bound over k draws (`"iwae"`).
 Everything is a registered, serializable layer: a saved model loads with `safe_mode=True`.
 """
 
@@ -56,18 +57,24 @@ def build_decoder(params: ModelParams) -> keras.Model:
 
 @keras.saving.register_keras_serializable(package="vaepipe")
 class VAE(keras.Model):
-    """Encoder + sampler + decoder, trained on the negative ELBO with a KL weight beta.
+    """Encoder + sampler + decoder, trained on the negative ELBO with a KL weight beta, or on the
+    negative IWAE bound with `iw_k` importance samples (objectives.negative_iwae; `objective="iwae"`).
 
     `binarize="dynamic"` redraws each training batch as Bernoulli(pixel) from the model's own
-    seeded stream (the test set is binarized once, outside). Metrics: loss, recon, kl (per example).
+    seeded stream (the test set is binarized once, outside). Metrics, per example: loss (the
+    objective's value: recon + beta * kl for elbo, the negative k-sample bound for iwae), recon
+    (-log p(x|z), for iwae its mean over the k draws) and kl (the analytic KL(q(z|x) || p(z)), both).
     """
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
-                 binarize: str = "none", seed: int | None = None, **kwargs):
+                 binarize: str = "none", seed: int | None = None, objective_name: str = "elbo",
+                 iw_k: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.beta = beta
+        self.objective_name = objective_name
+        self.iw_k = iw_k
         self.binarize = binarize
         self.seed = seed
         self.sampling = Sampling(seed=seed, name="sampling")
@@ -112,9 +119,27 @@ class VAE(keras.Model):
         return self.forward(x, training=training)[0]
 
     def objective(self, x, training: bool = False) -> objectives.ElboTerms:
-        """Per-example (loss, recon, kl) of images x for one reparameterised sample each."""
+        """Per-example (loss, recon, kl) of images x: one reparameterised sample each (elbo), or iw_k (iwae)."""
+        if self.objective_name == "iwae":
+            return self.iwae_objective(x, training=training)
         logits, z_mean, z_log_var = self.forward(x, training=training)
         return objectives.negative_elbo(x, logits, z_mean, z_log_var, beta=self.beta)
+
+    def iwae_objective(self, x, training: bool = False) -> objectives.ElboTerms:
+        """Encode once, draw iw_k z per image from the sampler's seeded stream, decode all in one call.
+
+        eps comes from tf.random.stateless_normal (Philox, int32 seed, as redraw_binary draws): the same
+        bits as keras.random.normal(seed=the generator) under XLA, but inside the stacked XLA loop 25x
+        faster here (5 x 100 x 50 draws: 2.4 ms against 60 ms per step).
+        """
+        z_mean, z_log_var = self.encoder(x, training=training)
+        seed = tf.cast(self.sampling.seed_generator.next(), tf.int32)
+        eps = tf.random.stateless_normal(tf.concat([[self.iw_k], tf.shape(z_mean)], axis=0), seed=seed,
+                                         alg="philox", dtype=z_mean.dtype)
+        z = objectives.reparameterize(z_mean[None], z_log_var[None], eps)  # (k, batch, latent)
+        logits = self.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])), training=training)
+        logits = ops.reshape(logits, (self.iw_k, -1, ops.shape(x)[-1]))
+        return objectives.negative_iwae(x, logits, z, z_mean, z_log_var, beta=self.beta)
 
     def optimizer_step(self, x, global_batch_size=None) -> objectives.ElboTerms:
         """One optimizer step on batch x, the one of both training loops; returns its per-example terms.
@@ -165,6 +190,8 @@ class VAE(keras.Model):
             "beta": self.beta,
             "binarize": self.binarize,
             "seed": self.seed,
+            "objective_name": self.objective_name,
+            "iw_k": self.iw_k,
         }
 
     @classmethod
@@ -201,8 +228,10 @@ def has_convolutions(vae: VAE) -> bool:
     return any(isinstance(layer, conv_layers) for part in (vae.encoder, vae.decoder) for layer in part.layers)
 
 
-def build_vae(params: ModelParams, beta: float, binarize: str, seed: int) -> VAE:
-    vae = VAE(build_encoder(params), build_decoder(params), beta=beta, binarize=binarize, seed=seed, name="vae")
+def build_vae(params: ModelParams, beta: float, binarize: str, seed: int, objective: str = "elbo",
+              iw_k: int = 1) -> VAE:
+    vae = VAE(build_encoder(params), build_decoder(params), beta=beta, binarize=binarize, seed=seed,
+              objective_name=objective, iw_k=iw_k, name="vae")
     vae.build((None, IMAGE_PIXELS))
     return vae
 

@@ -39,7 +39,7 @@ def reparameterize(mean, log_var, eps):
 class ElboTerms(NamedTuple):
     """Per-example terms of the objective, each of shape (batch,) (or broadcast over samples)."""
 
-    loss: object  # recon + beta * kl: what training minimises
+    loss: object  # what training minimises: recon + beta * kl (elbo), the negative k-sample bound (iwae)
     recon: object  # -log p(x|z)
     kl: object  # KL(q(z|x) || p(z))
 
@@ -53,6 +53,35 @@ def negative_elbo(x, logits, mean, log_var, beta: float = 1.0) -> ElboTerms:
     recon = bernoulli_nll(x, logits)
     kl = gaussian_kl(mean, log_var)
     return ElboTerms(recon + beta * kl, recon, kl)
+
+
+def log_mean_exp(values, axis: int = 0):
+    """log(mean(exp(values))) along `axis`, computed stably (log-sum-exp minus log n)."""
+    n = ops.cast(ops.shape(values)[axis], values.dtype)
+    return ops.logsumexp(values, axis=axis) - ops.log(n)
+
+
+def negative_iwae(x, logits, z, mean, log_var, beta: float = 1.0) -> ElboTerms:
+    """The negative k-sample importance-weighted bound (Burda et al. 2015, eq. 8), per example.
+
+    Shapes: x (batch, 784); z (k, batch, latent), k reparameterised draws from q(z|x) = N(mean,
+    exp(log_var)) with mean, log_var (batch, latent); logits (k, batch, 784), the decoder's output for z.
+    The bound is log (1/k) sum_i w_i with log w_i = log p(x|z_i) + beta * (log p(z_i) - log q(z_i|x)).
+
+    beta = 1 is the IWAE bound proper: a lower bound on log p(x), never looser than the ELBO in
+    expectation, equal to the ELBO's one-sample estimate at k = 1 (the KL term then sampled, not
+    analytic). Other beta weight the prior-to-posterior log-ratio inside each weight, so that at k = 1
+    the expected loss is negative_elbo's recon + beta * KL (it is then no bound on log p(x)).
+
+    Returned terms: loss = -bound (what training minimises, as a batch mean); recon = the mean over
+    the k samples of -log p(x|z_i); kl = the analytic KL(q(z|x) || p(z)), as negative_elbo's. So
+    recon + kl is the k-sample estimate of the negative ELBO, and (recon + kl) - loss is how much
+    tighter the bound is than the ELBO (at beta = 1).
+    """
+    log_px_z = -bernoulli_nll(x[None], logits)  # (k, batch)
+    log_ratio = gaussian_log_density(z, 0.0, ops.zeros_like(z)) - gaussian_log_density(z, mean[None], log_var[None])
+    bound = log_mean_exp(log_px_z + beta * log_ratio, axis=0)
+    return ElboTerms(-bound, -ops.mean(log_px_z, axis=0), gaussian_kl(mean, log_var))
 
 
 def tutorial_loss(x, logits, mean, log_var):

@@ -85,7 +85,8 @@ class DistributedTrainer:
             # The same initial weights as single_process.compile_vae (global seed, then build).
             keras.utils.set_random_seed(params.train.seed)
             self.vae: VAE = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize,
-                                      seed=params.train.seed)
+                                      seed=params.train.seed, objective=params.train.objective,
+                                      iw_k=params.train.iw_k)
             self.optimizer = make_optimizer(params.train, batches_per_epoch)
             # compile only attaches the optimizer: checkpoints then hold its state (fit is never called).
             self.vae.compile(optimizer=self.optimizer)

@@ -30,7 +30,8 @@ def compile_vae(params: Params, batches_per_epoch: int) -> VAE:
     runs without XLA at all: TensorFlow's oneDNN convolutions are faster here (bench/NOTES.md).
     """
     keras.utils.set_random_seed(params.train.seed)
-    vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed)
+    vae = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize, seed=params.train.seed,
+                    objective=params.train.objective, iw_k=params.train.iw_k)
     steps_per_execution = min(params.train.steps_per_execution, batches_per_epoch)
     conv = has_convolutions(vae)
     batches_per_stack = 1 if conv else steps_per_execution
