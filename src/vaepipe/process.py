@@ -102,8 +102,9 @@ def _sqlite_cause(error: BaseException) -> BaseException | None:
 
 def _store_error(cause: BaseException) -> VaepipeError:
     """One line for an MLflow SQLite store that cannot be used: which store, why, and what to do."""
+    import mlflow  # (not vaepipe.tracking: every stage, prepare too, runs this module)
+
     from vaepipe.errors import TrackingError
-    from vaepipe.tracking.store import shown_uri
 
     reason = " ".join(str(cause).split()) or type(cause).__name__
     if "locked" in reason:
@@ -111,7 +112,8 @@ def _store_error(cause: BaseException) -> VaepipeError:
     else:
         advice = ("the file is damaged (truncated or overwritten): restore it from a backup, or move it aside "
                   "to start a new store (earlier runs are then not in it)")
-    return TrackingError(f"MLflow store {shown_uri()} cannot be used: {reason}; {advice}")
+    # The store MLflow was pointed at: a SQLite file's URI (no password to mask; a server never raises this).
+    return TrackingError(f"MLflow store {mlflow.get_tracking_uri()} cannot be used: {reason}; {advice}")
 
 
 def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
