@@ -51,9 +51,9 @@ def pinned(requirements: list[str]) -> dict[str, str]:
 
 
 def test_the_closure_reaches_through_vaepipe_modules():
-    # Guards the derivation itself: serving.py imports neither pydantic nor yaml, vaepipe.config does.
+    # Guards the derivation itself: serving.py imports neither pydantic nor ruamel.yaml, vaepipe.config does.
     closure = serving_closure()
-    assert {"mlflow", "numpy", "keras", "pydantic", "yaml"} <= closure, closure
+    assert {"mlflow", "numpy", "keras", "pydantic", "ruamel"} <= closure, closure
 
 
 def test_every_package_in_servings_import_closure_is_pinned_at_its_installed_version():

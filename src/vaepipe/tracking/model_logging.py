@@ -46,7 +46,7 @@ def log_model(model_file: Path, register: bool = True, input_example: Any = "pre
 
 # What the served model imports (vaepipe.serving and the vaepipe modules it loads, plus MLflow's pyfunc
 # needs), by import name; tests/test_serving_requirements.py derives the closure and checks this list.
-SERVING_IMPORTS = ("mlflow", "pandas", "numpy", "keras", "tensorflow", "pydantic", "yaml")
+SERVING_IMPORTS = ("mlflow", "pandas", "numpy", "keras", "tensorflow", "pydantic", "ruamel")
 
 
 def serving_requirements(providers: Mapping[str, list[str]] | None = None) -> list[str]:
