@@ -5,7 +5,6 @@ pickled), with its pip requirements, a signature and an input example, registere
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,7 @@ def log_model(model_file: Path, register: bool = True, input_example: Any = "pre
     package_dir = Path(__file__).resolve().parents[1]  # src/vaepipe
     if isinstance(input_example, str) and input_example == "prepared":
         input_example = prepared_input_example()
-    with store_call("logging the model"), warnings.catch_warnings():
-        # MLflow warns (in colour codes) that predict has no type hints, to suggest its type-hint validation:
-        # serving.py validates the pixels itself and answers a bad request with HTTP 400 naming the problem.
-        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
+    with store_call("logging the model"):
         mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package_dir / "serving.py"),
