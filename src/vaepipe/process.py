@@ -102,9 +102,12 @@ def _sqlite_cause(error: BaseException) -> BaseException | None:
 
 def _store_error(cause: BaseException) -> VaepipeError:
     """One line for an MLflow SQLite store that cannot be used: which store, why, and what to do."""
-    import mlflow  # (not vaepipe.tracking: every stage, prepare too, runs this module)
-
     from vaepipe.errors import TrackingError
+
+    # The store's URI as vaepipe.tracking shows it, if loaded (it is whenever MLflow's SQLite store failed);
+    # not imported here: every stage, prepare too, runs this module, and only tracking/ talks to MLflow.
+    store = sys.modules.get("vaepipe.tracking.store")
+    uri = store.shown_uri() if store is not None else os.environ.get("MLFLOW_TRACKING_URI", "the MLflow store")
 
     reason = " ".join(str(cause).split()) or type(cause).__name__
     if "locked" in reason:
@@ -112,8 +115,7 @@ def _store_error(cause: BaseException) -> VaepipeError:
     else:
         advice = ("the file is damaged (truncated or overwritten): restore it from a backup, or move it aside "
                   "to start a new store (earlier runs are then not in it)")
-    # The store MLflow was pointed at: a SQLite file's URI (no password to mask; a server never raises this).
-    return TrackingError(f"MLflow store {mlflow.get_tracking_uri()} cannot be used: {reason}; {advice}")
+    return TrackingError(f"MLflow store {uri} cannot be used: {reason}; {advice}")
 
 
 def _stopped(stage: str, signum: int, rerun: str, how: str) -> NoReturn:
