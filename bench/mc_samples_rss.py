@@ -12,12 +12,12 @@ import sys
 import time
 
 from vaepipe import evaluation, prepared
-from vaepipe.config import ModelParams
+from vaepipe.config import ModelParams, TrainParams
 from vaepipe.model import build_vae
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 x = prepared.model_inputs(prepared.load_verified("validation"), "none", training=False)[:n]
-vae = build_vae(ModelParams(), beta=0.5, binarize="none", seed=1)
+vae = build_vae(ModelParams(), TrainParams(beta=0.5, seed=1), binarize="none")
 start = time.time()
 evaluation.elbo_terms(vae, x, mc_samples=10000, batch_size=500, seed=0)
 print(f"{n} images, mc_samples 10000: {time.time() - start:.1f} s, "

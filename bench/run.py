@@ -169,14 +169,15 @@ class VaepipeTrainer:
 
         from vaepipe.config import parse_params
         from vaepipe.train.callbacks import EpochRandomState
-        from vaepipe.train.single_process import batches_per_epoch, compile_vae, training_batches
+        from vaepipe.train.single_process import batches_per_epoch, compile_for_training, trained_vae, training_batches
 
         self.params = parse_params(overrides)
         self.epochs, self.epochs_run = epochs, 0
         train = self.params.train
-        # As the train stage: batches stacked where compile_vae says so, each epoch's order from (seed, epoch).
-        self.vae = compile_vae(self.params, batches_per_epoch(len(x_train), self.params))
-        batches = training_batches(self.vae, self.params, x_train, x_val, epochs=range(epochs))
+        # As the train stage: batches stacked where compile_for_training says so, each epoch's order from (seed, epoch).
+        self.model = compile_for_training(self.params, batches_per_epoch(len(x_train), self.params))
+        self.vae = trained_vae(self.model)
+        batches = training_batches(self.model, self.params, x_train, x_val, epochs=range(epochs))
         self.clock = EpochClock()
         self._go = threading.Semaphore(0)
         self._done: queue.Queue = queue.Queue()
@@ -192,7 +193,7 @@ class VaepipeTrainer:
 
         def fit() -> None:
             try:
-                self.vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
+                self.model.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                              epochs=epochs, callbacks=[Gate(), EpochRandomState(train.seed), self.clock, Report()],
                              shuffle=False, verbose=0)
             except BaseException as error:  # noqa: BLE001 - handed to the caller of run_epoch

@@ -14,7 +14,7 @@ import pytest
 from test_errors import run_script
 
 from vaepipe import paths
-from vaepipe.config import ModelParams
+from vaepipe.config import ModelParams, TrainParams
 from vaepipe.errors import DataError
 from vaepipe.model import build_vae, load_vae
 from vaepipe.train.checkpoint import Checkpoint
@@ -28,7 +28,7 @@ def compiled_vae(latent_dim: int = 2, seed: int = 1):
     """A compiled VAE whose variables have the paths of a stage's only model (Keras numbers repeated
     names per session: seed_generator_2 for the second model's)."""
     keras.backend.clear_session()
-    vae = build_vae(ModelParams(latent_dim=latent_dim), beta=0.5, binarize="none", seed=seed)
+    vae = build_vae(ModelParams(latent_dim=latent_dim), TrainParams(beta=0.5, seed=seed), binarize="none")
     vae.compile(optimizer=keras.optimizers.Adam(1e-3, name="adam"))  # one name: its variables' paths
     return vae
 
@@ -201,7 +201,7 @@ def test_an_epoch_log_without_a_valid_header_is_started_anew(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("model") / "vae.keras"
-    build_vae(ModelParams(), beta=0.5, binarize="none", seed=1).save(path)
+    build_vae(ModelParams(), TrainParams(beta=0.5, seed=1), binarize="none").save(path)
     return path.read_bytes()
 
 

@@ -177,10 +177,10 @@ def test_in_training_dynamic_binarization_draws_each_pixel_with_its_own_mean(jit
     """VAE.redraw_binary, what train_step applies to every batch (inside XLA on the fast path)."""
     import tensorflow as tf
 
-    from vaepipe.config import ModelParams
+    from vaepipe.config import ModelParams, TrainParams
     from vaepipe.model import build_vae
 
-    vae = build_vae(ModelParams(), beta=1.0, binarize="dynamic", seed=3)
+    vae = build_vae(ModelParams(), TrainParams(beta=1.0, seed=3), binarize="dynamic")
     draw = tf.function(vae.redraw_binary, jit_compile=True) if jit else vae.redraw_binary
 
     constant = np.full((200, 784), 0.3, np.float32)

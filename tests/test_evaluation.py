@@ -10,7 +10,7 @@ import pytest
 from scipy.special import logsumexp
 
 from vaepipe import errors, evaluation
-from vaepipe.config import ModelParams
+from vaepipe.config import ModelParams, TrainParams
 from vaepipe.model import build_vae
 
 
@@ -18,8 +18,8 @@ from vaepipe.model import build_vae
 def one_d_model():
     """A small random VAE with a 1-D latent space, sharp enough that the posterior is not the prior."""
     keras.utils.set_random_seed(3)
-    vae = build_vae(ModelParams(arch="mlp", hidden=[16], latent_dim=1, activation="tanh"), beta=1.0,
-                    binarize="none", seed=3)
+    vae = build_vae(ModelParams(arch="mlp", hidden=[16], latent_dim=1, activation="tanh"), TrainParams(beta=1.0, seed=3),
+                    binarize="none")
     for layer in vae.decoder.layers:
         if layer.weights:
             kernel, bias = layer.get_weights()
@@ -91,7 +91,7 @@ def test_elbo_terms_add_up_and_tutorial_loss_uses_the_kl_mean(one_d_model):
 
 def test_active_units_counts_dimensions_that_carry_information():
     keras.utils.set_random_seed(0)
-    vae = build_vae(ModelParams(arch="mlp", hidden=[32], latent_dim=5), beta=1.0, binarize="none", seed=0)
+    vae = build_vae(ModelParams(arch="mlp", hidden=[32], latent_dim=5), TrainParams(beta=1.0, seed=0), binarize="none")
     head = vae.encoder.get_layer("z_mean")
     kernel, bias = head.get_weights()
     kernel[:, 3:] = 0.0  # dimensions 3 and 4 ignore the input: collapsed

@@ -55,17 +55,17 @@ def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, se
     """Per-epoch history and final weights, set up as single_process.train() does (stack=1: per-step)."""
     from vaepipe.train.callbacks import EpochRandomState
     from vaepipe.train.inputs import make_datasets
-    from vaepipe.train.single_process import batches_per_epoch, compile_vae
+    from vaepipe.train.single_process import batches_per_epoch, batches_per_stack, compile_for_training, trained_vae
 
     params = parse_params({"train": {"batch_size": BATCH, "jit_compile": jit, "seed": seed, "steps_per_execution": stack},
                            "data": {"binarize": binarize}})
-    vae = compile_vae(params, batches_per_epoch(len(x_train), params))
-    assert vae.batches_per_stack == stack
+    model = compile_for_training(params, batches_per_epoch(len(x_train), params))
+    assert batches_per_stack(model) == stack
     # The validation batches of the test split's images, at the single-process path's validation batch size.
-    batches = make_datasets(x_train, x_test, BATCH, seed, epochs=range(epochs), batches_per_stack=vae.batches_per_stack)
-    history = vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
+    batches = make_datasets(x_train, x_test, BATCH, seed, epochs=range(epochs), batches_per_stack=batches_per_stack(model))
+    history = model.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                       epochs=epochs, shuffle=False, verbose=0, callbacks=[EpochRandomState(seed)])
-    return history.history, [np.array(weight) for weight in vae.weights]
+    return history.history, [np.array(weight) for weight in trained_vae(model).weights]
 
 
 def test_stacked_datasets_hold_the_per_step_batches(mnist_subset):
@@ -167,11 +167,11 @@ def test_xla_trains_to_the_same_losses_as_tensorflow_kernels(mnist_subset):
 def test_keras_multi_step_loop_divides_the_epoch(batches_per_epoch, expected):
     """conv runs Keras's own multi-step loop, which counts whole calls: a call size that divides the
     epoch keeps the progress bar at N/N (100 per call on 469 steps showed 500/469)."""
-    from vaepipe.train.single_process import compile_vae
+    from vaepipe.train.single_process import batches_per_stack, compile_for_training
 
     params = parse_params({"model": {"arch": "conv"}, "train": {"batch_size": 128, "steps_per_execution": 100}})
-    vae = compile_vae(params, batches_per_epoch)
-    assert vae.batches_per_stack == 1
+    vae = compile_for_training(params, batches_per_epoch)
+    assert batches_per_stack(vae) == 1
     assert vae.steps_per_execution == expected
     assert vae.jit_compile is False  # jit_compile: auto leaves convolutions to TensorFlow's kernels
 

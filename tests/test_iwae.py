@@ -10,7 +10,7 @@ import pytest
 from scipy.special import logsumexp
 
 from vaepipe import data, objectives, paths, prepared
-from vaepipe.config import ModelParams, parse_params
+from vaepipe.config import ModelParams, TrainParams, parse_params
 from vaepipe.errors import ConfigError, DataError
 from vaepipe.model import build_vae, load_vae
 
@@ -24,6 +24,17 @@ def numpy_log_weights(x, logits, z, mean, log_var, beta=1.0):
     log_pz = np.sum(-0.5 * (np.log(2 * np.pi) + z**2), axis=-1)
     log_qz = np.sum(-0.5 * (np.log(2 * np.pi) + log_var + (z - mean) ** 2 / np.exp(log_var)), axis=-1)
     return log_px_z + beta * (log_pz - log_qz)
+
+
+def negative_iwae(x, logits, z, mean, log_var, beta: float = 1.0) -> dict:
+    """The registry's iwae objective on given draws: {"loss", "recon", "kl"} per example."""
+    return objectives.score(objectives.OBJECTIVES["iwae"], {"beta": beta}, x, objectives.Posterior(mean, log_var),
+                            z, logits)
+
+
+def negative_elbo(x, logits, mean, log_var, beta: float = 1.0) -> dict:
+    return objectives.score(objectives.OBJECTIVES["elbo"], {"beta": beta}, x, objectives.Posterior(mean, log_var),
+                            None, logits)
 
 
 def draws(k: int, batch: int = 8, seed: int = 0):
@@ -41,15 +52,16 @@ def draws(k: int, batch: int = 8, seed: int = 0):
 @pytest.mark.parametrize("beta", [1.0, 0.5])
 def test_with_one_sample_the_bound_is_the_elbo_of_that_sample(beta):
     """k = 1: log-mean-exp of one weight is the weight: -loss = log p(x|z) + beta (log p(z) - log q(z|x))
-    for the same z, the one-sample ELBO estimate (its KL term sampled, where negative_elbo's is analytic)."""
+    for the same z, the one-sample ELBO estimate (its KL term sampled, where the elbo objective's is analytic)."""
     x, logits, z, mean, log_var = draws(k=1)
-    terms = objectives.negative_iwae(x, logits, z, mean, log_var, beta=beta)
+    terms = negative_iwae(x, logits, z, mean, log_var, beta=beta)
     elbo_estimate = numpy_log_weights(x, logits, z, mean, log_var, beta)[0]
-    np.testing.assert_allclose(-np.asarray(terms.loss), elbo_estimate, rtol=1e-5)
-    # recon and kl are negative_elbo's terms for the same sample.
-    elbo = objectives.negative_elbo(x, logits[0], mean, log_var, beta=beta)
-    np.testing.assert_allclose(np.asarray(terms.recon), np.asarray(elbo.recon), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(terms.kl), np.asarray(elbo.kl), rtol=1e-6)
+    np.testing.assert_allclose(-np.asarray(terms["loss"]), elbo_estimate, rtol=1e-5)
+    # recon is the elbo objective's term for the same sample; kl its sampled form, log q(z|x) - log p(z).
+    elbo = negative_elbo(x, logits[0], mean, log_var, beta=beta)
+    np.testing.assert_allclose(np.asarray(terms["recon"]), np.asarray(elbo["recon"]), rtol=1e-6)
+    sampled_kl = -numpy_log_weights(np.zeros_like(x), np.full_like(logits, -80.0), z, mean, log_var)[0]
+    np.testing.assert_allclose(np.asarray(terms["kl"]), sampled_kl, rtol=1e-4, atol=1e-4)
 
 
 def test_with_one_sample_the_loss_averages_to_negative_elbo():
@@ -59,18 +71,18 @@ def test_with_one_sample_the_loss_averages_to_negative_elbo():
     tile = lambda a: np.tile(a, (n,) + (1,) * (a.ndim - 1))  # noqa: E731  (n copies of the batch)
     eps = np.random.default_rng(1).normal(size=(1, n * 4, LATENT)).astype(np.float32)
     z = objectives.reparameterize(tile(mean)[None], tile(log_var)[None], eps)
-    loss = objectives.negative_iwae(tile(x), tile(logits[0])[None], z, tile(mean), tile(log_var), beta=0.5).loss
-    expected = np.asarray(objectives.negative_elbo(x, logits[0], mean, log_var, beta=0.5).loss)
+    loss = negative_iwae(tile(x), tile(logits[0])[None], z, tile(mean), tile(log_var), beta=0.5)["loss"]
+    expected = np.asarray(negative_elbo(x, logits[0], mean, log_var, beta=0.5)["loss"])
     np.testing.assert_allclose(np.asarray(loss).reshape(n, 4).mean(axis=0), expected, atol=0.1)
 
 
 def test_k_samples_are_combined_by_log_mean_exp():
     x, logits, z, mean, log_var = draws(k=5)
-    terms = objectives.negative_iwae(x, logits, z, mean, log_var)
+    terms = negative_iwae(x, logits, z, mean, log_var)
     weights = numpy_log_weights(x, logits, z, mean, log_var)
-    np.testing.assert_allclose(-np.asarray(terms.loss), logsumexp(weights, axis=0) - np.log(5), rtol=1e-5)
+    np.testing.assert_allclose(-np.asarray(terms["loss"]), logsumexp(weights, axis=0) - np.log(5), rtol=1e-5)
     log_px_z = numpy_log_weights(x, logits, z, mean, log_var, beta=0.0)
-    np.testing.assert_allclose(np.asarray(terms.recon), -np.mean(log_px_z, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(terms["recon"]), -np.mean(log_px_z, axis=0), rtol=1e-5)
 
 
 def test_log_mean_exp_is_stable_for_large_weights():
@@ -103,24 +115,25 @@ def trained(mnist_binary):
     """A tiny VAE trained a few epochs on the IWAE-5 objective, as the train stage compiles and fits it."""
     from vaepipe.train.callbacks import EpochRandomState
     from vaepipe.train.inputs import batches_per_epoch, make_datasets
-    from vaepipe.train.single_process import compile_vae
+    from vaepipe.train.single_process import batches_per_stack, compile_for_training, trained_vae
 
     params = parse_params(TINY)
-    vae = compile_vae(params, batches_per_epoch(N_IMAGES, params))
+    model = compile_for_training(params, batches_per_epoch(N_IMAGES, params))
+    vae = trained_vae(model)
     batches = make_datasets(mnist_binary, None, 20, params.train.seed, epochs=range(params.train.epochs),
-                            batches_per_stack=vae.batches_per_stack)
-    history = vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=params.train.epochs,
+                            batches_per_stack=batches_per_stack(model))
+    history = model.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=params.train.epochs,
                       shuffle=False, verbose=0, callbacks=[EpochRandomState(params.train.seed)])
     return vae, history.history
 
 
 def mean_bound(vae, images: np.ndarray, objective: str, k: int, repeats: int) -> float:
     """The bound's average over images and `repeats` draws: -mean(loss) of the model's own objective."""
-    vae.objective_name, vae.iw_k = objective, k
+    vae.objective, vae.samples = objectives.OBJECTIVES[objective], k
     try:
-        return -float(np.mean([np.asarray(vae.objective(images).loss).mean() for _ in range(repeats)]))
+        return -float(np.mean([np.asarray(vae.compute_terms(images)["loss"]).mean() for _ in range(repeats)]))
     finally:
-        vae.objective_name, vae.iw_k = "iwae", TINY["train"]["iw_k"]
+        vae.objective, vae.samples = objectives.OBJECTIVES["iwae"], TINY["train"]["iw_k"]
 
 
 def test_training_on_the_iwae_objective_logs_its_value_per_epoch(trained):
@@ -164,7 +177,7 @@ def test_the_distributed_loop_trains_on_the_iwae_objective(mnist_binary):
     params = parse_params({**TINY, "train": {**TINY["train"], "distribute": "mirrored"}})
     strategy = make_strategy("mirrored")
     trainer = DistributedTrainer(params, strategy, batches_per_epoch(N_IMAGES, params))
-    assert (trainer.vae.objective_name, trainer.vae.iw_k) == ("iwae", 5)
+    assert (trainer.vae.objective_name, trainer.vae.samples) == ("iwae", 5)
     val, n_val = validation_batches(strategy, mnist_binary[:100])
     logs = [trainer.run_epoch(epoch, mnist_binary, val, n_val) for epoch in range(2)]
     assert logs[1]["loss"] < logs[0]["loss"], logs
@@ -173,22 +186,22 @@ def test_the_distributed_loop_trains_on_the_iwae_objective(mnist_binary):
 
 
 def test_a_model_saved_with_the_iwae_objective_loads_with_it_in_safe_mode(tmp_path):
-    vae = build_vae(ModelParams(arch="mlp", hidden=[16], latent_dim=3), beta=1.0, binarize="dynamic", seed=5,
-                    objective="iwae", iw_k=7)
+    vae = build_vae(ModelParams(arch="mlp", hidden=[16], latent_dim=3),
+                    TrainParams(beta=1.0, seed=5, objective="iwae", iw_k=7), binarize="dynamic")
     vae.save(tmp_path / "vae.keras")
     loaded = load_vae(tmp_path / "vae.keras")  # safe_mode=True
-    assert (loaded.objective_name, loaded.iw_k, loaded.beta) == ("iwae", 7, 1.0)
+    assert (loaded.objective_name, loaded.samples, loaded.term_weights) == ("iwae", 7, {"beta": 1.0})
     images = (np.random.default_rng(0).random((6, 784)) < 0.3).astype(np.float32)
     for model in (vae, loaded):  # the same weights and the same eps: the same per-example loss
         model.sampling.seed_generator.state.assign(np.array([3, 0], dtype=model.sampling.seed_generator.state.dtype))
-    np.testing.assert_allclose(np.asarray(loaded.objective(images).loss), np.asarray(vae.objective(images).loss),
+    np.testing.assert_allclose(np.asarray(loaded.compute_terms(images)["loss"]), np.asarray(vae.compute_terms(images)["loss"]),
                                rtol=1e-6)
 
 
 def test_the_default_objective_is_the_elbo():
     params = parse_params({})
     assert (params.train.objective, params.train.iw_k) == ("elbo", 5)
-    vae = build_vae(ModelParams(), beta=0.5, binarize="none", seed=1)
+    vae = build_vae(ModelParams(), TrainParams(beta=0.5, seed=1), binarize="none")
     assert vae.objective_name == "elbo"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from vaepipe.config import parse_params
 from vaepipe.train.schedules import learning_rate
-from vaepipe.train.single_process import compile_vae, training_batches
+from vaepipe.train.single_process import batches_per_stack, compile_for_training, trained_vae, training_batches
 
 LR = 1e-3
 
@@ -59,10 +59,11 @@ def test_training_advances_the_schedule_once_per_batch(stack):
                            "data": {"limit": 320, "val_size": 64}})
     rng = np.random.default_rng(0)
     x = rng.random((320, 784), dtype=np.float32)
-    vae = compile_vae(params, batches_per_epoch=10)
-    assert vae.batches_per_stack == stack
-    batches = training_batches(vae, params, x, None, epochs=range(1))
-    vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
+    model = compile_for_training(params, batches_per_epoch=10)
+    assert batches_per_stack(model) == stack
+    batches = training_batches(model, params, x, None, epochs=range(1))
+    model.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=1, shuffle=False, verbose=0)
+    vae = trained_vae(model)
     assert int(vae.optimizer.iterations) == 10
     # Halfway through a 20-update cosine run: half the initial rate.
     assert float(vae.optimizer.learning_rate) == pytest.approx(LR / 2, rel=1e-5)

@@ -51,8 +51,11 @@ def test_kl_is_zero_at_the_prior():
 def test_negative_elbo_weights_the_kl_by_beta(batch):
     x, logits, mean, log_var = batch
     expected = numpy_bce_sum(x, logits) + 0.25 * numpy_kl_sum(mean, log_var)
-    terms = objectives.negative_elbo(x, logits, mean, log_var, beta=0.25)
-    np.testing.assert_allclose(np.asarray(terms.loss), expected, rtol=1e-5)
+    terms = objectives.score(objectives.OBJECTIVES["elbo"], {"beta": 0.25}, x, objectives.Posterior(mean, log_var),
+                             None, logits)
+    np.testing.assert_allclose(np.asarray(terms["loss"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(terms["recon"]), numpy_bce_sum(x, logits), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(terms["kl"]), numpy_kl_sum(mean, log_var), rtol=1e-5)
 
 
 def test_tutorial_loss_is_the_tutorials_definition(batch):
@@ -68,7 +71,8 @@ def test_tutorial_loss_at_latent_2_equals_beta_half(batch):
     x, logits, mean, log_var = batch
     mean, log_var = mean[:, :2], log_var[:, :2]
     tutorial = np.asarray(objectives.tutorial_loss(x, logits, mean, log_var))
-    beta_half = np.asarray(objectives.negative_elbo(x, logits, mean, log_var, beta=0.5).loss)
+    beta_half = np.asarray(objectives.score(objectives.OBJECTIVES["elbo"], {"beta": 0.5}, x,
+                                            objectives.Posterior(mean, log_var), None, logits)["loss"])
     np.testing.assert_allclose(tutorial, beta_half, rtol=1e-4)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vaepipe import paths, plotting
-from vaepipe.config import ModelParams
+from vaepipe.config import ModelParams, TrainParams
 from vaepipe.data import Split
 from vaepipe.model import build_vae
 
@@ -16,7 +16,7 @@ def test_every_figure_is_drawn_from_a_split_of_one_or_two_images(tmp_path, monke
     images = Split(rng.integers(0, 256, (n_images, 784), dtype=np.uint8), np.arange(n_images) % 10)
     x = images.images.astype(np.float32) / 255
     log = {name: np.array([2.0, 1.0]) for name in ("epoch", "loss", "recon", "kl", "val_loss", "val_recon", "val_kl")}
-    vae = build_vae(ModelParams(), beta=0.5, binarize="none", seed=1)
+    vae = build_vae(ModelParams(), TrainParams(beta=0.5, seed=1), binarize="none")
 
     written = plotting.draw_all(vae, images, x, log, "validation")
 

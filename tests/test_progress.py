@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vaepipe import evaluation, paths, plots, plotting, progress
-from vaepipe.config import ModelParams, parse_params
+from vaepipe.config import ModelParams, TrainParams, parse_params
 from vaepipe.data import CLASS_NAMES
 from vaepipe.model import build_vae
 from vaepipe.train.inputs import batches_in_elements, make_datasets
@@ -101,7 +101,7 @@ def test_every_evaluation_part_warns_naming_its_own_param_with_a_slow_clock(caps
     rng = np.random.default_rng(0)
     x_test = rng.random((1200, 784), dtype=np.float32)
     x_train = rng.random((60, 784), dtype=np.float32)
-    inputs = evaluation.EvaluationInputs(build_vae(ModelParams(), beta=0.5, binarize="none", seed=1), x_test,
+    inputs = evaluation.EvaluationInputs(build_vae(ModelParams(), TrainParams(beta=0.5, seed=1), binarize="none"), x_test,
                                          rng.integers(0, 10, 1200), x_train, rng.integers(0, 10, 60))
     params = parse_params({"evaluate": {"mc_samples": 2, "iw_samples": 3}})
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from vaepipe.config import ModelParams
+from vaepipe.config import ModelParams, TrainParams
 from vaepipe.errors import DataError
 from vaepipe.model import build_vae, load_vae
 
@@ -40,7 +40,7 @@ def test_keras_file_with_lambda_layer_is_refused_not_executed(tmp_path):
 def test_save_then_load_gives_bit_identical_encoder_means_and_decoder_logits(tmp_path, arch, extra):
     rng = np.random.default_rng(7)
     params = ModelParams(arch=arch, latent_dim=3, **extra)
-    vae = build_vae(params, beta=0.5, binarize="dynamic", seed=11)
+    vae = build_vae(params, TrainParams(beta=0.5, seed=11), binarize="dynamic")
     # Weights no initializer would produce: a loader that rebuilt the model from its seeded config
     # instead of reading the file could not match them.
     for weight in vae.weights:
@@ -57,7 +57,7 @@ def test_save_then_load_gives_bit_identical_encoder_means_and_decoder_logits(tmp
     loaded = load_vae(path)
     for before, after in zip(outputs(vae), outputs(loaded), strict=True):
         np.testing.assert_array_equal(after, before)  # bit-identical, not approximately equal
-    assert (loaded.beta, loaded.binarize, loaded.seed) == (0.5, "dynamic", 11)
+    assert (loaded.term_weights, loaded.binarize, loaded.seed) == ({"beta": 0.5}, "dynamic", 11)
     # The comparison can fail: the same architecture with its own initial weights gives other numbers.
-    fresh = build_vae(params, beta=0.5, binarize="dynamic", seed=11)
+    fresh = build_vae(params, TrainParams(beta=0.5, seed=11), binarize="dynamic")
     assert not np.array_equal(outputs(fresh)[0], outputs(vae)[0])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vaepipe import errors, paths, tracking
-from vaepipe.config import flat_params, parse_params
+from vaepipe.config import TrainParams, flat_params, parse_params
 from vaepipe.tracking import model_logging
 
 
@@ -103,7 +103,7 @@ def test_pyfunc_model_has_a_signature_and_an_input_example_and_takes_both_widths
     from vaepipe.config import ModelParams
     from vaepipe.model import build_vae
 
-    vae = build_vae(ModelParams(latent_dim=3), beta=1.0, binarize="none", seed=0)
+    vae = build_vae(ModelParams(latent_dim=3), TrainParams(beta=1.0, seed=0), binarize="none")
     vae(np.zeros((1, 784), np.float32))
     vae.save(tmp_path / "vae.keras")
     example = np.linspace(0, 1, 2 * 784, dtype=np.float32).reshape(2, 784)

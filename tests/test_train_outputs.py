@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vaepipe import paths, tracking
-from vaepipe.config import ModelParams, Params
+from vaepipe.config import ModelParams, Params, TrainParams
 from vaepipe.errors import CheckpointBusy, TrackingError
 from vaepipe.model import build_vae
 from vaepipe.train import session
@@ -50,7 +50,7 @@ def test_a_kill_at_any_rename_leaves_no_run_id_beside_another_runs_model(workspa
     old = previous()
     epoch_log = tmp_path / "epochs.csv"
     epoch_log.write_text("epoch,loss,val_loss,val_recon,val_kl\n0,2.0,2.5,2.0,0.5\n1,1.5,2.0,1.6,0.4\n")
-    vae = build_vae(ModelParams(latent_dim=2), beta=0.5, binarize="none", seed=0)
+    vae = build_vae(ModelParams(latent_dim=2), TrainParams(beta=0.5, seed=0), binarize="none")
     real_replace, renames = os.replace, []
 
     def replace(source, destination):

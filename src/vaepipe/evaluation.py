@@ -35,16 +35,16 @@ def encode_means(vae: VAE, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
     return encode(vae, x, batch_size)[0]
 
 
+TUTORIAL = "test_tutorial_loss"
 ELBO_DRAWS_PER_CALL = 20000  # (z draw, image) pairs decoded per call: ~63 MB of logits per tensor
 
 
 def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: int,
                draws_per_call: int = ELBO_DRAWS_PER_CALL, progress: PartProgress | None = None) -> dict[str, float]:
-    """Test-set averages of the loss terms, each over `mc_samples` z draws per image.
-
-    test_loss is the training objective (objectives.negative_elbo) at beta = 1: the averages of its
-    recon and analytic KL terms, added; test_tutorial_loss is the tutorial's definition (784 x mean BCE +
-    KL averaged over latent dims) from the same draws.
+    """Test-set averages of the ELBO's terms (objectives.OBJECTIVES["elbo"]: recon, kl), each over
+    `mc_samples` z draws per image, as test_<term>; test_loss is their sum at weight 1 (beta = 1: the
+    negative ELBO proper); test_tutorial_loss is the tutorial's definition (784 x mean BCE + KL averaged
+    over latent dims) from the same draws.
 
     A batch's draws are decoded in one call while mc_samples x batch fits in `draws_per_call` (the
     defaults, 10 x 500, do: their numbers are those of one call); beyond that in chunks of samples, so
@@ -52,18 +52,29 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
     `progress` is told the images done (a fraction of a batch per chunk of draws) after each call.
     """
     generator = tf.random.Generator.from_seed(seed)
-    totals = {"test_recon": 0.0, "test_kl": 0.0, "test_tutorial_loss": 0.0}
+    elbo = objectives.OBJECTIVES["elbo"]
+    names = [term.name for term in elbo.terms]
+    totals = dict.fromkeys([*names, TUTORIAL], 0.0)
+    analytic: set[str] = set()  # terms with one value per image (the KL), whatever the draws: counted once
 
     @tf.function(jit_compile=not has_convolutions(vae), reduce_retracing=True)
     def batch_terms(images, eps):  # eps: (samples, batch, latent), all samples decoded in one call
-        mean, log_var = vae.encoder(images)
-        z = objectives.reparameterize(mean, log_var, eps)
-        logits = vae.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])))
-        logits = ops.reshape(logits, (ops.shape(eps)[0], -1, ops.shape(images)[-1]))
+        posterior = objectives.Posterior(*vae.encoder(images))
+        z = objectives.reparameterize(posterior.mean, posterior.log_var, eps)
+        logits = vae.decode(z)
         targets = ops.broadcast_to(images[None], ops.shape(logits))
-        terms = objectives.negative_elbo(targets, logits, mean, log_var)  # kl: per image, as it is analytic
-        tutorial = ops.sum(objectives.tutorial_loss(targets, logits, mean[None], log_var[None]))
-        return ops.sum(terms.recon) / mc_samples, ops.sum(terms.kl), tutorial / mc_samples
+        sums = {}
+        for term in elbo.terms:
+            value = term.function(targets, posterior, z, logits)
+            # A term of each draw is averaged over the draws; an analytic one (the KL) is per image.
+            if len(value.shape) > 1:
+                sums[term.name] = ops.sum(value) / mc_samples
+            else:
+                sums[term.name] = ops.sum(value)
+                analytic.add(term.name)
+        tutorial = ops.sum(objectives.tutorial_loss(targets, logits, posterior.mean[None], posterior.log_var[None]))
+        sums[TUTORIAL] = tutorial / mc_samples
+        return sums
 
     latent_dim = vae.decoder.inputs[0].shape[-1]
     for images in _batches(x, batch_size):
@@ -72,15 +83,14 @@ def elbo_terms(vae: VAE, x: np.ndarray, mc_samples: int, batch_size: int, seed: 
             if start:
                 stop_if_signalled()
             eps = generator.normal((min(chunk, mc_samples - start), len(images), latent_dim))
-            recon, kl, tutorial_total = batch_terms(tf.constant(images), eps)
-            totals["test_recon"] += float(recon)
-            if not start:  # analytic: the same for every chunk of draws
-                totals["test_kl"] += float(kl)
-            totals["test_tutorial_loss"] += float(tutorial_total)
+            sums = batch_terms(tf.constant(images), eps)
+            for name, value in sums.items():
+                if not start or name not in analytic:
+                    totals[name] += float(value)
             if progress is not None:
                 progress.advance(len(images) * min(chunk, mc_samples - start) / mc_samples)
-    metrics = {key: value / len(x) for key, value in totals.items()}
-    metrics["test_loss"] = metrics["test_recon"] + metrics["test_kl"]
+    metrics = {f"test_{name}" if name != TUTORIAL else name: value / len(x) for name, value in totals.items()}
+    metrics["test_loss"] = sum(metrics[f"test_{name}"] for name in names)
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""The VAE's objective and evaluation measures as pure functions on tensors (keras.ops).
+"""The VAE's objectives, one registry of their terms, and evaluation measures, as pure functions on tensors.
 
 Conventions: x holds images in [0,1] (continuous or binarized) of shape (batch, 784); the decoder
 gives Bernoulli logits; the posterior is a diagonal Gaussian (mean, log_var); the prior N(0, I).
@@ -8,6 +8,8 @@ Every per-example function returns shape (batch,), summed over pixels and latent
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import keras
@@ -36,52 +38,95 @@ def reparameterize(mean, log_var, eps):
     return mean + ops.exp(0.5 * log_var) * eps
 
 
-class ElboTerms(NamedTuple):
-    """Per-example terms of the objective, each of shape (batch,) (or broadcast over samples)."""
+class Posterior(NamedTuple):
+    """The encoder's output: q(z|x) = N(mean, exp(log_var)), each of shape (batch, latent)."""
 
-    loss: object  # what training minimises: recon + beta * kl (elbo), the negative k-sample bound (iwae)
-    recon: object  # -log p(x|z)
-    kl: object  # KL(q(z|x) || p(z))
+    mean: object
+    log_var: object
 
 
-def negative_elbo(x, logits, mean, log_var, beta: float = 1.0) -> ElboTerms:
-    """The one per-example objective of training (both loops) and evaluation: reconstruction + beta * KL.
+# ---------------------------------------------------------------- the terms: f(x, posterior, z, logits)
+# Each returns one value per example, or per (draw, example) when z and logits carry a leading axis of
+# k draws (objective iwae). Training, the distributed loop and evaluation all call them through `score`.
 
-    beta = 1 is the negative ELBO proper; evaluation always scores that. The terms come back too,
-    because both training and evaluation report them.
-    """
-    recon = bernoulli_nll(x, logits)
-    kl = gaussian_kl(mean, log_var)
-    return ElboTerms(recon + beta * kl, recon, kl)
+def reconstruction(x, posterior: Posterior, z, logits):
+    """-log p(x|z): the Bernoulli decoder's negative log-likelihood of x."""
+    return bernoulli_nll(x, logits)
+
+
+def analytic_kl(x, posterior: Posterior, z, logits):
+    """KL(q(z|x) || p(z)) in closed form (one value per image, whatever the draws)."""
+    return gaussian_kl(posterior.mean, posterior.log_var)
+
+
+def sampled_kl(x, posterior: Posterior, z, logits):
+    """log q(z|x) - log p(z) at each draw z: the KL's one-sample estimate, the log-ratio inside IWAE's weights."""
+    return gaussian_log_density(z, posterior.mean, posterior.log_var) - gaussian_log_density(z, 0.0, ops.zeros_like(z))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of an objective: a per-example function of (x, posterior, z, logits), weighted in the loss
+    by the `train` param named `weight` (None: weight 1). Its name is its column in train_log.csv / MLflow."""
+
+    name: str
+    function: Callable
+    weight: str | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What training minimises: the weighted sum of its terms per z draw. With `samples` (the `train` param
+    giving k draws per image) the k sums are combined as importance weights, log w_i = -sum_i, into the
+    negative k-sample bound -log (1/k) sum_i w_i (Burda et al. 2015, eq. 8), and each term is reported
+    as its mean over the draws."""
+
+    terms: tuple[Term, ...]
+    samples: str | None = None
+
+
+OBJECTIVES: dict[str, Objective] = {
+    # -ELBO = recon + beta * KL: one draw per image, the KL analytic.
+    "elbo": Objective((Term("recon", reconstruction), Term("kl", analytic_kl, weight="beta"))),
+    # -IWAE_k: k draws per image, the KL sampled (it is part of each draw's weight). beta = 1 is the bound
+    # proper, never looser than the ELBO; k = 1 is the ELBO's one-sample estimate.
+    "iwae": Objective((Term("recon", reconstruction), Term("kl", sampled_kl, weight="beta")), samples="iw_k"),
+}
+
+LOSS = "loss"  # the objective's value per example: what training minimises (as a batch mean)
+
+
+def reported(objective: Objective) -> tuple[str, ...]:
+    """The names training reports per epoch (and validation as val_*): the loss, then each term."""
+    return (LOSS, *(term.name for term in objective.terms))
+
+
+def weight_params(objective: Objective) -> tuple[str, ...]:
+    """The `train` params the objective reads: its terms' weights and its number of draws."""
+    names = [term.weight for term in objective.terms if term.weight] + ([objective.samples] if objective.samples else [])
+    return tuple(dict.fromkeys(names))
+
+
+def score(objective: Objective, weights: Mapping[str, float], x, posterior: Posterior, z, logits) -> dict:
+    """Per-example values of the objective: {"loss": ..., term name: ...}, each of shape (batch,).
+
+    `weights` maps each term's weight param to its value (beta). With draws (z of shape (k, batch, latent))
+    the loss is the negative k-sample bound and each term its mean over the draws."""
+    values = {term.name: term.function(x, posterior, z, logits) for term in objective.terms}
+    per_draw = None
+    for term in objective.terms:  # recon + beta * kl for the ELBO
+        value = values[term.name] if term.weight is None else weights[term.weight] * values[term.name]
+        per_draw = value if per_draw is None else per_draw + value
+    if objective.samples is None:
+        return {LOSS: per_draw, **values}
+    return {LOSS: -log_mean_exp(-per_draw, axis=0),
+            **{name: ops.mean(value, axis=0) if len(value.shape) > 1 else value for name, value in values.items()}}
 
 
 def log_mean_exp(values, axis: int = 0):
     """log(mean(exp(values))) along `axis`, computed stably (log-sum-exp minus log n)."""
     n = ops.cast(ops.shape(values)[axis], values.dtype)
     return ops.logsumexp(values, axis=axis) - ops.log(n)
-
-
-def negative_iwae(x, logits, z, mean, log_var, beta: float = 1.0) -> ElboTerms:
-    """The negative k-sample importance-weighted bound (Burda et al. 2015, eq. 8), per example.
-
-    Shapes: x (batch, 784); z (k, batch, latent), k reparameterised draws from q(z|x) = N(mean,
-    exp(log_var)) with mean, log_var (batch, latent); logits (k, batch, 784), the decoder's output for z.
-    The bound is log (1/k) sum_i w_i with log w_i = log p(x|z_i) + beta * (log p(z_i) - log q(z_i|x)).
-
-    beta = 1 is the IWAE bound proper: a lower bound on log p(x), never looser than the ELBO in
-    expectation, equal to the ELBO's one-sample estimate at k = 1 (the KL term then sampled, not
-    analytic). Other beta weight the prior-to-posterior log-ratio inside each weight, so that at k = 1
-    the expected loss is negative_elbo's recon + beta * KL (it is then no bound on log p(x)).
-
-    Returned terms: loss = -bound (what training minimises, as a batch mean); recon = the mean over
-    the k samples of -log p(x|z_i); kl = the analytic KL(q(z|x) || p(z)), as negative_elbo's. So
-    recon + kl is the k-sample estimate of the negative ELBO, and (recon + kl) - loss is how much
-    tighter the bound is than the ELBO (at beta = 1).
-    """
-    log_px_z = -bernoulli_nll(x[None], logits)  # (k, batch)
-    log_ratio = gaussian_log_density(z, 0.0, ops.zeros_like(z)) - gaussian_log_density(z, mean[None], log_var[None])
-    bound = log_mean_exp(log_px_z + beta * log_ratio, axis=0)
-    return ElboTerms(-bound, -ops.mean(log_px_z, axis=0), gaussian_kl(mean, log_var))
 
 
 def tutorial_loss(x, logits, mean, log_var):

@@ -6,13 +6,14 @@ import numpy as np
 
 from vaepipe.config import parse_params
 from vaepipe.model import load_vae
-from vaepipe.train.single_process import compile_vae, training_batches
+from vaepipe.train.single_process import compile_for_training, trained_vae, training_batches
 
 params = parse_params({"model": {"arch": "tiny", "latent_dim": 3}, "train": {"batch_size": 16}})
-vae = compile_vae(params, batches_per_epoch=4)
+model = compile_for_training(params, batches_per_epoch=4)
+vae = trained_vae(model)
 x = np.random.default_rng(0).random((64, 784), dtype=np.float32)
-batches = training_batches(vae, params, x, None, epochs=range(2))
-history = vae.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=2, verbose=0, shuffle=False)
+batches = training_batches(model, params, x, None, epochs=range(2))
+history = model.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, epochs=2, verbose=0, shuffle=False)
 assert [layer.name for layer in vae.encoder.layers if layer.name.endswith("tiny")] == ["enc_tiny"]
 vae.save("tiny.keras")
 loaded = load_vae("tiny.keras")  # safe_mode=True

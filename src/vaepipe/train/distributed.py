@@ -2,13 +2,13 @@
 
 Why a custom loop: Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras
 issue 20585: "Invalid reduction dimension 0 for input with 0 dimensions" in the loss reduction). This
-loop runs the VAE's own `optimizer_step` under the strategy instead, with the same Adam settings:
+loop steps the VAE's own objective (VAE.compute_terms) under the strategy instead, with the same Adam settings:
 
 - The global batch is `train.batch_size`, the same consecutive slice of the epoch's permutation as in
   the single-process path (inputs.make_datasets), split evenly across the replicas.
 - Each replica sums its per-example losses and divides by the *global* batch size; the optimizer
   sums the replicas' gradients. So each step's gradient is the one-device gradient of the batch mean.
-- Epoch metrics (loss, recon, kl, val_*) are per-example means over the epoch, as Keras's Mean
+- Epoch metrics (the objective's loss and terms, val_*) are per-example means over the epoch, as Keras's Mean
   trackers give in the single-process path; epoch_time is wall clock, train plus validation.
 - Randomness (z draws, dynamic binarization) is a function of (train.seed, epoch, replica), set
   before each epoch, so resuming from a checkpoint is exact for the same number of replicas.
@@ -40,8 +40,6 @@ from vaepipe.train.inputs import VAL_BATCH_SIZE, batches_per_epoch, epoch_permut
 from vaepipe.train.schedules import make_optimizer
 from vaepipe.train.session import TrainingSession
 from vaepipe.train.strategy import is_chief, make_strategy, num_workers
-
-METRICS = objectives.ElboTerms._fields  # per-example sums accumulated in this order, then the count
 
 
 def replica_batches(strategy: tf.distribute.Strategy, images: np.ndarray, order: np.ndarray,
@@ -84,15 +82,14 @@ class DistributedTrainer:
         with strategy.scope():
             # The same initial weights as single_process.compile_vae (global seed, then build).
             keras.utils.set_random_seed(params.train.seed)
-            self.vae: VAE = build_vae(params.model, beta=params.train.beta, binarize=params.data.binarize,
-                                      seed=params.train.seed, objective=params.train.objective,
-                                      iw_k=params.train.iw_k)
+            self.vae: VAE = build_vae(params.model, params.train, binarize=params.data.binarize)
             self.optimizer = make_optimizer(params.train, batches_per_epoch)
             # compile only attaches the optimizer: checkpoints then hold its state (fit is never called).
             self.vae.compile(optimizer=self.optimizer)
             self.optimizer.build(self.vae.trainable_variables)
-            # Per-replica sums (loss, recon, kl, count); reading one sums over all replicas.
-            self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False,
+            # Per-replica sums of each reported value (loss, terms), then the count; reading one sums over replicas.
+            self.names = objectives.reported(self.vae.objective)
+            self.sums = tf.Variable(tf.zeros([len(self.names) + 1], tf.float64), trainable=False,
                                     synchronization=tf.VariableSynchronization.ON_READ,
                                     aggregation=tf.VariableAggregation.SUM)
         self.seed_states = [generator.state for generator in seed_generators(self.vae)]
@@ -101,15 +98,25 @@ class DistributedTrainer:
 
     # ------------------------------------------------------------ per-replica work
 
-    def _accumulate(self, terms: objectives.ElboTerms) -> None:
-        count = tf.cast(tf.shape(terms.loss)[0], tf.float64)
-        self.sums.assign_add(tf.stack([tf.reduce_sum(tf.cast(t, tf.float64)) for t in terms] + [count]))
+    def _accumulate(self, terms: dict) -> None:
+        count = tf.cast(tf.shape(terms[objectives.LOSS])[0], tf.float64)
+        self.sums.assign_add(tf.stack([tf.reduce_sum(tf.cast(terms[name], tf.float64)) for name in self.names]
+                                      + [count]))
 
     def _train_replica(self, x, global_size) -> None:
-        self._accumulate(self.vae.optimizer_step(x, global_batch_size=global_size))
+        """VAE.train_step's step on this replica's share of a global batch: its loss sum over the global batch
+        size, so the gradients the optimizer sums over replicas are those of the global batch mean."""
+        vae = self.vae
+        if vae.binarize == "dynamic":
+            x = vae.redraw_binary(x)
+        with tf.GradientTape() as tape:
+            terms = vae.compute_terms(x, training=True)
+            loss = tf.reduce_sum(terms[objectives.LOSS]) / tf.cast(global_size, terms[objectives.LOSS].dtype)
+        vae.optimizer.apply(tape.gradient(loss, vae.trainable_weights), vae.trainable_weights)
+        self._accumulate(terms)
 
     def _eval_replica(self, x, _global_size) -> None:
-        self._accumulate(self.vae.objective(x, training=False))
+        self._accumulate(self.vae.compute_terms(x, training=False))
 
     def _run_steps(self, replica_fn):
         strategy = self.strategy
@@ -143,7 +150,7 @@ class DistributedTrainer:
 
     def _pass(self, steps, data: tf.distribute.DistributedDataset, n_batches: int,
               progress: EpochProgress | None = None) -> dict[str, float]:
-        self.sums.assign(tf.zeros([4], tf.float64))
+        self.sums.assign(tf.zeros([len(self.names) + 1], tf.float64))
         iterator = iter(data)
         chunk = max(1, self.params.train.steps_per_execution)
         done = 0
@@ -155,7 +162,7 @@ class DistributedTrainer:
             if progress is not None:
                 progress.update(done)
         totals = self.sums.read_value().numpy()  # a collective in multi_worker: every worker reads
-        return {name: float(totals[i] / totals[3]) for i, name in enumerate(METRICS)}
+        return {name: float(total / totals[-1]) for name, total in zip(self.names, totals, strict=False)}
 
     def run_epoch(self, epoch: int, x_train: np.ndarray, val_data: tf.distribute.DistributedDataset | None,
                   n_val_batches: int, progress: EpochProgress | None = None) -> dict[str, float]:
