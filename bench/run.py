@@ -5,7 +5,7 @@ thermal, turbo) cancels; every statistic is a median over epochs 2..N (epoch 1 p
 compilation) or over repeats.
 
   a. tutorial model, batch 32, three figures: bench/reference_tutorial.py's plain `fit`; vaepipe's
-     training loop (compile_vae + make_datasets + fit, validation included); and vaepipe's real train
+     training loop (compile_for_training + make_datasets + fit, validation included); and vaepipe's real train
      stage, timed as whole `dvc repro -f -s train` processes with N and with 1 epochs in the
      temporary clone of (d): (t_N - t_1) / (N - 1), so start-up cancels. The reference script is
      timed the same way (5 and 1 epochs), alternated with it. Bookkeeping = stage - loop.
@@ -156,7 +156,7 @@ def load_mnist(prepared_dir: Path) -> dict[str, np.ndarray]:
 
 
 class VaepipeTrainer:
-    """vaepipe's own training path (compile_vae + training_batches + fit, validation included), one epoch per call.
+    """vaepipe's own training path (compile_for_training + training_batches + fit, validation included), one epoch per call.
 
     As in the train stage, one `fit` runs all `epochs` over one input iterator. It runs in a thread
     that waits before each epoch until run_epoch() lets it go, so its epochs can alternate with the

@@ -1,8 +1,11 @@
-"""docs/extending.md's recipe for a new architecture, carried out for real on a copy of the package:
-two functions and an entry in architectures.py, its name in config.py; then it trains, saves and loads."""
+"""docs/extending.md's recipe for a new architecture with its own param, carried out for real on a copy of
+the package: two functions and an entry in architectures.py; its name, its param and where the param applies
+in config.py (two files, no more); then it trains, saves and loads."""
 
 from __future__ import annotations
 
+import filecmp
+import re
 import shutil
 import subprocess
 import sys
@@ -20,12 +23,12 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 TINY = '''
 
 def tiny_encoder(params: ModelParams, image):
-    """A test architecture: one 16-unit layer each way."""
-    return layers.Dense(16, activation="relu", name="enc_tiny")(image)
+    """A test architecture: one layer of `model.tiny_units` each way."""
+    return layers.Dense(params.tiny_units, activation="relu", name="enc_tiny")(image)
 
 
 def tiny_decoder(params: ModelParams, z):
-    hidden = layers.Dense(16, activation="relu", name="dec_tiny")(z)
+    hidden = layers.Dense(params.tiny_units, activation="relu", name="dec_tiny")(z)
     return layers.Dense(IMAGE_PIXELS, name="logits")(hidden)
 
 
@@ -40,6 +43,13 @@ def test_every_configurable_arch_has_builders_and_back():
     assert allowed == set(ARCHITECTURES)
 
 
+def changed_files(original: Path, copy: Path) -> list[str]:
+    """The files of `copy` that differ from (or are not in) `original`."""
+    return sorted(str(path.relative_to(copy)) for path in copy.rglob("*.py")
+                  if not (original / path.relative_to(copy)).exists()
+                  or not filecmp.cmp(path, original / path.relative_to(copy), shallow=False))
+
+
 def test_the_documented_recipe_adds_a_working_architecture(tmp_path):
     recipe = DOCS.read_text()
     assert "architectures.py" in recipe and "ARCHITECTURES" in recipe and "config.py" in recipe
@@ -47,11 +57,17 @@ def test_the_documented_recipe_adds_a_working_architecture(tmp_path):
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     # Step 1: the two functions and their entry in architectures.py.
     (copy / "architectures.py").write_text((copy / "architectures.py").read_text() + TINY)
-    # Step 2: the name in config.py's ModelParams.arch.
+    # Step 2, config.py: the name in ModelParams.arch, the param as a field, and the arch it applies to.
     config = (copy / "config.py").read_text()
-    assert 'arch: Literal["tutorial", "mlp", "conv"]' in config
-    (copy / "config.py").write_text(config.replace('arch: Literal["tutorial", "mlp", "conv"]',
-                                                   'arch: Literal["tutorial", "mlp", "conv", "tiny"]'))
+    config, named = re.subn(r'(arch: Literal\[[^\]]*)\]', r'\1, "tiny"]', config, count=1)
+    config, added = re.subn(r'(\n    arch: Literal\[[^\n]*\n)',
+                            r'\1    tiny_units: int = Field(default=16, ge=1, description="tiny: units per layer")\n',
+                            config, count=1)
+    config, applies = re.subn(r'ARCH_ONLY_PARAMS = \{', 'ARCH_ONLY_PARAMS = {"model.tiny_units": ("tiny",), ',
+                              config, count=1)
+    assert (named, added, applies) == (1, 1, 1)
+    (copy / "config.py").write_text(config)
+    assert changed_files(PACKAGE, copy) == ["architectures.py", "config.py"]
     result = subprocess.run([sys.executable, str(TRAIN_TINY)], cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": str(tmp_path / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "PATH": "/usr/bin:/bin"}, timeout=300)

@@ -3,7 +3,7 @@
 The train stage's fast path: `make_datasets(..., steps_per_execution=K)` stacks K consecutive
 batches per element, and `VAE.train_step` runs them in a loop inside one XLA-compiled call (Keras
 itself runs one stack per call). Plain execution: one batch per call. All runs use vaepipe's own code
-(compile_vae + make_datasets + EpochRandomState + fit) on the tutorial's model, so a seed fixes the
+(compile_for_training + make_datasets + EpochRandomState + fit) on the tutorial's model, so a seed fixes the
 initial weights, the batch order and the random streams. The checks:
 
 1. The stacked datasets hold exactly the per-step batches, in order, partial last batch included.

@@ -80,7 +80,7 @@ class DistributedTrainer:
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
         with strategy.scope():
-            # The same initial weights as single_process.compile_vae (global seed, then build).
+            # The same initial weights as single_process.compile_for_training (global seed, then build).
             keras.utils.set_random_seed(params.train.seed)
             self.vae: VAE = build_vae(params.model, params.train, binarize=params.data.binarize)
             self.optimizer = make_optimizer(params.train, batches_per_epoch)

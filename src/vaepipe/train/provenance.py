@@ -21,7 +21,8 @@ from vaepipe.prepared import training_data_sha256
 # Hashed with everything they import: the math and the data pipeline.
 NUMERIC_ROOTS = ("model.py", "train/inputs.py", "train/schedules.py")
 # Hashed as files: the loops and the per-epoch randomness (their imports are bookkeeping or in the roots).
-TRAINING_LOOPS = ("train/single_process.py", "train/distributed.py", "train/callbacks.py", "train/strategy.py")
+TRAINING_LOOPS = ("train/single_process.py", "train/stacking.py", "train/distributed.py", "train/callbacks.py",
+                  "train/strategy.py")
 
 
 def code_sha256(src: Path = SRC) -> str:
