@@ -160,3 +160,39 @@ def test_open_session_locks_the_key_before_retention_touches_other_checkpoints(w
     assert sorted(path.name for path in (workspace / "checkpoints").iterdir()) == sorted([key, "other-key"])
     assert "train: keeping 1 unfinished checkpoint of other settings (checkpoints/other-key: 2 epochs" in capsys.readouterr().out
     opened._lock.close()
+
+
+def test_the_distributed_loop_runs_extra_callbacks_after_the_end_of_epoch_path_and_stops_when_asked():
+    """The chief's loop (mirrored over this machine's one device): each epoch's end-of-epoch path first, then
+    the callbacks the stage handed in; a stop one requests ends the run after that epoch, and the chief's
+    request is what every worker would receive (chief_decides)."""
+    import keras
+    import numpy as np
+
+    from vaepipe.train.distributed import DistributedTrainer, _train_epochs, chief_decides
+    from vaepipe.train.inputs import batches_per_epoch
+    from vaepipe.train.strategy import make_strategy
+
+    params = parse_params({"model": {"arch": "mlp", "hidden": [8], "latent_dim": 2}, "data": {"binarize": "none"},
+                           "train": {"batch_size": 16, "epochs": 4, "distribute": "mirrored"}})
+    images = np.random.default_rng(0).random((48, 784)).astype(np.float32)
+    strategy = make_strategy("mirrored")
+    trainer = DistributedTrainer(params, strategy, batches_per_epoch(len(images), params))
+    calls: list[tuple[str, int]] = []
+
+    class EndOfEpoch:  # stands in for the session's EpochEnd
+        def on_epoch_end(self, epoch, logs):
+            calls.append(("end-of-epoch", epoch))
+
+    class StopAfterSecond(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            calls.append(("extra", epoch))
+            assert np.isfinite(logs["loss"])
+            if epoch == 1:
+                self.model.stop_training = True
+
+    extra = keras.callbacks.CallbackList([StopAfterSecond()], model=trainer.vae)
+    _train_epochs(trainer, params, 0, images, None, 0, EndOfEpoch(), extra)
+    assert calls == [("end-of-epoch", 0), ("extra", 0), ("end-of-epoch", 1), ("extra", 1)]
+    decide = chief_decides(strategy)
+    assert decide(True) is True and decide(False) is False
