@@ -33,7 +33,6 @@ def workspace(tmp_path, monkeypatch) -> Path:
     for name, relative in zip(OUTPUTS, ("models/vae.keras", "train_log.csv", "val_metrics.json", "models/mlflow_run_id"),
                               strict=True):
         monkeypatch.setattr(paths, name, tmp_path / relative)
-    monkeypatch.setattr(session.model_logging, "log_model", lambda model_file: None)  # not what is tested here
     (tmp_path / "models").mkdir()
     for name, content in zip(OUTPUTS, (b"old model", b"epoch,loss\n0,1.0\n", b'{"val_loss": 1.0}\n',
                                        (OLD_RUN + "\n").encode()), strict=True):

@@ -1,6 +1,7 @@
-"""A checkpoint is resumed only by the same params, code and data: one written before an edit to train's
-code, or over other prepared data, is not resumed (but kept: tests/e2e/test_other_checkpoints.py), and
-train says so in one line."""
+"""A checkpoint is resumed only by the same params, training code and data: one written before an edit to
+train's code, or over other prepared data, is not resumed (but kept: tests/e2e/test_other_checkpoints.py),
+and train says so in one line; a fixed log message in tune/, the model logging or serving.py (run by the
+stage, not training's code) leaves it resumable."""
 
 from __future__ import annotations
 
@@ -29,8 +30,19 @@ def repo(poisoned, tmp_path):
     return copy_repo(poisoned.repo, tmp_path / "repo")
 
 
-def test_unchanged_code_and_data_resume(repo, poisoned):
+# Log messages in what the train stage hands training from outside (a search trial's pruning hook, the
+# model logging, the served model's code): fixing one must not orphan an unfinished checkpoint.
+LOG_MESSAGE_EDITS = (("tune/pruning.py", "pruned after epoch", "was pruned after epoch"),
+                     ("tracking/model_logging.py", '"logging the model"', '"logging the trained model"'),
+                     ("serving.py", "rows in one request", "rows in a single request"))
+
+
+def test_unchanged_training_code_and_data_resume_after_a_log_message_is_fixed_in_tune(repo, poisoned):
     old_run = interrupted_after_two_epochs(repo, poisoned)
+    for name, old, new in LOG_MESSAGE_EDITS:  # the stage runs these files, and still resumes
+        module = repo / "src" / "vaepipe" / name
+        assert old in module.read_text(), f"{name} no longer says {old!r}: pick another message"
+        module.write_text(module.read_text().replace(old, new, 1))
     result = run_stage(repo, "train")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming after epoch 2" in result.stdout + result.stderr

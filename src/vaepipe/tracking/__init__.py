@@ -5,7 +5,8 @@
 - runs: the pipeline's one run: start, continue, reopen (or link), close with a status, log to it
 - details: what the UI shows: the experiment's kind, the run's datasets, description and sweep tag
 - model_logging: the pyfunc model (from code, no pickles), its requirements, signature and example
-  (imported from there by train's session only: serving.py is train's code, not evaluate's)
+  (imported from there by stages/train.py only, which hands log_model to the loop as its after-outputs
+  hook: serving.py is run by the train stage, not by evaluate, nor part of training's code)
 - aliases: which registered version a model URI or the workspace's run means; `champion`, moved only
   by `make promote` (imported from there, by __main__)
 - search: reading runs back for `make compare` (imported from there, so no stage depends on it)

@@ -24,6 +24,7 @@ and optimizer state over the strategy's collectives, so they need no shared disk
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -38,7 +39,7 @@ from vaepipe.train.callbacks import check_finite, seed_generators
 from vaepipe.train.epoch_end import EpochEnd
 from vaepipe.train.inputs import VAL_BATCH_SIZE, batches_per_epoch, epoch_permutation, epoch_seed
 from vaepipe.train.schedules import make_optimizer
-from vaepipe.train.session import TrainingSession
+from vaepipe.train.session import OutputsHook, open_session
 from vaepipe.train.strategy import is_chief, make_strategy, num_workers
 
 
@@ -215,8 +216,11 @@ def validation_batches(strategy: tf.distribute.Strategy, x_val: np.ndarray | Non
     return replica_batches(strategy, x_val, order, VAL_BATCH_SIZE), -(-len(x_val) // VAL_BATCH_SIZE)
 
 
-def train(params: Params) -> None:
-    """single_process.train for `train.distribute != none`: the same outputs, checkpoints and MLflow run."""
+def train(params: Params, *, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+          on_outputs: Sequence[OutputsHook] = ()) -> None:
+    """single_process.train for `train.distribute != none`: the same outputs, checkpoints, MLflow run and
+    parameters. The chief runs `extra_callbacks`' on_epoch_end after the end-of-epoch path (the other
+    workers ignore them); a stop they request (`model.stop_training`) stops every worker after that epoch."""
     strategy = make_strategy(params.train.distribute)  # first: it must precede any TensorFlow work
     chief = is_chief(strategy)
     workers = num_workers(strategy)
@@ -228,8 +232,9 @@ def train(params: Params) -> None:
     trainer = DistributedTrainer(params, strategy, batches_per_epoch=batches_per_epoch(len(x_train), params))
     val_data, n_val_batches = validation_batches(strategy, inputs.x_val)
 
-    # Only the chief has a session (checkpoint, log, MLflow run); the others get its restored state.
-    session = TrainingSession(params, inputs) if chief else None
+    # Only the chief has a session (the key, its checkpoint, retention, log, MLflow run); the others get
+    # its restored state.
+    session = open_session(params, inputs, on_outputs) if chief else None
     start_epoch = session.restore(trainer.vae) if session else 0
     if workers > 1:
         start_epoch = trainer.broadcast_from_chief(start_epoch)
@@ -238,14 +243,19 @@ def train(params: Params) -> None:
         return
     with session.run(trainer.vae, start_epoch) as epoch_end:
         tracking.log_metrics({"replicas": strategy.num_replicas_in_sync, "workers": workers})
-        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, epoch_end)
+        _train_epochs(trainer, params, start_epoch, x_train, val_data, n_val_batches, epoch_end,
+                      keras.callbacks.CallbackList(list(extra_callbacks), model=trainer.vae))
 
 
 def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int, x_train: np.ndarray,
-                  val_data, n_val_batches: int, epoch_end: EpochEnd | None) -> None:
-    """The epochs, each ended by the session's end-of-epoch path (the chief) or by the NaN check alone
-    (the other workers: the loss is all-reduced, hence identical, so all stop together on a NaN)."""
+                  val_data, n_val_batches: int, epoch_end: EpochEnd | None,
+                  extra: keras.callbacks.CallbackList | None = None) -> None:
+    """The epochs, each ended by the session's end-of-epoch path and then the `extra` callbacks (the chief)
+    or by the NaN check alone (the other workers: the loss is all-reduced, hence identical, so all stop
+    together on a NaN). A stop the chief's callbacks request is all-reduced too, so all stop together."""
     progress = EpochProgress(params.train.epochs, -(-len(x_train) // params.train.batch_size))
+    agree = chief_decides(trainer.strategy) if num_workers(trainer.strategy) > 1 else None
+    trainer.vae.stop_training = False
     for epoch in range(start_epoch, params.train.epochs):
         progress.begin(epoch)
         logs = trainer.run_epoch(epoch, x_train, val_data, n_val_batches, progress)
@@ -254,3 +264,30 @@ def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int,
         else:
             epoch_end.on_epoch_end(epoch, logs)
         progress.end(epoch, logs)
+        if extra is not None:
+            extra.on_epoch_end(epoch, logs)
+        stop = bool(trainer.vae.stop_training)
+        if agree is not None:  # every worker takes part, whatever its own callbacks
+            stop = agree(stop)
+        if stop:
+            break
+
+
+def chief_decides(strategy: tf.distribute.Strategy) -> Callable[[bool], bool]:
+    """A function that gives every worker the chief's flag (each worker calls it with its own): a sum over
+    replicas where only replica 0 (the chief's first) contributes, as broadcast_from_chief does. Traced once."""
+
+    @tf.function
+    def gather(value):
+        def fn(value):
+            context = tf.distribute.get_replica_context()
+            first = tf.equal(context.replica_id_in_sync_group, 0)
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, value, tf.zeros_like(value)))
+
+        return strategy.run(fn, args=(value,))
+
+    def decide(flag: bool) -> bool:
+        total = strategy.experimental_local_results(gather(tf.constant(1.0 if flag else 0.0)))[0]
+        return bool(total.numpy() > 0)
+
+    return decide

@@ -1,11 +1,23 @@
 """The run session both training loops share: checkpoint, MLflow run, the end-of-epoch path and the
 stage's outputs.
 
-    session = TrainingSession(params, inputs)            # this key's checkpoint dir (others kept: retention)
+    session = open_session(params, inputs, on_outputs)  # the key, this key's directory locked, retention
     start_epoch = session.restore(vae)                   # epochs already done (0 for a fresh run)
     with session.run(vae, start_epoch) as epoch_end:     # the MLflow run, opened or continued
         ... train, calling epoch_end.on_epoch_end after each epoch ...
-    # here the outputs are written and the checkpoint is gone
+    # here the outputs are written, each on_outputs hook has run, and the checkpoint is gone
+
+open_session runs the steps before a run explicitly, in order: the checkpoint key (provenance.py: hashes
+the training code and reads the data's checksums), the session itself, whose constructor does no I/O
+beyond its own checkpoint directory (created and locked: a second train of the same key stops there,
+before touching anything else), then retention of other keys' checkpoints (retention.py: may remove
+them and close their MLflow runs). The tracking store's fail-fast check runs before all of this, in
+stages/train.py, before TensorFlow loads.
+
+What the train stage adds from outside training's code comes in through two parameters of the loops'
+`train()`, never through an import here: Keras callbacks run after the end-of-epoch path (a search
+trial's pruning, tune/pruning.py) and `on_outputs` hooks called with the saved model file once the
+outputs are written, inside the MLflow run (the model logged with serving.py, tracking/model_logging.py).
 
 Resuming is exact: every epoch's randomness is a function of (train.seed, epoch) alone
 (vaepipe.train.inputs), and the checkpoint written at the end of each epoch holds the weights and the
@@ -19,7 +31,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -30,23 +42,40 @@ from vaepipe import paths, tracking
 from vaepipe.config import Params, flat_params
 from vaepipe.errors import CheckpointBusy
 from vaepipe.prepared import TrainingInputs
-from vaepipe.tracking import model_logging
 from vaepipe.train.checkpoint import Checkpoint
 from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before, read_log
-from vaepipe.train.provenance import checkpoint_key, key_parts
+from vaepipe.train.provenance import key_of, key_parts
 from vaepipe.train.retention import keep_other_checkpoints
+
+OutputsHook = Callable[[Path], None]  # given the saved model file (paths.MODEL_FILE) once the outputs are written
+
+
+def open_session(params: Params, inputs: TrainingInputs, on_outputs: Sequence[OutputsHook] = ()) -> TrainingSession:
+    """The steps before a run, in this order (the chief's only, in the distributed loop):
+
+    1. the checkpoint key: the params, the training code (read with `ast`), the data's checksums;
+    2. the session: this key's checkpoint directory, created and locked (CheckpointBusy if another
+       train holds it: nothing else has been touched);
+    3. retention: other keys' checkpoints kept or removed, the MLflow runs of removed ones closed.
+    """
+    provenance = key_parts(params)
+    session = TrainingSession(params, key_of(provenance), provenance, inputs.train_sha256, on_outputs)
+    keep_other_checkpoints(current=session.directory, provenance=provenance)
+    return session
 
 
 class TrainingSession:
-    """One training run's state on disk (checkpoint, epoch log, run id) and its MLflow run."""
+    """One training run's state on disk (checkpoint, epoch log, run id) and its MLflow run.
 
-    def __init__(self, params: Params, inputs: TrainingInputs):
+    The constructor touches nothing but the key's checkpoint directory (it creates and locks it): no source
+    or data hashing, no other checkpoint, no tracking store (tests/test_train_session.py)."""
+
+    def __init__(self, params: Params, key: str, provenance: dict[str, str], dataset_sha: str,
+                 on_outputs: Sequence[OutputsHook] = ()):
         self.params = params
-        self.dataset_sha = inputs.train_sha256
-        provenance = key_parts(params)
-        key = checkpoint_key(params)
+        self.dataset_sha = dataset_sha  # the training images' sha256 (the run's data tag)
+        self.on_outputs = tuple(on_outputs)
         self.directory = paths.checkpoint_dir(key)
-        keep_other_checkpoints(current=self.directory, provenance=provenance)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = hold_exclusively(self.directory)
         self.checkpoint = Checkpoint(self.directory, key, provenance)
@@ -63,7 +92,8 @@ class TrainingSession:
     def run(self, vae: keras.Model, start_epoch: int) -> Iterator[EpochEnd]:
         """Open (or continue) the MLflow run and yield the one end-of-epoch path (epoch_end.EpochEnd),
         with the epochs a killed run had not logged yet logged. On an error, the finished epochs reach
-        MLflow if they can; on success, the outputs are written and the checkpoint is removed."""
+        MLflow if they can; on success, the outputs are written, the on_outputs hooks run (in the run)
+        and the checkpoint is removed."""
         # The run of an interrupted attempt with these params (even one killed before its first
         # checkpoint) is continued, so the store never holds an abandoned run for these params.
         previous_run = self.run_id_file.read_text().strip() if self.run_id_file.exists() else None
@@ -81,6 +111,8 @@ class TrainingSession:
                 raise
             epoch_end.flush()
             write_outputs(vae, self.epoch_log, run_id, self.params)
+            for hook in self.on_outputs:  # e.g. the model logged to MLflow: after the outputs, in the run
+                hook(paths.MODEL_FILE)
         # Finished: no checkpoint is left that a later run could mistake for an interrupted one.
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -145,12 +177,6 @@ def write_outputs(vae: keras.Model, epoch_log: Path, run_id: str, params: Params
         with outputs.write(paths.RUN_ID_FILE) as tmp_id:
             tmp_id.write_text(run_id + "\n")
         paths.RUN_ID_FILE.unlink(missing_ok=True)  # from here to the last rename, no run id names a mixed set
-    model_logging.log_model(paths.MODEL_FILE)
-    if params.tune.trial >= 0 and not params.tune.final:
-        # A search's trial runs up to train only: the metrics.json it carries is its baseline's, test numbers
-        # of another model. Replaced by a marker, `dvc exp show` shows no test metrics for it (and dvc.lock
-        # then says evaluate has not run on this model, which is true).
-        write_json(paths.METRICS_FILE, {"train_only": True})
 
 
 def validation_summary(epoch_log: Path, epochs: int) -> dict[str, Any]:
@@ -167,8 +193,3 @@ def validation_summary(epoch_log: Path, epochs: int) -> dict[str, Any]:
     return {"val_loss": last("val_loss"), "best_val_loss": float(min(val_losses)) if val_losses else None,
             "val_recon": last("val_recon"), "val_kl": last("val_kl"), "epochs": len(rows),
             "pruned": len(rows) < epochs}
-
-
-def write_json(path: Path, content: dict[str, Any]) -> None:
-    with paths.atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")

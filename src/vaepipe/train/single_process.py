@@ -17,7 +17,7 @@ from vaepipe.progress import EpochProgress
 from vaepipe.train.callbacks import BatchProgress, EpochRandomState, EpochTimer, StopOnSignal
 from vaepipe.train.inputs import Batches, batches_in_elements, batches_per_epoch, make_datasets
 from vaepipe.train.schedules import make_optimizer
-from vaepipe.train.session import TrainingSession
+from vaepipe.train.session import OutputsHook, open_session
 from vaepipe.train.stacking import StackedSteps
 
 
@@ -102,24 +102,21 @@ def fit(params: Params, x_train: np.ndarray, x_val: np.ndarray | None = None, *,
     return vae
 
 
-def train(params: Params) -> None:
+def train(params: Params, *, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+          on_outputs: Sequence[OutputsHook] = ()) -> None:
     """The train stage: `fit` inside a TrainingSession (resuming an interrupted run with the same params),
-    then the model, log, validation summary and run id written as one set."""
+    then the model, log, validation summary and run id written as one set.
+
+    What the stage adds from outside training's code (stages/train.py builds it): `extra_callbacks` run
+    after the end-of-epoch path, so an epoch is logged and checkpointed before they see it (a search
+    trial's pruning: one that sets `model.stop_training` ends the run early, outputs written); each of
+    `on_outputs` is called with the saved model file once the outputs are written, inside the MLflow run
+    (the model logging)."""
     inputs = prepared.training_inputs(params.data.binarize)
-    session = TrainingSession(params, inputs)
+    session = open_session(params, inputs, on_outputs)  # the key, this key's directory locked, retention
     model = compile_for_training(params, batches_per_epoch(len(inputs.x_train), params))
     vae = trained_vae(model)
     start_epoch = session.restore(vae)
     with session.run(vae, start_epoch) as epoch_end:
         fit(params, inputs.x_train, inputs.x_val, model=model, initial_epoch=start_epoch,
-            callbacks=[epoch_end, *search_callbacks(params)])
-
-
-def search_callbacks(params: Params) -> list[keras.callbacks.Callback]:
-    """A search's trial (docs/search.md) reports each epoch's val_loss to its study and stops when the pruner
-    says so: after the end-of-epoch path, so the epoch is logged and checkpointed first."""
-    if params.tune.trial < 0 or params.tune.final or not params.tune.study:
-        return []
-    from vaepipe.tune.pruning import pruning_callbacks  # Optuna only in a trial's train stage
-
-    return pruning_callbacks(params.tune.study, params.tune.trial, params.train.epochs)
+            callbacks=[epoch_end, *extra_callbacks])

@@ -5,8 +5,9 @@ that talks to Optuna.
   and the mapping from a trial's values to the experiment's params overrides
 - storage: where studies live (the journal file .optuna/journal.log by default, or an Optuna storage URL),
   `resolve_storage` and `load_study`
-- pruning: the Keras callback a trial's train stage runs: each epoch's val_loss to the study, stop when
-  the pruner says so (imported by train only for a trial)
+- pruning: what stages/train.py hands a trial's training: the Keras callback that reports each epoch's
+  val_loss to the study and stops when the pruner says so, and the train_only metrics.json marker
+  (training's own code imports nothing from tune/; Optuna is imported only for a trial)
 - trials: one trial as `dvc exp run --temp ... train`, read back from the experiment DVC committed
 - driver: the study's loop (ask, run, tell; `jobs` at once, Ctrl-C, several processes on one storage) and
   the final full runs of the chosen trials

@@ -1,29 +1,64 @@
-"""Pruning inside a trial's train stage: after each epoch (once the end-of-epoch path has logged and
-checkpointed it) the epoch's val_loss goes to the trial in the study, and when the study's pruner says so
-the fit stops. The stage then ends as a finished run: outputs written (val_metrics.json says `pruned`),
-the MLflow run FINISHED with the tag vaepipe.pruned = "true", exit 0, so DVC commits the experiment and
-the driver tells the study PRUNED.
+"""What a search trial's train stage adds to training, handed to it by stages/train.py (training's own code
+imports nothing from here, so editing this file keeps an unfinished checkpoint resumable):
 
-The stage attaches to the RUNNING trial the driver asked for (pruners.running_trial), in
-the storage the driver passes through the environment (storage.STORAGE_ENV). The study's pruner is
-rebuilt from what the driver recorded in the study's user attributes (PRUNER_ATTR).
+- `trial_callbacks`: pruning. After each epoch (once the end-of-epoch path has logged and checkpointed
+  it) the epoch's val_loss goes to the trial in the study, and when the study's pruner says so the fit
+  stops. The stage then ends as a finished run: outputs written (val_metrics.json says `pruned`), the
+  MLflow run FINISHED with the tag vaepipe.pruned = "true", exit 0, so DVC commits the experiment and the
+  driver tells the study PRUNED.
+- `trial_outputs`: once the outputs are written, metrics.json replaced by the `train_only` marker.
+
+The stage attaches to the RUNNING trial the driver asked for (pruners.running_trial), in the storage the
+driver passes through the environment (storage.STORAGE_ENV). The study's pruner is rebuilt from what the
+driver recorded in the study's user attributes (PRUNER_ATTR). Optuna is imported only for a trial: every
+train stage imports this module.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
-import optuna
 
-from vaepipe import tracking
-from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
-from vaepipe.tune.storage import load_study, resolve_storage, storage_label
+from vaepipe import paths, tracking
+from vaepipe.config import Params
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def trial_callbacks(params: Params) -> list[keras.callbacks.Callback]:
+    """For a search's trial (docs/search.md) that is RUNNING in its study: [ReportAndPrune]; else []."""
+    if params.tune.trial < 0 or params.tune.final or not params.tune.study:
+        return []
+    return pruning_callbacks(params.tune.study, params.tune.trial, params.train.epochs)
+
+
+def trial_outputs(params: Params) -> list[Callable[[Path], None]]:
+    """The train stage's after-outputs hooks for a search's trial: [mark_train_only]; else []."""
+    return [mark_train_only] if params.tune.trial >= 0 and not params.tune.final else []
+
+
+def mark_train_only(model_file: Path) -> None:
+    """A search's trial runs up to train only: the metrics.json it carries is its baseline's, test numbers
+    of another model. Replaced by a marker, `dvc exp show` shows no test metrics for it (and dvc.lock then
+    says evaluate has not run on this model, which is true)."""
+    with paths.atomic_path(paths.METRICS_FILE) as tmp:
+        tmp.write_text(json.dumps({"train_only": True}, indent=2) + "\n")
 
 
 def attach(study_name: str, number: int) -> optuna.trial.Trial | None:
     """The RUNNING trial `number` of the study, or None (with one line saying why) when there is nothing to
     report to: e.g. an applied trial's experiment reproduced again, long after its study ended."""
+    import optuna
+
+    from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
+    from vaepipe.tune.storage import load_study, resolve_storage, storage_label
+
     storage = resolve_storage()
     try:
         study = load_study(study_name, storage)
