@@ -211,6 +211,21 @@ def test_every_metric_read_back_has_a_column():
     assert set(METRICS) <= set(COLUMNS)
 
 
+@pytest.mark.parametrize("count", [1, 4, 5])
+def test_metrics_against_a_param_draws_one_panel_per_metric(count):
+    """As many panels as metrics (vaepipe.metrics's drawn ones by default), two to a row."""
+    from vaepipe.compare.rows import Row
+    from vaepipe.tracking.search import RunRecord
+
+    names = list(METRICS[:count])
+    rows = [Row(RunRecord(f"id{z}", f"z{z}", "FINISHED", 0, "0", {"model.latent_dim": str(z)}, {}, {}),
+                {"model.latent_dim": str(z)}, {name: float(z + index) for index, name in enumerate(names)})
+            for z in (2, 4)]
+    figure = metrics_against(rows, "model.latent_dim", tuple(names))
+    assert [axes.get_ylabel() for axes in figure.axes] == names
+    assert all(len(axes.get_lines()) == 1 for axes in figure.axes)
+
+
 # ---------------------------------------------------------------- readable at 30 runs and more
 
 
