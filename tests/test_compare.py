@@ -101,12 +101,14 @@ def test_table_has_the_differing_params_sorted_runs_blank_cells_and_counts_the_u
                                                    "metrics_vs_model.latent_dim.png"}
 
 
-def test_sort_by_another_metric_puts_runs_lacking_it_last(store, tmp_path):
-    store.add("a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0, knn_accuracy=0.9))
-    store.add("b", {**BASE, "model.latent_dim": 3}, result(6.0, 150.0, knn_accuracy=0.4))
+def test_sort_by_another_metric_puts_the_best_first_and_runs_lacking_it_last(store, tmp_path):
+    """knn_accuracy is to maximize (vaepipe.metrics): the highest ranks first."""
+    store.add("a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0, knn_accuracy=0.4))
+    store.add("b", {**BASE, "model.latent_dim": 3}, result(6.0, 150.0, knn_accuracy=0.9))
     store.add("c", {**BASE, "model.latent_dim": 4}, {"test_kl": 1.0})
     assert main(["--out", str(tmp_path), "--sort", "knn_accuracy"]) == 0
     assert [row["run"] for row in read_csv(tmp_path)] == ["b", "a", "c"]
+    assert [row["rank"] for row in read_csv(tmp_path)] == ["1", "2", "3"]
 
 
 def test_no_runs_is_one_clear_line_and_a_failure(store, tmp_path, capsys):

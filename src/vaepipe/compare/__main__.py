@@ -212,7 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"params.`model.arch` = 'mlp'\"")
     parser.add_argument("--last", type=int, help="only the N most recent finished runs")
     parser.add_argument("--sort", default=DEFAULT_SORT, choices=(*METRICS, *VAL_METRICS),
-                        help=f"sort by this metric (default {DEFAULT_SORT}; train-only runs by "
+                        help=f"sort by this metric, best first (default {DEFAULT_SORT}; train-only runs by "
                              f"{TRAIN_ONLY_SORT} unless a validation metric is named)")
     parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="output directory (default reports/)")
     parser.add_argument("--ui-url", help="the MLflow UI the HTML links to (default: the tracking server, "

@@ -151,8 +151,9 @@ def select(runs: list[RunRecord], last: int | None) -> tuple[list[RunRecord], di
 
 
 def build_rows(runs: list[RunRecord], sort_by: str) -> list[Row]:
-    """The table's rows, sorted by `sort_by` (ascending; runs lacking it last), with epoch curves and times;
-    a param is blank in a run whose architecture does not read it."""
+    """The table's rows, sorted by `sort_by`, best first (ascending for a metric to minimize, descending for
+    one to maximize; runs lacking it last), with epoch curves and times; a param is blank in a run whose
+    architecture does not read it."""
     names = differing_params(runs)
     rows = []
     for run in runs:
@@ -191,7 +192,7 @@ def _sort_key(row: Row, sort_by: str) -> tuple:
     value = row.metrics.get(sort_by)
     if value is None or math.isnan(value):
         return (1, 0.0, row.run.name)
-    return (0, value, row.run.name)
+    return (0, -value if registry.get(sort_by).direction == "maximize" else value, row.run.name)
 
 
 def _int_or_none(text: str | None) -> int | None:
