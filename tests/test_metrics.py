@@ -29,11 +29,24 @@ def _third_party(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("reader", ["metrics.py", "compare/__main__.py", "compare/study.py", "tune/search.py"])
+@pytest.mark.parametrize("reader", ["metrics.py", "epoch_metrics.py", "compare/__main__.py", "compare/study.py",
+                                    "tune/search.py"])
 def test_the_registry_and_its_tf_free_readers_import_no_tensorflow(reader):
     files = {PACKAGE / reader, *import_closure(PACKAGE / reader)}
     heavy = {file.name: names & {"tensorflow", "keras"} for file in files if (names := _third_party(file))}
     assert not any(heavy.values()), heavy
+
+
+def test_declaring_a_test_metric_does_not_retrain():
+    """The train stage reads the epoch half of the registry only: metrics.py (the test metrics, recipe 3 of
+    docs/extending.md) is not among its dvc.yaml deps, so `dvc repro` after a new test metric reruns evaluate
+    and plot, not train."""
+    from stage_imports import stage_closures
+
+    closures = stage_closures()
+    assert Path("src/vaepipe/metrics.py") not in closures["train"]
+    assert Path("src/vaepipe/epoch_metrics.py") in closures["train"]
+    assert Path("src/vaepipe/metrics.py") in closures["evaluate"]
 
 
 def test_names_are_unique_and_only_validation_metrics_are_objectives():

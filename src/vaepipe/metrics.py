@@ -22,23 +22,33 @@ binarization, kNN k: what the numbers were measured with, by which compare group
 is that protocol's evaluate.iw_samples). `epoch_time` is a metric (per epoch, minimize), measured on
 training alone and never drawn; MLflow's `parameter_count` describes the model and is not one.
 
-loss, recon and kl are also the training objective's terms (vaepipe.objectives, which this module must not
+The epoch metrics and their validation summaries are declared in vaepipe.epoch_metrics and read from here:
+the train stage imports only that half, so declaring a test metric here does not make `dvc repro` retrain.
+loss, recon and kl are also the training objective's terms (vaepipe.objectives, which neither module may
 import: it needs TensorFlow); a test keeps the two lists in step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-Where = Literal["epoch", "validation", "test"]
-Direction = Literal["minimize", "maximize"]
-Summary = Literal["last", "best"]
-EPOCH, VALIDATION, TEST = "epoch", "validation", "test"
-EPOCH_TIME = "epoch_time"  # the one epoch metric that is not a loss term: the loops' timing
+# The epoch half lives in epoch_metrics (what the train stage imports); read it from here.
+from vaepipe.epoch_metrics import (  # noqa: F401  (re-exported: the registry's one entry point)
+    EPOCH,
+    EPOCH_METRICS,
+    EPOCH_TIME,
+    TEST,
+    VALIDATION,
+    Direction,
+    Metric,
+    Summary,
+    Where,
+    epoch,
+    summarise,
+    validation_metrics,
+)
 
 # The keys of each file that are not metrics (see above).
 INFO: dict[str, tuple[str, ...]] = {EPOCH: ("epoch",), VALIDATION: ("epochs", "pruned"), TEST: ("protocol",)}
@@ -58,35 +68,6 @@ class Arrays:
     train_labels: np.ndarray  # (n_train,)
 
 
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    where: Where
-    direction: Direction
-    label: str  # a short description for tables, figures and error messages
-    drawn: bool = True  # epoch: a loss-curve panel (plots.loss_curves); test: against each param (compare)
-    validated: bool = True  # epoch: measured on the validation split too, as val_<name>
-    summaries: tuple[Summary, ...] = ("last",)  # epoch: what val_metrics.json keeps of val_<name>
-    column: str | None = None  # validation: the epoch-log column it summarises
-    summary: Summary | None = None  # validation: the last epoch's value, or the best (by direction)
-    compute: Callable[[Arrays], float] | None = None  # test: from evaluate's arrays (None: evaluation.py)
-
-    @property
-    def objective(self) -> bool:
-        """May be a `make tune` objective: the validation summary only (a trial never runs evaluate)."""
-        return self.where == VALIDATION
-
-    @property
-    def val_column(self) -> str | None:
-        """An epoch metric's validation column in train_log.csv and MLflow (None: training only)."""
-        return f"val_{self.name}" if self.where == EPOCH and self.validated else None
-
-
-def epoch(name: str, label: str, direction: Direction = "minimize", **options) -> Metric:
-    """An epoch metric: measured per epoch in training (and validation, as val_<name>)."""
-    return Metric(name, EPOCH, direction, label, **options)
-
-
 def evaluated(name: str, label: str, direction: Direction = "minimize", **options) -> Metric:
     """A test metric: measured by evaluate on the test split."""
     return Metric(name, TEST, direction, label, **options)
@@ -97,15 +78,6 @@ def active_units(z_means: np.ndarray, threshold: float = 0.01) -> int:
     return int(np.sum(np.var(z_means, axis=0) > threshold))
 
 
-# Per epoch, train and validation. loss is the objective's value: the negative ELBO (train.beta weighs the
-# KL), or with train.objective iwae the negative k-sample bound.
-EPOCH_METRICS: tuple[Metric, ...] = (
-    epoch("loss", "the training objective (negative ELBO or IWAE bound), nats", summaries=("last", "best")),
-    epoch("recon", "reconstruction term E_q[-log p(x|z)], nats"),
-    epoch("kl", "KL(q(z|x) || p(z)), nats"),
-    epoch(EPOCH_TIME, "seconds per epoch (training and validation)", validated=False, drawn=False),
-)
-
 # evaluate's metrics.json, in its order (and the order compare shows them in).
 TEST_METRICS: tuple[Metric, ...] = (
     evaluated("test_recon", "reconstruction term, test split (mc_samples draws), nats", drawn=False),
@@ -114,7 +86,7 @@ TEST_METRICS: tuple[Metric, ...] = (
     evaluated("test_loss", "negative ELBO at beta 1 (test_recon + test_kl), nats"),
     evaluated("test_nll_iw", "importance-sampled negative log-likelihood (iw_samples), nats"),
     evaluated("active_units", "latent dimensions with Var_x E_q[z|x] > 0.01", "maximize", drawn=False,
-         compute=lambda arrays: active_units(arrays.means)),
+              compute=lambda arrays: active_units(arrays.means)),
     evaluated("knn_accuracy", "5-nearest-neighbour label accuracy on test latent means", "maximize"),
 )
 
@@ -122,22 +94,10 @@ TEST_METRICS: tuple[Metric, ...] = (
 RATE_DISTORTION: dict[str, tuple[str, str]] = {TEST: ("test_kl", "test_recon"), VALIDATION: ("val_kl", "val_recon")}
 
 
-def _validation(metrics: Iterable[Metric]) -> tuple[Metric, ...]:
-    """val_metrics.json's metrics: each validated epoch metric's summaries, in declaration order."""
-    found = []
-    for metric in metrics:
-        for summary in metric.summaries if metric.val_column else ():
-            name = metric.val_column if summary == "last" else f"best_{metric.val_column}"
-            which = "last epoch" if summary == "last" else "best epoch"
-            found.append(Metric(name, VALIDATION, metric.direction, f"{metric.label}, validation split, {which}",
-                                drawn=False, column=metric.val_column, summary=summary))
-    return tuple(found)
-
-
 def registry() -> tuple[Metric, ...]:
     """Every metric: the epoch metrics, their validation summaries, the test metrics. Read at call time, so a
     declaration appended to this file (docs/extending.md) counts like one in the tuples above."""
-    every = (*EPOCH_METRICS, *_validation(EPOCH_METRICS), *TEST_METRICS)
+    every = (*EPOCH_METRICS, *validation_metrics(EPOCH_METRICS), *TEST_METRICS)
     names = [metric.name for metric in every]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
@@ -170,16 +130,6 @@ def epoch_columns() -> tuple[str, ...]:
     """train_log.csv's metric columns (with a validation split): each epoch metric, then its val_ column."""
     columns = names(EPOCH)
     return (*columns, *(metric.val_column for metric in of(EPOCH) if metric.val_column))
-
-
-def summarise(metric: Metric, values: Iterable[float]) -> float | None:
-    """A validation metric from its column's per-epoch values (None when there are none: no validation split)."""
-    values = [float(value) for value in values]
-    if not values:
-        return None
-    if metric.summary == "last":
-        return values[-1]
-    return min(values) if metric.direction == "minimize" else max(values)
 
 
 def metrics_json(measured: dict[str, float], arrays: Arrays) -> dict[str, float]:

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from vaepipe import metrics as registry  # noqa: E402
+from vaepipe import epoch_metrics  # noqa: E402
 
 
 def _image(ax, pixels: np.ndarray) -> None:
@@ -32,9 +32,9 @@ def reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> Figure:
 
 
 def loss_curves(log: dict[str, np.ndarray]) -> Figure:
-    """Each drawn epoch metric (vaepipe.metrics: loss, recon, kl) per epoch, training and validation, one
+    """Each drawn epoch metric (vaepipe.epoch_metrics: loss, recon, kl) per epoch, training and validation, one
     panel each, from train_log.csv's columns (a metric the log lacks has no panel)."""
-    drawn = [metric for metric in registry.of(registry.EPOCH) if metric.drawn and metric.name in log]
+    drawn = [metric for metric in epoch_metrics.EPOCH_METRICS if metric.drawn and metric.name in log]
     fig, axes = plt.subplots(1, len(drawn), figsize=(13 / 3 * len(drawn), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], drawn, strict=True):
         ax.plot(log["epoch"] + 1, log[metric.name], label="train")

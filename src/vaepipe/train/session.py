@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import keras
 
-from vaepipe import metrics, paths, tracking
+from vaepipe import epoch_metrics, paths, tracking
 from vaepipe.config import Params, flat_params
 from vaepipe.errors import CheckpointBusy
 from vaepipe.prepared import TrainingInputs
@@ -154,14 +154,14 @@ def write_outputs(vae: keras.Model, epoch_log: Path, run_id: str, params: Params
 
 
 def validation_summary(epoch_log: Path, epochs: int) -> dict[str, Any]:
-    """val_metrics.json: the validation metrics of vaepipe.metrics (what a search's objectives name: the last
-    epoch's val_loss, val_recon and val_kl; the best val_loss), each summarising its epoch-log column, then
-    the epochs trained and whether it stopped early (pruned). Metrics only: the MLflow run id is
+    """val_metrics.json: the registry's validation metrics (vaepipe.epoch_metrics: what a search's objectives
+    name: the last epoch's val_loss, val_recon and val_kl; the best val_loss), each summarising its epoch-log
+    column, then the epochs trained and whether it stopped early (pruned). Metrics only: the MLflow run id is
     models/mlflow_run_id. Values are null without a validation split."""
     header, rows = read_log(epoch_log)
     columns = {name: [row[index] for row in rows] for index, name in enumerate(header)}
-    summary: dict[str, Any] = {metric.name: metrics.summarise(metric, columns.get(metric.column, ()))
-                               for metric in metrics.of(metrics.VALIDATION)}
+    summary: dict[str, Any] = {metric.name: epoch_metrics.summarise(metric, columns.get(metric.column, ()))
+                               for metric in epoch_metrics.validation_metrics()}
     return {**summary, "epochs": len(rows), "pruned": len(rows) < epochs}
 
 
