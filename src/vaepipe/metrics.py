@@ -19,13 +19,14 @@ A metric is a number measured on a split of the data that runs can be ranked by.
 files are not metrics, and are named in INFO: train_log.csv's `epoch` (the row's index); val_metrics.json's
 `epochs` and `pruned` (how long the run trained); metrics.json's `protocol` (sample counts, seed,
 binarization, kNN k: what the numbers were measured with, by which compare groups runs; the table's `iw_k`
-is that protocol's evaluate.iw_samples). `epoch_time` is a metric (per epoch, minimize), measured on
-training alone and never drawn; MLflow's `parameter_count` describes the model and is not one.
+is that protocol's evaluate.iw_samples). `epoch_time` is a metric (per epoch, minimize) with no validation
+column (it times training and validation together) and is never drawn; MLflow's `parameter_count`
+describes the model and is not one.
 
 The epoch metrics and their validation summaries are declared in vaepipe.epoch_metrics and read from here:
 the train stage imports only that half, so declaring a test metric here does not make `dvc repro` retrain.
 loss, recon and kl are also the training objective's terms (vaepipe.objectives, which neither module may
-import: it needs TensorFlow); a test keeps the two lists in step.
+import: it needs TensorFlow); a test beside that registry should keep the two lists in step.
 """
 
 from __future__ import annotations
