@@ -101,12 +101,14 @@ def test_table_has_the_differing_params_sorted_runs_blank_cells_and_counts_the_u
                                                    "metrics_vs_model.latent_dim.png"}
 
 
-def test_sort_by_another_metric_puts_runs_lacking_it_last(store, tmp_path):
-    store.add("a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0, knn_accuracy=0.9))
-    store.add("b", {**BASE, "model.latent_dim": 3}, result(6.0, 150.0, knn_accuracy=0.4))
+def test_sort_by_another_metric_puts_the_best_first_and_runs_lacking_it_last(store, tmp_path):
+    """knn_accuracy is to maximize (vaepipe.metrics): the highest ranks first."""
+    store.add("a", {**BASE, "model.latent_dim": 2}, result(5.0, 170.0, knn_accuracy=0.4))
+    store.add("b", {**BASE, "model.latent_dim": 3}, result(6.0, 150.0, knn_accuracy=0.9))
     store.add("c", {**BASE, "model.latent_dim": 4}, {"test_kl": 1.0})
     assert main(["--out", str(tmp_path), "--sort", "knn_accuracy"]) == 0
     assert [row["run"] for row in read_csv(tmp_path)] == ["b", "a", "c"]
+    assert [row["rank"] for row in read_csv(tmp_path)] == ["1", "2", "3"]
 
 
 def test_no_runs_is_one_clear_line_and_a_failure(store, tmp_path, capsys):
@@ -209,6 +211,21 @@ def test_bad_arguments_are_refused(capsys):
 
 def test_every_metric_read_back_has_a_column():
     assert set(METRICS) <= set(COLUMNS)
+
+
+@pytest.mark.parametrize("count", [1, 4, 5])
+def test_metrics_against_a_param_draws_one_panel_per_metric(count):
+    """As many panels as metrics (vaepipe.metrics's drawn ones by default), two to a row."""
+    from vaepipe.compare.rows import Row
+    from vaepipe.tracking.search import RunRecord
+
+    names = list(METRICS[:count])
+    rows = [Row(RunRecord(f"id{z}", f"z{z}", "FINISHED", 0, "0", {"model.latent_dim": str(z)}, {}, {}),
+                {"model.latent_dim": str(z)}, {name: float(z + index) for index, name in enumerate(names)})
+            for z in (2, 4)]
+    figure = metrics_against(rows, "model.latent_dim", tuple(names))
+    assert [axes.get_ylabel() for axes in figure.axes] == names
+    assert all(len(axes.get_lines()) == 1 for axes in figure.axes)
 
 
 # ---------------------------------------------------------------- readable at 30 runs and more

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from vaepipe import errors, evaluation
+from vaepipe import errors, evaluation, metrics
 from vaepipe.config import ModelParams, TrainParams
 from vaepipe.model import build_vae
 
@@ -99,12 +99,12 @@ def test_active_units_counts_dimensions_that_carry_information():
     head.set_weights([kernel, bias])
     images = np.random.default_rng(0).random((500, 784)).astype(np.float32)
     z = evaluation.encode_means(vae, images)
-    assert evaluation.active_units(z) == 3
+    assert metrics.active_units(z) == 3
 
 
 def test_active_units_threshold_is_on_the_variance():
     z = np.column_stack([np.linspace(-1, 1, 1000), np.linspace(-0.1, 0.1, 1000)])  # variances 0.33, 0.0033
-    assert evaluation.active_units(z) == 1
+    assert metrics.active_units(z) == 1
 
 
 def test_knn_probe_separable_and_random_labels():
@@ -185,3 +185,17 @@ def test_the_knn_probe_works_with_as_few_training_images_as_its_k():
     assert evaluation.knn_accuracy(train_z, labels, test_z, np.zeros(3, dtype=np.int64)) == 1.0
     with pytest.raises(Exception):  # noqa: B017 (TensorFlow's InvalidArgumentError: k > candidates)
         evaluation.knn_accuracy(train_z[:-1], labels[:-1], test_z, np.zeros(3, dtype=np.int64))
+
+
+def test_score_gives_the_registrys_test_metrics_in_its_order_then_the_protocol(one_d_model):
+    """metrics.json's keys are vaepipe.metrics's test metrics, whether evaluation measures them or the
+    registry computes them from the arrays (active_units)."""
+    from vaepipe.config import Params
+
+    vae, images = one_d_model
+    labels = np.arange(len(images)) % 2
+    inputs = evaluation.EvaluationInputs(vae, images, labels, images, labels)
+    params = Params.model_validate({"evaluate": {"mc_samples": 2, "iw_samples": 3, "batch_size": 4}})
+    scored = evaluation.score(inputs, params)
+    assert list(scored) == [*metrics.names(metrics.TEST), "protocol"]
+    assert scored["active_units"] == metrics.active_units(evaluation.encode_means(vae, images))

@@ -170,3 +170,34 @@ def test_a_continued_seeded_study_proposes_no_configuration_it_has_run(tmp_path)
     first = run_trials(3)
     continued = run_trials(3)
     assert not [values for values in continued if values in first], (first, continued)
+
+
+def test_the_objective_check_accepts_exactly_the_registrys_objective_metrics():
+    """vaepipe.metrics decides what a search may optimise: each validation metric is accepted; every
+    other metric is refused in one line naming it and listing the allowed ones."""
+    from vaepipe import metrics
+
+    allowed = metrics.objective_names()
+    assert allowed and set(allowed) == {m.name for m in metrics.registry() if m.where == metrics.VALIDATION}
+    for metric in metrics.registry():
+        changes = {"objective": {metric.name: metric.direction}, "pruner": "median"}
+        if metric.objective:
+            assert parse(**changes).metrics == [metric.name]
+            continue
+        with pytest.raises(ConfigError) as caught:
+            parse(**changes)
+        message = str(caught.value)
+        assert len(message.splitlines()) == 1 and f"objective {metric.name} " in message, message
+        assert "validation metrics only" in message and ", ".join(allowed) in message, message
+        if metric.where == metrics.TEST:
+            assert f"{metric.name} is a test metric" in message and "test split" in message, message
+
+
+def test_a_test_metric_is_refused_as_an_objective_by_name():
+    with pytest.raises(ConfigError) as caught:
+        parse(objective={"knn_accuracy": "maximize"})
+    assert str(caught.value) == (
+        "search.yaml: objective knn_accuracy = 'maximize': a search optimises validation metrics only; knn_accuracy "
+        "is a test metric (5-nearest-neighbour label accuracy on test latent means) that evaluate measures on the "
+        "test split, which the search reads only for the chosen trials at the end. Use one of val_loss, "
+        "best_val_loss, val_recon, val_kl")

@@ -1,5 +1,8 @@
 """Evaluation of a trained VAE on held-out images: ELBO terms, importance-sampled NLL, active units,
-and a k-nearest-neighbour probe of the latent means. Arrays in, numbers out; seeded and batched."""
+and a k-nearest-neighbour probe of the latent means. Arrays in, numbers out; seeded and batched.
+
+What metrics.json holds is vaepipe.metrics's test metrics: the ones that need the model are measured here,
+every other declared one is computed there from the arrays `score` passes it (metrics.Arrays)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from vaepipe import objectives, paths, prepared
+from vaepipe import metrics, objectives, paths, prepared
 from vaepipe.config import KNN_K, Params
 from vaepipe.errors import stop_if_signalled
 from vaepipe.model import VAE, has_convolutions, load_vae
@@ -134,11 +137,6 @@ def iw_log_likelihood(vae: VAE, x: np.ndarray, k: int, seed: int, batch_size: in
     return np.concatenate(results)
 
 
-def active_units(z_means: np.ndarray, threshold: float = 0.01) -> int:
-    """Burda et al.'s active units: latent dimensions whose variance over x of E_q[z|x] exceeds threshold."""
-    return int(np.sum(np.var(z_means, axis=0) > threshold))
-
-
 def knn_accuracy(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray,
                  test_labels: np.ndarray, k: int = KNN_K, chunk: int = 500,
                  progress: PartProgress | None = None) -> float:
@@ -187,7 +185,7 @@ def load_inputs(params: Params) -> EvaluationInputs:
 
 
 def score(inputs: EvaluationInputs, params: Params, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Every test metric of the model, with the protocol that produced it.
+    """Every test metric of the model (vaepipe.metrics's, in its order), with the protocol that produced it.
 
     Each part (ELBO terms, IW NLL, kNN probe) shows its progress and time left (vaepipe.progress, timed
     by `clock`), and says so first when it would take more than 5 minutes, naming the param that
@@ -198,21 +196,23 @@ def score(inputs: EvaluationInputs, params: Params, clock: Callable[[], float] =
     def progress(part: str, why: str, param: str) -> PartProgress:
         return PartProgress(part, n_test, "image", why, param, clock=clock)
 
-    metrics = elbo_terms(vae, inputs.x_test, settings.mc_samples, settings.batch_size, settings.seed,
-                         progress=progress("ELBO terms", f"evaluate.mc_samples={settings.mc_samples} z draws "
-                                           "per image", "evaluate.mc_samples"))
+    measured = elbo_terms(vae, inputs.x_test, settings.mc_samples, settings.batch_size, settings.seed,
+                          progress=progress("ELBO terms", f"evaluate.mc_samples={settings.mc_samples} z draws "
+                                            "per image", "evaluate.mc_samples"))
     log_px = iw_log_likelihood(vae, inputs.x_test, settings.iw_samples, settings.seed,
                                progress=progress("IW NLL", f"evaluate.iw_samples={settings.iw_samples} "
                                                  "importance samples per image", "evaluate.iw_samples"))
-    metrics["test_nll_iw"] = float(-np.mean(log_px))
-    test_z = encode_means(vae, inputs.x_test)
-    metrics["active_units"] = active_units(test_z)
+    measured["test_nll_iw"] = float(-np.mean(log_px))
+    test_z, test_log_var = encode(vae, inputs.x_test)
     train_z = encode_means(vae, inputs.x_train)
     # Each test image is compared with every training image: data.limit shortens both.
-    metrics["knn_accuracy"] = knn_accuracy(
+    measured["knn_accuracy"] = knn_accuracy(
         train_z, inputs.train_labels, test_z, inputs.test_labels,
         progress=progress("kNN probe", f"{n_test} test x {len(train_z)} training images", "data.limit"))
-    metrics["protocol"] = {
+    arrays = metrics.Arrays(images=inputs.x_test, labels=inputs.test_labels, means=test_z, log_vars=test_log_var,
+                            log_px=log_px, train_means=train_z, train_labels=inputs.train_labels)
+    results: dict = metrics.metrics_json(measured, arrays)
+    results["protocol"] = {
         "n_test": len(inputs.x_test),
         "binarize": params.data.binarize,
         "mc_samples": settings.mc_samples,
@@ -220,4 +220,4 @@ def score(inputs: EvaluationInputs, params: Params, clock: Callable[[], float] =
         "seed": settings.seed,
         "knn_k": KNN_K,
     }
-    return metrics
+    return results

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from vaepipe import epoch_metrics  # noqa: E402
+
 
 def _image(ax, pixels: np.ndarray) -> None:
     ax.imshow(pixels.reshape(28, 28), cmap="gray", vmin=0.0, vmax=1.0)
@@ -30,14 +32,16 @@ def reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> Figure:
 
 
 def loss_curves(log: dict[str, np.ndarray]) -> Figure:
-    """Training and validation loss, reconstruction and KL per epoch (from train_log.csv)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, term in zip(axes, ("loss", "recon", "kl"), strict=True):
-        ax.plot(log["epoch"] + 1, log[term], label="train")
-        if f"val_{term}" in log:  # absent when data.val_size = 0
-            ax.plot(log["epoch"] + 1, log[f"val_{term}"], label="validation")
+    """Each drawn epoch metric (vaepipe.epoch_metrics: loss, recon, kl) per epoch, training and validation, one
+    panel each, from train_log.csv's columns (a metric the log lacks has no panel)."""
+    drawn = [metric for metric in epoch_metrics.EPOCH_METRICS if metric.drawn and metric.name in log]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(13 / 3 * len(drawn), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], drawn, strict=True):
+        ax.plot(log["epoch"] + 1, log[metric.name], label="train")
+        if metric.val_column in log:  # absent when data.val_size = 0
+            ax.plot(log["epoch"] + 1, log[metric.val_column], label="validation")
         ax.set_xlabel("epoch")
-        ax.set_title(term)
+        ax.set_title(metric.name)
         ax.legend()
     fig.tight_layout()
     return fig

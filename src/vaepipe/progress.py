@@ -18,6 +18,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from vaepipe.epoch_metrics import EPOCH_TIME
+
 LONG_PART_S = 300.0  # an evaluation part estimated longer than this says so before it goes on
 
 
@@ -146,7 +148,7 @@ class EpochProgress:
     def end(self, epoch: int, logs: dict) -> None:
         seconds = self.clock() - self.start
         self.epoch_seconds.append(seconds)
-        values = sorted((key, float(value)) for key, value in logs.items() if key != "epoch_time")
+        values = sorted((key, float(value)) for key, value in logs.items() if key != EPOCH_TIME)
         if self.bar is not None:
             self.bar.update(self.batches, values=values, finalize=True)
             self.bar = None

@@ -40,6 +40,7 @@ from vaepipe.tracking import search
 from vaepipe.tracking.store import is_http
 
 REPORTS_DIR = paths.ROOT / "reports"
+DEFAULT_SORT, TRAIN_ONLY_SORT = "test_loss", "val_loss"  # registry metrics (a test checks it)
 TRAIN_ONLY_TITLE = "Train-only runs (no test metrics: not ranked)"
 # Every file compare writes (the figures' names vary with the runs): an earlier compare's files that this
 # one did not write again are removed, so reports/ holds one compare; a user's other files stay.
@@ -210,9 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                           ".optuna/journal.log, as `make tune`)")
     parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"params.`model.arch` = 'mlp'\"")
     parser.add_argument("--last", type=int, help="only the N most recent finished runs")
-    parser.add_argument("--sort", default="test_loss", choices=(*METRICS, *VAL_METRICS),
-                        help="sort by this metric (default test_loss; train-only runs by val_loss unless a "
-                             "val_ metric is named)")
+    parser.add_argument("--sort", default=DEFAULT_SORT, choices=(*METRICS, *VAL_METRICS),
+                        help=f"sort by this metric, best first (default {DEFAULT_SORT}; train-only runs by "
+                             f"{TRAIN_ONLY_SORT} unless a validation metric is named)")
     parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="output directory (default reports/)")
     parser.add_argument("--ui-url", help="the MLflow UI the HTML links to (default: the tracking server, "
                                          "else `make ui` on --ui-host:--ui-port)")
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         groups = [(protocol, build_rows(tested, args.sort))
                   for protocol, tested in group_by_protocol([run for run in runs if has_test_metrics(run)])]
-        only_sort = args.sort if args.sort in VAL_METRICS else "val_loss"
+        only_sort = args.sort if args.sort in VAL_METRICS else TRAIN_ONLY_SORT
         only_groups = [(protocol, build_rows(trained, only_sort)) for protocol, trained
                        in group_by_protocol([run for run in runs if not has_test_metrics(run)], validation_protocol)]
         ranked = sum(len(rows) for _, rows in groups)

@@ -1,5 +1,6 @@
 """The figures of `make compare`, as PNG bytes: validation-loss curves, the rate-distortion plane, and the
-main metrics against each numeric param that differs. A figure that needs two runs is left out with one.
+drawn test metrics (vaepipe.metrics, `drawn`) against each numeric param that differs, one panel each. A
+figure that needs two runs is left out with one.
 
 Readable with many runs: legends name runs briefly (Row.label: the run name or the trial number; the
 tables carry the params), and of more than MAX_CURVES curves the HIGHLIGHT best are drawn in colour,
@@ -8,6 +9,7 @@ the others faint. Epochs and integer params (latent_dim, epochs, seed) get integ
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -15,10 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from vaepipe.compare.rows import Row
+from vaepipe import metrics as registry
+from vaepipe.compare.rows import EPOCH_CURVE, Row
 
 BETA = "train.beta"
-PARAM_METRICS = ("test_loss", "test_nll_iw", "test_kl", "knn_accuracy")
+PARAM_METRICS = tuple(metric.name for metric in registry.of(registry.TEST) if metric.drawn)
+RATE, DISTORTION = registry.RATE_DISTORTION[registry.TEST]
+PANEL_COLUMNS = 2  # metrics_against: panels per row
 MAX_LEGEND = 25  # more lines than this: no legend (it would cover the plot)
 MAX_CURVES = 10  # more curves than this: only the HIGHLIGHT best in colour, the rest faint
 HIGHLIGHT = 5
@@ -34,10 +39,10 @@ def validation_figures(rows: list[Row]) -> dict[str, bytes]:
 def test_figures(rows: list[Row]) -> dict[str, bytes]:
     """The figures of ranked runs of one test protocol (rows with test metrics)."""
     figures = {}
-    points = [row for row in rows if {"test_kl", "test_recon"} <= row.metrics.keys()]
+    points = [row for row in rows if {RATE, DISTORTION} <= row.metrics.keys()]
     if len(points) >= 2:
         figures["rate_distortion.png"] = png(rate_distortion(points))
-    for name in numeric_differing(rows):
+    for name in numeric_differing(rows) if PARAM_METRICS else ():
         figures[f"metrics_vs_{name}.png"] = png(metrics_against(rows, name))
     return figures
 
@@ -83,7 +88,7 @@ def validation_curves(rows: list[Row]):
     title = "validation loss per epoch"
     if faint:
         title += f" ({len(best)} lowest of {len(drawn)} runs highlighted)"
-    axes.set(xlabel="epoch", ylabel="val_loss (negative ELBO, nats)", title=title)
+    axes.set(xlabel="epoch", ylabel=f"{EPOCH_CURVE} (the training objective, nats)", title=title)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
     _legend(axes, best)
     return figure
@@ -95,22 +100,27 @@ def rate_distortion(rows: list[Row]):
     joined = {id(row) for line in lines for row in line}
     for line in lines:
         others = _group_label(line, exclude=BETA)
-        axes.plot([r.metrics["test_kl"] for r in line], [r.metrics["test_recon"] for r in line], marker="o", label=others)
+        axes.plot([r.metrics[RATE] for r in line], [r.metrics[DISTORTION] for r in line], marker="o", label=others)
         for row in line:
-            axes.annotate(f"β={row.run.params.get(BETA, '?')}", (row.metrics["test_kl"], row.metrics["test_recon"]),
+            axes.annotate(f"β={row.run.params.get(BETA, '?')}", (row.metrics[RATE], row.metrics[DISTORTION]),
                           textcoords="offset points", xytext=(4, 4), fontsize=8)
     single = [row for row in rows if id(row) not in joined]
     for row in single:
-        axes.plot(row.metrics["test_kl"], row.metrics["test_recon"], marker="s", linestyle="none", label=row.label)
-    axes.set(xlabel="rate: test_kl (nats)", ylabel="distortion: test_recon (nats)",
+        axes.plot(row.metrics[RATE], row.metrics[DISTORTION], marker="s", linestyle="none", label=row.label)
+    axes.set(xlabel=f"rate: {RATE} (nats)", ylabel=f"distortion: {DISTORTION} (nats)",
              title="rate-distortion plane (lines join runs that differ only in train.beta)")
     _legend(axes, rows)
     return figure
 
 
-def metrics_against(rows: list[Row], name: str):
-    """PARAM_METRICS against param `name`, one line per combination of the other differing params."""
-    figure, grid = plt.subplots(2, 2, figsize=(10, 7.5))
+def metrics_against(rows: list[Row], name: str, metrics: tuple[str, ...] = PARAM_METRICS):
+    """Each of `metrics` against param `name`, one panel each (PANEL_COLUMNS to a row, as many rows as they
+    need), one line per combination of the other differing params."""
+    columns = min(PANEL_COLUMNS, len(metrics))
+    grid_rows = math.ceil(len(metrics) / columns)
+    figure, grid = plt.subplots(grid_rows, columns, figsize=(5 * columns, 3.75 * grid_rows), squeeze=False)
+    for unused in grid.flat[len(metrics):]:  # an odd count leaves the last row's second panel empty
+        unused.remove()
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
         groups.setdefault(tuple((k, v) for k, v in row.differing.items() if k != name), []).append(row)
@@ -121,7 +131,7 @@ def metrics_against(rows: list[Row], name: str):
         lines["other runs" if lines else "runs"] = single
     xs = [_float(row.differing[name]) for row in rows]
     integral = all(_is_int(row.differing[name]) for row in rows)  # "4", not "4.0" (a float param)
-    for axes, metric in zip(grid.flat, PARAM_METRICS, strict=True):
+    for axes, metric in zip(grid.flat, metrics, strict=False):
         for label, group in lines.items():
             points = sorted((_float(r.differing[name]), r.metrics[metric]) for r in group if metric in r.metrics)
             if points:
@@ -133,7 +143,8 @@ def metrics_against(rows: list[Row], name: str):
                 axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         elif integral:  # no latent_dim 2.25
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set(xlabel=name, ylabel=metric)
+        better = "higher" if registry.get(metric).direction == "maximize" else "lower"
+        axes.set(xlabel=name, ylabel=metric, title=f"{metric} ({better} is better)")
     _legend(grid.flat[0], lines)
     figure.suptitle(f"metrics against {name}")
     figure.tight_layout()

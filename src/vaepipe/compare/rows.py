@@ -14,15 +14,16 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vaepipe import metrics as registry
 from vaepipe.config import DATASET_SIZES, param_applies
 from vaepipe.tracking.search import FINAL_TAG, PRUNED_TAG, TRIAL_TAG, RunRecord, metric_history
 
-METRICS = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "active_units", "knn_accuracy")
-VAL_METRICS = ("val_loss", "best_val_loss", "val_recon", "val_kl")  # the last epoch's, and the lowest val_loss
+METRICS = registry.names(registry.TEST)  # metrics.json's, as evaluate logged them
+VAL_METRICS = registry.names(registry.VALIDATION)  # val_metrics.json's, rebuilt from the epoch histories
 IW_PARAM = "evaluate.iw_samples"
 ARCH_PARAM = "model.arch"
-EPOCH_CURVE = "val_loss"  # per-epoch validation loss (step = epoch)
-EPOCH_TIME = "epoch_time"
+EPOCH_CURVE = registry.get("loss").val_column  # per-epoch validation loss (step = epoch)
+EPOCH_TIME = registry.EPOCH_TIME
 DATASET_PARAM, LIMIT_PARAM, BINARIZE_PARAM = "data.dataset", "data.limit", "data.binarize"
 UNKNOWN = "?"  # a protocol param the run did not log (a run older than the param)
 
@@ -120,7 +121,7 @@ class Row:
 
 def has_test_metrics(run: RunRecord) -> bool:
     """Whether the run went through evaluate (a full run), not only train (a trial, a train-only run)."""
-    return any(key.startswith("test_") for key in run.metrics)
+    return any(key in run.metrics for key in METRICS)
 
 
 def shown_params(run: RunRecord) -> dict[str, str]:
@@ -150,28 +151,48 @@ def select(runs: list[RunRecord], last: int | None) -> tuple[list[RunRecord], di
 
 
 def build_rows(runs: list[RunRecord], sort_by: str) -> list[Row]:
-    """The table's rows, sorted by `sort_by` (ascending; runs lacking it last), with epoch curves and times;
-    a param is blank in a run whose architecture does not read it."""
+    """The table's rows, sorted by `sort_by`, best first (ascending for a metric to minimize, descending for
+    one to maximize; runs lacking it last), with epoch curves and times; a param is blank in a run whose
+    architecture does not read it."""
     names = differing_params(runs)
     rows = []
     for run in runs:
         times = [value for _, value in metric_history(run.run_id, EPOCH_TIME)]
         curve = metric_history(run.run_id, EPOCH_CURVE)
         shown = shown_params(run)
-        metrics = {key: run.metrics[key] for key in (*METRICS, *VAL_METRICS) if key in run.metrics}
-        if curve:
-            metrics["best_val_loss"] = min(value for _, value in curve)
+        metrics = {key: run.metrics[key] for key in METRICS if key in run.metrics}
+        metrics.update(validation_metrics(run, {EPOCH_CURVE: curve}))
         rows.append(Row(run, {name: shown.get(name, "") for name in names}, metrics,
                         epochs=len(times) or _int_or_none(run.params.get("train.epochs")),
                         median_epoch_s=statistics.median(times) if times else None, curve=curve))
     return sorted(rows, key=lambda row: _sort_key(row, sort_by))
 
 
+def validation_metrics(run: RunRecord, histories: dict[str, list[tuple[int, float]]] | None = None,
+                       ) -> dict[str, float]:
+    """val_metrics.json's metrics of a run, from its MLflow epoch metrics: a last epoch's value is the
+    column's latest value, a best epoch's is read from the column's history (`histories`: those already
+    fetched), or else taken as the run logged it."""
+    histories = dict(histories or {})
+    found = {}
+    for metric in registry.of(registry.VALIDATION):
+        if metric.summary == "last":
+            value = run.metrics.get(metric.column)
+        else:
+            if metric.column not in histories:
+                histories[metric.column] = metric_history(run.run_id, metric.column)
+            history = [value for _, value in histories[metric.column]]
+            value = registry.summarise(metric, history) if history else run.metrics.get(metric.name)
+        if value is not None:
+            found[metric.name] = value
+    return found
+
+
 def _sort_key(row: Row, sort_by: str) -> tuple:
     value = row.metrics.get(sort_by)
     if value is None or math.isnan(value):
         return (1, 0.0, row.run.name)
-    return (0, value, row.run.name)
+    return (0, -value if registry.get(sort_by).direction == "maximize" else value, row.run.name)
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vaepipe import metrics as registry
 from vaepipe.compare.figures import png
 from vaepipe.compare.html import run_link
 from vaepipe.compare.rows import ARCH_PARAM, Row
@@ -17,7 +18,7 @@ from vaepipe.config import param_applies
 from vaepipe.tune import figures as study_figures
 from vaepipe.tune.storage import load_study
 
-RATE, DISTORTION = "val_kl", "val_recon"  # the rate-distortion plane's axes, as in compare.figures
+RATE, DISTORTION = registry.RATE_DISTORTION[registry.VALIDATION]  # the plane of compare.figures, on validation
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The tables of `make compare`: their columns, each from one list, and each run's cells as text; as markdown.
-The ranked table holds the runs with test metrics; the train-only one the runs without (trials)."""
+"""The tables of `make compare`: their columns (the metrics' from vaepipe.metrics), each run's cells as text,
+and as markdown. The ranked table holds the runs with test metrics; the train-only one the runs without
+(trials)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from vaepipe.tracking.search import DVC_EXPERIMENT_TAG
 
 DIFFERING = "differing params"  # stands in COLUMNS for one column per param that differs, named by the param
 
-# Every column of the table, in order. A metric of rows.METRICS is shown where its name stands here.
-COLUMNS = ("run", "dvc_experiment", "trial", DIFFERING, "test_loss", "test_recon", "test_kl", "test_nll_iw", "iw_k",
-           "active_units", "knn_accuracy", "epochs", "median_s_per_epoch")
+# Every column of the table, in order: the test metrics in the registry's order (vaepipe.metrics), then iw_k,
+# the protocol's evaluate.iw_samples (test_nll_iw's sample count).
+COLUMNS = ("run", "dvc_experiment", "trial", DIFFERING, *METRICS, "iw_k", "epochs", "median_s_per_epoch")
 # The runs without test metrics (train-only runs, a study's trials): their validation numbers.
 TRAIN_ONLY_COLUMNS = ("run", "dvc_experiment", "trial", "pruned", DIFFERING, *VAL_METRICS, "epochs",
                       "median_s_per_epoch")

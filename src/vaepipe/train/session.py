@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import keras
 
-from vaepipe import paths, tracking
+from vaepipe import epoch_metrics, paths, tracking
 from vaepipe.config import Params, flat_params
 from vaepipe.errors import CheckpointBusy
 from vaepipe.prepared import TrainingInputs
@@ -180,16 +180,12 @@ def write_outputs(vae: keras.Model, epoch_log: Path, run_id: str, params: Params
 
 
 def validation_summary(epoch_log: Path, epochs: int) -> dict[str, Any]:
-    """val_metrics.json: the validation numbers a search's objectives name (the last epoch's val_loss,
-    val_recon and val_kl; the best val_loss), the epochs trained and whether it stopped early (pruned).
-    Metrics only: the MLflow run id is models/mlflow_run_id. Values are null without a validation split."""
+    """val_metrics.json: the registry's validation metrics (vaepipe.epoch_metrics: what a search's objectives
+    name: the last epoch's val_loss, val_recon and val_kl; the best val_loss), each summarising its epoch-log
+    column, then the epochs trained and whether it stopped early (pruned). Metrics only: the MLflow run id is
+    models/mlflow_run_id. Values are null without a validation split."""
     header, rows = read_log(epoch_log)
     columns = {name: [row[index] for row in rows] for index, name in enumerate(header)}
-
-    def last(name: str) -> float | None:
-        return float(columns[name][-1]) if columns.get(name) else None
-
-    val_losses = columns.get("val_loss") or []
-    return {"val_loss": last("val_loss"), "best_val_loss": float(min(val_losses)) if val_losses else None,
-            "val_recon": last("val_recon"), "val_kl": last("val_kl"), "epochs": len(rows),
-            "pruned": len(rows) < epochs}
+    summary: dict[str, Any] = {metric.name: epoch_metrics.summarise(metric, columns.get(metric.column, ()))
+                               for metric in epoch_metrics.validation_metrics()}
+    return {**summary, "epochs": len(rows), "pruned": len(rows) < epochs}

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from vaepipe import metrics as registry
 from vaepipe.errors import ConfigError, SearchFailed
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
 from vaepipe.tune.search import Search, objective_names, params_values, suggest, trial_overrides
@@ -41,7 +42,7 @@ from vaepipe.tune.trials import (
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 FINAL_ATTR = "vaepipe.final"  # study user attribute: {trial number: its final run's experiment, run id, test metrics}
-TEST_SUMMARY = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "knn_accuracy", "active_units")
+TEST_SUMMARY = registry.names(registry.TEST)  # a final run's test metrics, as its metrics.json has them
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver says what happens, one line a trial
 
 

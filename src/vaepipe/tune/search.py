@@ -7,7 +7,7 @@ trial runs, and the mapping from a trial's values to its DVC experiment's params
     space:                            # per params key: {int: [lo, hi]}, {float: [lo, hi]} (log: true), {choice: [...]}
       model.latent_dim: {int: [2, 16]}
       train.learning_rate: {float: [1.0e-4, 1.0e-2], log: true}
-    objective: {val_loss: minimize}   # validation metrics only (val_metrics.json's keys)
+    objective: {val_loss: minimize}   # validation metrics only (vaepipe.metrics; val_metrics.json's)
     trials: 20                        # trials that end COMPLETE or PRUNED
     jobs: 2                           # trials running at once (per `make tune` process)
     sampler: tpe                      # tpe | random | nsga2 (default: tpe, nsga2 for several objectives)
@@ -27,12 +27,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vaepipe import metrics as registry
 from vaepipe.config import format_errors, merge_overrides, nest, parse_partial, raw_params, read_yaml_file
 from vaepipe.errors import ConfigError
 from vaepipe.presets import format_value, load_preset
 
-# What the train stage writes to val_metrics.json and an objective may name.
-VALIDATION_METRICS = ("val_loss", "best_val_loss", "val_recon", "val_kl")
 Direction = Literal["minimize", "maximize"]
 
 
@@ -140,15 +139,26 @@ def parse_search(raw: Any, path: Path) -> Search:
 
 
 def _check_objective(objective: dict, source: str) -> None:
-    for metric in objective:
-        if str(metric).startswith("test_"):
-            raise ConfigError(
-                f"{source}: objective {metric} = {objective[metric]!r}: a search optimises validation metrics only; "
-                f"test_* metrics come from evaluate, which reads the test split, and the search runs it only for the "
-                f"chosen trials at the end. Use one of {', '.join(VALIDATION_METRICS)}")
-        if metric not in VALIDATION_METRICS:
-            raise ConfigError(f"{source}: objective {metric} = {objective[metric]!r}: unknown metric; the train stage's "
-                              f"val_metrics.json has {', '.join(VALIDATION_METRICS)}")
+    """Each objective must be a metric the registry allows (val_metrics.json's): a test metric never, since
+    evaluate reads the test split, and the search runs it only for the chosen trials at the end."""
+    allowed = registry.objective_names()
+    for name in objective:
+        given = f"{source}: objective {name} = {objective[name]!r}"
+        try:
+            metric = registry.get(str(name))
+        except KeyError:
+            raise ConfigError(f"{given}: unknown metric; the train stage's val_metrics.json has "
+                              f"{', '.join(allowed)}") from None
+        if metric.objective:
+            continue
+        if metric.where == registry.TEST:
+            raise ConfigError(f"{given}: a search optimises validation metrics only; {name} is a test metric "
+                              f"({metric.label}) that evaluate measures on the test split, which the search reads "
+                              f"only for the chosen trials at the end. Use one of {', '.join(allowed)}")
+        summaries = [m.name for m in registry.of(registry.VALIDATION) if m.column == metric.val_column]
+        raise ConfigError(f"{given}: {name} is an epoch metric of the training split, not in val_metrics.json"
+                          + (f" (its validation summary: {', '.join(summaries)})" if summaries else "")
+                          + f"; a search optimises validation metrics only: use one of {', '.join(allowed)}")
 
 
 def _dotted(mapping: dict[str, Any], source: str, where: str) -> dict[str, Any]:
