@@ -81,3 +81,18 @@ def test_gaussian_log_density_matches_numpy():
     z, mean, log_var = (rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3))
     expected = np.sum(-0.5 * (np.log(2 * np.pi) + log_var + (z - mean) ** 2 / np.exp(log_var)), axis=-1)
     np.testing.assert_allclose(np.asarray(objectives.gaussian_log_density(z, mean, log_var)), expected, rtol=1e-5)
+
+
+def test_every_objective_reports_declared_epoch_metrics_and_evaluate_measures_the_elbos_terms():
+    """The two registries in step: what training reports per epoch (the loss and each term) is an epoch metric
+    of vaepipe.epoch_metrics, the `tested` ones (test_<name> in metrics.json) are exactly the terms evaluate
+    scores, and every weight param a term names is a train param."""
+    from vaepipe import epoch_metrics
+    from vaepipe.config import TrainParams
+
+    declared = {metric.name for metric in epoch_metrics.EPOCH_METRICS}
+    for name, objective in objectives.OBJECTIVES.items():
+        assert set(objectives.reported(objective)) <= declared, name
+        assert set(objectives.weight_params(objective)) <= set(TrainParams.model_fields), name
+    tested = {metric.name for metric in epoch_metrics.EPOCH_METRICS if metric.tested}
+    assert tested == {term.name for term in objectives.OBJECTIVES["elbo"].terms}

@@ -26,6 +26,10 @@ class Metric:
     drawn: bool = True  # epoch: a loss-curve panel (plots.loss_curves); test: against each param (compare)
     validated: bool = True  # epoch: measured on the validation split too, as val_<name>
     summaries: tuple[Summary, ...] = ("last",)  # epoch: what val_metrics.json keeps of val_<name>
+    # epoch: a term of the objective (vaepipe.objectives), which evaluate also measures on the test split, as
+    # test_<name> (metrics.test_terms); test_drawn: whether compare draws that test metric
+    tested: bool = False
+    test_drawn: bool = True
     column: str | None = None  # validation: the epoch-log column it summarises
     summary: Summary | None = None  # validation: the last epoch's value, or the best (by direction)
     # test: a function of evaluate's arrays (metrics.Arrays) to the number; None: evaluation.py measures it
@@ -51,8 +55,8 @@ def epoch(name: str, label: str, direction: Direction = "minimize", **options) -
 # KL), or with train.objective iwae the negative k-sample bound.
 EPOCH_METRICS: tuple[Metric, ...] = (
     epoch("loss", "the training objective (negative ELBO or IWAE bound), nats", summaries=("last", "best")),
-    epoch("recon", "reconstruction term E_q[-log p(x|z)], nats"),
-    epoch("kl", "KL(q(z|x) || p(z)), nats"),
+    epoch("recon", "reconstruction term E_q[-log p(x|z)], nats", tested=True, test_drawn=False),
+    epoch("kl", "KL term KL(q(z|x) || p(z)), nats", tested=True),
     epoch(EPOCH_TIME, "seconds per epoch (training and validation)", validated=False, drawn=False),
 )
 
