@@ -72,3 +72,17 @@ def test_a_trial_left_running_by_a_dead_driver_is_told_fail_as_abandoned(storage
     fail_abandoned(study, storage)
     states = {t.number: (t.state, t.user_attrs.get("abandoned")) for t in study.get_trials()}
     assert states == {left.number: (TrialState.FAIL, True), alive.number: (TrialState.RUNNING, None)}
+
+
+@pytest.mark.parametrize("objective, column", [("val_loss", "val_loss"), ("best_val_loss", "val_loss"),
+                                               ("val_recon", "val_recon"), ("val_kl", "val_kl"), (None, "val_loss")])
+def test_a_trial_reports_the_column_its_studys_objective_summarises(objective, column):
+    """A val_recon study prunes by val_recon, not val_loss (whose trials it would otherwise compare)."""
+    import optuna
+
+    from vaepipe.tune.pruning import reported_column
+
+    study = optuna.create_study()
+    if objective is not None:
+        study.set_metric_names([objective])
+    assert reported_column(study) == column

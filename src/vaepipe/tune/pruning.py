@@ -78,24 +78,36 @@ def attach(study_name: str, number: int) -> optuna.trial.Trial | None:
     return running_trial(study, storage, number)
 
 
-class ReportAndPrune(keras.callbacks.Callback):
-    """Report each epoch's val_loss to the trial; stop the fit when the pruner says so."""
+def reported_column(study: optuna.Study) -> str:
+    """The epoch-log column whose values go to the pruner: the one the study's objective summarises (val_recon
+    for val_recon; val_loss for val_loss and best_val_loss), val_loss for a study that does not name it."""
+    from vaepipe.epoch_metrics import validation_metrics
+    from vaepipe.tune.search import objective_names
 
-    def __init__(self, trial: optuna.trial.Trial, epochs: int):
+    (name,) = objective_names(study) or ["val_loss"]
+    columns = {metric.name: metric.column for metric in validation_metrics()}
+    return columns.get(name) or "val_loss"
+
+
+class ReportAndPrune(keras.callbacks.Callback):
+    """Report each epoch's value of the objective's column to the trial; stop the fit when the pruner says so."""
+
+    def __init__(self, trial: optuna.trial.Trial, epochs: int, column: str = "val_loss"):
         super().__init__()
         self.trial = trial
         self.epochs = epochs
+        self.column = column
         self.pruned_at: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get("val_loss")
+        value = (logs or {}).get(self.column)
         if value is None:
             return
         self.trial.report(float(value), step=epoch)
         if epoch < self.epochs - 1 and self.trial.should_prune():  # after the last epoch: nothing left to save
             self.pruned_at = epoch
             tracking.set_tags({tracking.PRUNED_TAG: "true"})
-            print(f"tune: trial {self.trial.number} pruned after epoch {epoch + 1} (val_loss {float(value):.3f})",
+            print(f"tune: trial {self.trial.number} pruned after epoch {epoch + 1} ({self.column} {float(value):.3f})",
                   file=sys.stderr, flush=True)
             self.model.stop_training = True
 
@@ -103,4 +115,4 @@ class ReportAndPrune(keras.callbacks.Callback):
 def pruning_callbacks(study_name: str, number: int, epochs: int) -> list[keras.callbacks.Callback]:
     """[ReportAndPrune] for a trial that is RUNNING in its study, else []."""
     trial = attach(study_name, number)
-    return [ReportAndPrune(trial, epochs)] if trial is not None else []
+    return [ReportAndPrune(trial, epochs, reported_column(trial.study))] if trial is not None else []
