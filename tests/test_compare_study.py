@@ -18,7 +18,8 @@ from test_compare import BASE, Store, read_csv, result
 from vaepipe.compare.__main__ import main
 from vaepipe.tune import figures as study_figures
 from vaepipe.tune.driver import open_study
-from vaepipe.tune.search import OBJECTIVE_ATTR, parse_search
+from vaepipe.tune.search import parse_search
+from vaepipe.tune.storage import OBJECTIVE_ATTR
 from vaepipe.tune.status import status
 
 SPACE = {"model.latent_dim": IntDistribution(2, 16), "train.beta": FloatDistribution(0.1, 4.0, log=True)}

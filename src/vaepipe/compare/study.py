@@ -65,7 +65,7 @@ def study_part(name: str, storage: str | None, rows: list[Row], ui_base: str) ->
 
 
 def objective_names(record: study_figures.StudyRecord) -> list[str]:
-    """The objectives' names as the study records them (search.objective_names), else "objective i":
+    """The objectives' names as the study records them (storage.objective_names), else "objective i":
     never guessed from the runs' metrics, which two metrics can share (val_loss and best_val_loss)."""
     if record.metric_names and len(record.metric_names) == len(record.directions):
         return list(record.metric_names)

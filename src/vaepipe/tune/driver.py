@@ -28,8 +28,8 @@ from optuna.trial import TrialState
 from vaepipe import metrics as registry
 from vaepipe.errors import ConfigError, SearchFailed
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
-from vaepipe.tune.search import Search, objective_names, params_values, suggest, trial_overrides
-from vaepipe.tune.storage import open_storage, redact, resolve_storage, storage_label
+from vaepipe.tune.search import Search, params_values, suggest, trial_overrides
+from vaepipe.tune.storage import objective_names, open_storage, redact, resolve_storage, storage_label
 from vaepipe.tune.trials import (
     Experiment,
     experiment_ref,

@@ -23,7 +23,7 @@ from optuna.importance import PedAnovaImportanceEvaluator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
-from vaepipe.tune.search import objective_names  # noqa: E402
+from vaepipe.tune.storage import objective_names  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TrialRecord:
 class StudyRecord:
     name: str
     directions: tuple[str, ...]  # "minimize" / "maximize", one per objective
-    metric_names: tuple[str, ...] | None  # search.objective_names: Study.metric_names (set by `make tune`)
+    metric_names: tuple[str, ...] | None  # storage.objective_names: Study.metric_names (set by `make tune`)
     user_attrs: dict[str, Any]
     trials: tuple[TrialRecord, ...]
 

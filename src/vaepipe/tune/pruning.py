@@ -82,7 +82,7 @@ def reported_column(study: optuna.Study) -> str:
     """The epoch-log column whose values go to the pruner: the one the study's objective summarises (val_recon
     for val_recon; val_loss for val_loss and best_val_loss), val_loss for a study that does not name it."""
     from vaepipe.epoch_metrics import validation_metrics
-    from vaepipe.tune.search import objective_names
+    from vaepipe.tune.storage import objective_names
 
     (name,) = objective_names(study) or ["val_loss"]
     columns = {metric.name: metric.column for metric in validation_metrics()}

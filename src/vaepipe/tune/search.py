@@ -253,16 +253,3 @@ def trial_overrides(search: Search, values: dict[str, Any], number: int, final: 
     tune section naming the study and the trial (final: its full run at the end)."""
     tune = {"tune": {"study": search.study, "trial": number, **({"final": True} if final else {})}}
     return merge_overrides(merge_overrides(search.base(), nest(values)), tune)
-
-
-OBJECTIVE_ATTR = "vaepipe.objective"  # where `make tune` kept the names before it set Study.metric_names
-
-
-def objective_names(study: Any) -> list[str] | None:
-    """An Optuna study's objective names: its `metric_names` (the driver sets them when it creates the
-    study), else the user attribute of a study made before that; None if neither names every objective."""
-    count = len(study.directions)
-    for names in (study.metric_names, study.user_attrs.get(OBJECTIVE_ATTR)):
-        if isinstance(names, list) and len(names) == count and all(isinstance(name, str) for name in names):
-            return list(names)
-    return None

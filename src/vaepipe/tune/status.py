@@ -8,8 +8,7 @@ from typing import Any
 
 import optuna
 
-from vaepipe.tune.search import objective_names
-from vaepipe.tune.storage import load_study, resolve_storage, storage_label, study_names
+from vaepipe.tune.storage import load_study, objective_names, resolve_storage, storage_label, study_names
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:

@@ -91,3 +91,16 @@ def load_study(name: str, storage: str | None = None, pruner: optuna.pruners.Bas
         reason = redact((str(error).splitlines() or [""])[0], resolve_storage(storage))
         raise ConfigError(f"cannot open the Optuna storage {storage_label(resolve_storage(storage))}: "
                           f"{type(error).__name__}: {reason}") from None
+
+
+OBJECTIVE_ATTR = "vaepipe.objective"  # where `make tune` kept the names before it set Study.metric_names
+
+
+def objective_names(study: optuna.Study) -> list[str] | None:
+    """An Optuna study's objective names: its `metric_names` (the driver sets them when it creates the
+    study), else the user attribute of a study made before that; None if neither names every objective."""
+    count = len(study.directions)
+    for names in (study.metric_names, study.user_attrs.get(OBJECTIVE_ATTR)):
+        if isinstance(names, list) and len(names) == count and all(isinstance(name, str) for name in names):
+            return list(names)
+    return None
