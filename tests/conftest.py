@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """VAEPIPE_COUNT_TF=<dir>: count the processes that load TensorFlow (tests/tf_count.py); off otherwise."""
+    if os.environ.get("VAEPIPE_COUNT_TF"):
+        import tf_count
+
+        tf_count.register(config)
+
+
 def missing_prerequisite(reason: str) -> None:
     """Skip the test naming what is missing; under CI=true (set by GitHub Actions, GitLab, ...) fail."""
     if os.environ.get("CI", "").lower() == "true":
