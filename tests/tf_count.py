@@ -65,6 +65,7 @@ class Counter:
         self.marker = f"{VARIABLE}={directory}".encode()
         self.found: dict[tuple[int, float], dict] = {}  # (pid, start) -> record
         self.ours: dict[tuple[int, float], bool] = {}
+        self.cpu: dict[tuple[int, float], float] = {}  # every process of this run (TensorFlow or not): CPU seconds
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="tf-count", daemon=True)
         self.started = time.time()
@@ -84,7 +85,7 @@ class Counter:
         records = sorted(self.found.values(), key=lambda record: record["start"])
         (self.directory / "tf-processes.json").write_text(json.dumps(
             {"wall": self.finished - self.started, "started": self.started, "cpus": os.cpu_count(),
-             "processes": records}, indent=1))
+             "all_processes": len(self.cpu), "all_cpu": sum(self.cpu.values()), "processes": records}, indent=1))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         records = list(self.found.values())
@@ -96,6 +97,8 @@ class Counter:
         write(f"{len(records)} processes loaded TensorFlow in {wall:.0f} s of wall time; they lived {lived:.0f} s "
               f"in all and used {cpu:.0f} CPU seconds ({cpu / (wall * (os.cpu_count() or 1)):.0%} of "
               f"{os.cpu_count()} CPUs over the run); details: {self.directory / 'tf-processes.json'}")
+        write(f"all {len(self.cpu)} processes of the run seen (TensorFlow or not) used {sum(self.cpu.values()):.0f} CPU "
+              "seconds (as last sampled: a process's last half second, and one shorter than that, are missed)")
         by_file: dict[str, list[dict]] = defaultdict(list)
         for record in records:
             by_file[record["test"].split("::", 1)[0]].append(record)
@@ -156,11 +159,13 @@ class Counter:
             key = (pid, round(stat[1], 2))
             if key in self.found:
                 self.found[key]["last_seen"], self.found[key]["cpu"] = now, stat[2]
+                self.cpu[key] = stat[2]
                 continue
             if key not in self.ours:
                 self.ours[key] = self._is_ours(pid, parents)
             if not self.ours[key]:
                 continue
+            self.cpu[key] = stat[2]
             maps = _read(f"/proc/{pid}/maps")
             if maps is None or TF_LIBRARY not in maps:
                 continue
