@@ -177,15 +177,24 @@ class Counter:
 
 class WorkerTests:
     """In each xdist worker while counting: its current test in `<dir>/current-<pid>`, for the processes
-    it starts with an environment of their own (no PYTEST_CURRENT_TEST)."""
+    it starts with an environment of their own (no PYTEST_CURRENT_TEST); and its timeline, one line per
+    test in `<dir>/timeline-<worker>.jsonl` (start and end, setup and teardown included): how busy each
+    worker was, and until when."""
 
     def __init__(self, directory: Path):
         self.path = directory / f"current-{os.getpid()}"
+        self.timeline = directory / f"timeline-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl"
+        self.started = 0.0
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid, location) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(nodeid)
+        self.started = time.time()
+
+    def pytest_runtest_logfinish(self, nodeid, location) -> None:
+        with self.timeline.open("a") as handle:
+            handle.write(json.dumps({"test": nodeid, "start": self.started, "end": time.time()}) + "\n")
 
 
 def register(config: pytest.Config) -> None:
@@ -194,8 +203,8 @@ def register(config: pytest.Config) -> None:
         return
     directory = Path(directory).resolve()
     os.environ[VARIABLE] = str(directory)  # the exact text the watcher looks for in children's environments
-    if hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         config.pluginmanager.register(WorkerTests(directory), "tf-count-worker")
-    else:
+    if not hasattr(config, "workerinput"):
         xdist = bool(getattr(config.option, "numprocesses", None))
         config.pluginmanager.register(Counter(directory, xdist), "tf-count")
