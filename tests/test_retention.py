@@ -29,9 +29,10 @@ REASON = f"checkpoint removed: more than {MAX_KEPT} unfinished checkpoints kept"
 
 
 @pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
+def repo(tmp_path, monkeypatch, new_mlflow_db) -> Path:
     """A repository root with checkpoints/ and a SQLite store, as the train stage sees them."""
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    new_mlflow_db(tmp_path / "mlflow.db")
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -25,10 +25,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def registered(tmp_path_factory, mlflow_template):
     """A store with 3 runs (the 2nd tagged as DVC experiment tagged-exp), each with its registered version
-    1..3, and a 4th run without a model; made once (MLflow's migrations take seconds), copied per test."""
+    1..3, and a 4th run without a model; made once (from the session's empty store: MLflow's migrations
+    take seconds), copied per test."""
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    shutil.copy(mlflow_template, path)
     client = mlflow.MlflowClient(f"sqlite:///{path}")
     experiment = client.create_experiment("vaepipe", artifact_location=(path.parent / "artifacts").as_uri())
     client.create_registered_model("vaepipe-vae")

@@ -24,7 +24,8 @@ def no_active_run():
         mlflow.end_run()
 
 
-def test_a_run_missing_from_the_store_gets_a_new_run(tmp_path, monkeypatch, capsys):
+def test_a_run_missing_from_the_store_gets_a_new_run(tmp_path, monkeypatch, capsys, new_mlflow_db):
+    new_mlflow_db(tmp_path / "mlflow.db")  # an empty store, as MLflow creates one
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     missing = "0123456789abcdef0123456789abcdef"
     run_id = tracking.start_or_resume_run(missing, "r", PARAMS, {})

@@ -6,8 +6,6 @@ repository, the same upload a `mlflow server` with proxied artifacts gets)."""
 
 from __future__ import annotations
 
-import shutil
-
 import local_http
 import mlflow
 import pytest
@@ -17,18 +15,10 @@ from vaepipe.errors import TrackingError
 from vaepipe.tracking import store
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """An empty SQLite store, made once (MLflow's migrations take seconds) and copied per test."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def artifact_run(tmp_path, monkeypatch, empty_store):
+def artifact_run(tmp_path, monkeypatch, new_mlflow_db):
     """Start a run whose artifacts go to `server`; a short budget: 2 retries, waits 0 and 2 s."""
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    new_mlflow_db(tmp_path / "mlflow.db")  # the session's empty store, copied (MLflow's migrations take seconds)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

@@ -25,7 +25,8 @@ def write_meta(directory, validation: bool) -> None:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, new_mlflow_db):
+    new_mlflow_db(tmp_path / "mlflow.db")  # an empty store, as MLflow creates one
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(paths, "PREPARED_META", tmp_path / "meta.json")
     monkeypatch.setenv("DVC_EXP_NAME", "brave-dogs")

@@ -1,5 +1,6 @@
 """Shared fixtures: the session's MNIST download, one small pipeline run reproduced once per test
-session (≈ 40 s), a quicker one, reference runs of other params, and a checkpoint left by a NaN in epoch 3.
+session (≈ 40 s), a quicker one and that one rerun at another latent size, reference runs of other
+params, and a checkpoint left by a NaN in epoch 3.
 
 Each is built once per session even on several pytest-xdist workers (`built_once`: the first worker
 that needs it builds it, under a lock, the others wait for it), and each worker works on its own copy
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -17,17 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from pipeline_repo import (
     QUICK_PARAMS,
     Snapshot,
     copy_repo,
     dvc_repro,
     make_repo,
+    merge,
     metric_history,
     mlflow_runs,
     prepared_copy,
     read_metrics,
     train_poisoned_at_epoch_3,
+    write_params,
 )
 
 
@@ -114,6 +119,31 @@ def quick(tmp_path_factory) -> Path:
         assert [status for _, status in mlflow_runs(repo)] == ["FINISHED"]
 
     return built_once(tmp_path_factory, "quick", build) / "repo"
+
+
+@dataclass
+class TwoRuns:
+    """The quick repo copied, then `dvc repro` of latent_dim 3: two FINISHED runs (latent_dim 2 and 3)."""
+
+    repo: Path  # shared by the workers: copy it (copy_repo) before running anything in it
+    repro: subprocess.CompletedProcess  # that second `dvc repro`
+
+
+@pytest.fixture(scope="session")
+def two_runs(quick, tmp_path_factory) -> TwoRuns:
+    """A copy of the quick repo (its run: latent_dim 2) where params.yaml then says latent_dim 3 and `dvc repro`
+    ran again: what test_pipeline checks of a rerun, and the two runs test_browser's UI lists."""
+    def build(path: Path) -> None:
+        repo = copy_repo(quick, path / "repo")
+        assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["latent_dim"] == 2
+        write_params(repo, merge(yaml.safe_load((repo / "params.yaml").read_text()), {"model": {"latent_dim": 3}}))
+        result = dvc_repro(repo, timeout=900)
+        (path / "repro.json").write_text(json.dumps([result.returncode, result.stdout, result.stderr]))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    built = built_once(tmp_path_factory, "two-runs", build)
+    code, stdout, stderr = json.loads((built / "repro.json").read_text())
+    return TwoRuns(repo=built / "repo", repro=subprocess.CompletedProcess(["dvc", "repro"], code, stdout, stderr))
 
 
 @pytest.fixture(scope="session")

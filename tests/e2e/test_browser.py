@@ -20,14 +20,11 @@ from pipeline_repo import (
     SERVER_ENV,
     VENV_BIN,
     copy_repo,
-    dvc_repro,
     free_port,
-    merge,
     mlflow_runs,
     stage_env,
     wait_for,
     wait_until_healthy,
-    write_params,
 )
 
 pytestmark = pytest.mark.e2e
@@ -70,15 +67,11 @@ def offline_page(html: Path, failures: Path):
 
 
 @pytest.fixture(scope="module")
-def two_runs(quick, tmp_path_factory) -> Path:
-    """A repo whose store holds two FINISHED pipeline runs, latent_dim 2 and 3, and reports/ from compare:
-    a copy of the quick fixture's repo (its run: latent_dim 2), then `dvc repro` of latent_dim 3."""
-    repo = copy_repo(quick, tmp_path_factory.mktemp("browser") / "repo")
-    assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["latent_dim"] == 2
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    write_params(repo, merge(params, {"model": {"latent_dim": 3}}))
-    result = dvc_repro(repo, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def two_runs(two_runs, tmp_path_factory) -> Path:
+    """This module's copy of the session's two_runs repo (tests/e2e/conftest.py): a store with two FINISHED
+    pipeline runs, latent_dim 2 and 3 (the quick repo's run, then a `dvc repro` of latent_dim 3)."""
+    repo = copy_repo(two_runs.repo, tmp_path_factory.mktemp("browser") / "repo")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["latent_dim"] == 3
     assert [status for _, status in mlflow_runs(repo)] == ["FINISHED", "FINISHED"]
     return repo
 

@@ -1,4 +1,5 @@
-"""Data-parallel training (train.distribute: multi_worker, mirrored), the worker launcher, and a DVC remote.
+"""Data-parallel training (train.distribute: multi_worker, mirrored), the worker launcher, and a DVC remote
+(pushed from a copy of the session's reproduced `quick` repo).
 
 All runs are real processes on CPU: two TF workers on localhost ports, or one process with two logical
 CPU devices. Each is compared with a single-process run of the same params (same global batch, seed,
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pipeline_repo import PROJECT, VENV_BIN, epoch_rows, make_repo, mlflow_runs, run_stage, stage_env, wait_for
+from pipeline_repo import PROJECT, VENV_BIN, copy_repo, epoch_rows, make_repo, mlflow_runs, run_stage, stage_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -73,9 +74,10 @@ def tree_state(root: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
-    """The whole pipeline, single process (train.distribute: none), by `dvc repro`."""
+    """The pipeline up to train, single process (train.distribute: none), by `dvc repro train`: the
+    train_log.csv the distributed runs are compared with (evaluate and plot add nothing to it)."""
     repo = make_repo(tmp_path_factory.mktemp("single") / "repo", DIST_PARAMS)
-    result = dvc(repo, "repro")
+    result = dvc(repo, "repro", "train")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return repo
 
@@ -244,21 +246,22 @@ def test_workers_die_with_a_sigkilled_launcher(tmp_path):
     reader.join(timeout=5)
 
 
-def test_a_fresh_clone_pulls_from_the_dvc_remote_and_has_nothing_to_rerun(single, tmp_path):
+def test_a_fresh_clone_pulls_from_the_dvc_remote_and_has_nothing_to_rerun(quick, tmp_path):
+    repo = copy_repo(quick, tmp_path / "repo")  # the whole pipeline reproduced (the session's quick repo)
     remote = tmp_path / "remote"
-    assert dvc(single, "remote", "add", "-d", "storage", str(remote)).returncode == 0
-    git(single, "add", "-A")
-    git(single, "commit", "-qm", "pipeline outputs and the remote")
-    pushed = dvc(single, "push")
+    assert dvc(repo, "remote", "add", "-d", "storage", str(remote)).returncode == 0
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline outputs and the remote")
+    pushed = dvc(repo, "push")
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert any(remote.rglob("*")), "nothing was pushed"
 
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(single), str(clone)], env=stage_env(), check=True)
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], env=stage_env(), check=True)
     assert not (clone / "models" / "vae.keras").exists()
     pulled = dvc(clone, "pull")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
-    assert (clone / "models" / "vae.keras").read_bytes() == (single / "models" / "vae.keras").read_bytes()
+    assert (clone / "models" / "vae.keras").read_bytes() == (repo / "models" / "vae.keras").read_bytes()
     assert (clone / "data" / "prepared" / "train.npz").exists()
 
     status = dvc(clone, "status")

@@ -5,6 +5,7 @@ logged twice; an empty run id is refused, never taken as "start a new run"."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,9 +14,11 @@ import sys
 import psutil
 import pytest
 import yaml
-from pipeline_repo import copy_repo, metric_history, mlflow_runs, stage_env, wait_for, write_params
+from pipeline_repo import SIGNAL_GATE, copy_repo, metric_history, mlflow_runs, stage_env, wait_for, write_params
 
 pytestmark = pytest.mark.e2e
+
+EPOCHS = 4  # the orphan's; its last waits for the test (the release file), so it is met while it trains
 
 
 def test_a_killed_evaluate_leaves_the_train_run_finished(quick, tmp_path):
@@ -53,9 +56,13 @@ def test_an_empty_run_id_is_refused_in_one_line_and_opens_no_run(quick, tmp_path
 def test_a_second_train_beside_an_orphaned_one_stops_naming_its_pid(baseline, tmp_path):
     repo = copy_repo(baseline.repo, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["epochs"] = 60  # long enough (several seconds) to be orphaned and then met
+    params["train"]["epochs"] = EPOCHS
     write_params(repo, params)
-    env = stage_env()
+    # The gate (programs/signal_gate.py, this repo's sitecustomize): the orphan's last epoch waits until the
+    # test writes the release file, so it is still training when the second train meets it, however fast.
+    shutil.copy2(SIGNAL_GATE, repo / "src" / "sitecustomize.py")
+    release = tmp_path / "release"
+    env = stage_env(VAEPIPE_TEST_SIGNAL_GATE=str(tmp_path / "gate"), VAEPIPE_TEST_RELEASE_FILE=str(release))
     dvc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -73,6 +80,8 @@ def test_a_second_train_beside_an_orphaned_one_stops_naming_its_pid(baseline, tm
         assert held == [f"error: train: checkpoint {lock.parent.relative_to(repo)} is in use by train process "
                         f"{orphan.pid} (still running, e.g. after its `dvc` was killed): wait for it to finish, "
                         f"or stop it with `kill {orphan.pid}`, then run `dvc repro` again"], second.stderr[-2000:]
+        assert orphan.is_running(), "the orphan was still training when the second train met it"
+        release.touch()  # the orphan's last epoch may begin
         orphan.wait(timeout=900)
     finally:
         if dvc.poll() is None:
@@ -87,7 +96,7 @@ def test_a_second_train_beside_an_orphaned_one_stops_naming_its_pid(baseline, tm
     assert (repo / "models" / "mlflow_run_id").read_text().strip() == orphans_run
     assert dict(mlflow_runs(repo))[orphans_run] == "FINISHED"
     history = metric_history(repo, orphans_run)["loss"]
-    assert sorted(history) == list(range(1, 61)), sorted(history)
+    assert sorted(history) == list(range(1, EPOCHS + 1)), sorted(history)
     with sqlite3.connect(repo / "mlflow.db") as conn:  # each epoch one row: not logged twice, not even equal
         twice = conn.execute("SELECT step, COUNT(*) FROM metrics WHERE key = 'loss' AND run_uuid = ? "
                              "GROUP BY step HAVING COUNT(*) > 1", (orphans_run,)).fetchall()

@@ -1,5 +1,9 @@
 """The whole pipeline through real `dvc repro` in a temporary git repo, tracked in a real MLflow store:
-outputs, exact reruns, one complete MLflow run per pipeline run, and the logged pyfunc model."""
+outputs, exact reruns, one complete MLflow run per pipeline run, and the logged pyfunc model.
+
+The repo is a copy of the session's `quick` one (tests/e2e/conftest.py: `dvc repro` of QUICK_PARAMS in a
+fresh repo, which other modules share), and the rerun after a latent-size change is the session's
+`two_runs` build (its `dvc repro` output kept): no pipeline is trained for this module alone."""
 
 from __future__ import annotations
 
@@ -9,23 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from pipeline_repo import dvc_repro, make_repo, mlflow_runs, read_metrics, write_params
+from pipeline_repo import QUICK_PARAMS, copy_repo, dvc_repro, mlflow_runs, read_metrics
 
 pytestmark = pytest.mark.e2e
 
-# Fast: 512 images, 2 epochs at the default batch 32 with the default fast path.
-QUICK = {"data": {"limit": 512, "val_size": 128}, "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100,
-                                           "jit_compile": True}}
+LIMIT, VAL_SIZE = QUICK_PARAMS["data"]["limit"], QUICK_PARAMS["data"]["val_size"]  # 256 images, 64 held out
+EPOCHS = QUICK_PARAMS["train"]["epochs"]
 FIGURES = {"reconstructions.png", "loss_curves.png", "latent_space.png", "prior_samples.png",
            "interpolation.png", "manifold.png"}
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", QUICK)
-    result = dvc_repro(repo)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return repo
+def pipeline(quick, tmp_path_factory) -> Path:
+    """This module's copy of the `quick` repo: one `dvc repro` of QUICK_PARAMS, its outputs and its run."""
+    return copy_repo(quick, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def mlflow_client(repo: Path):
@@ -39,15 +40,15 @@ def test_repro_writes_every_output(pipeline):
     for key in ("test_loss", "test_recon", "test_kl", "test_tutorial_loss", "test_nll_iw", "active_units", "knn_accuracy"):
         assert np.isfinite(metrics[key]), key
     assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_kl"])
-    assert metrics["protocol"]["n_test"] == 512 and metrics["protocol"]["mc_samples"] == 2
+    assert metrics["protocol"]["n_test"] == LIMIT and metrics["protocol"]["mc_samples"] == 2
     assert (pipeline / "models/vae.keras").stat().st_size > 0
     log_lines = (pipeline / "train_log.csv").read_text().splitlines()
-    assert log_lines[0].split(",")[:2] == ["epoch", "epoch_time"] and len(log_lines) == 1 + 2
+    assert log_lines[0].split(",")[:2] == ["epoch", "epoch_time"] and len(log_lines) == 1 + EPOCHS
     assert {p.name for p in (pipeline / "plots").glob("*.png")} == FIGURES
     meta = json.loads((pipeline / "data/prepared/meta.json").read_text())
-    # The first 512 training images, 128 of them held out for validation; the first 512 test images.
+    # The first 256 training images, 64 of them held out for validation; the first 256 test images.
     assert meta["source"].startswith("pypi:")
-    assert (meta["n_train"], meta["n_validation"], meta["n_test"]) == (384, 128, 512)
+    assert (meta["n_train"], meta["n_validation"], meta["n_test"]) == (LIMIT - VAL_SIZE, VAL_SIZE, LIMIT)
     assert {p.name for p in (pipeline / "data/prepared").glob("*.npz")} == {"train.npz", "validation.npz", "test.npz"}
     # Train validated on the validation split: val_* in the log are its numbers, not the test set's.
     header = log_lines[0].split(",")
@@ -73,10 +74,10 @@ def test_one_finished_run_holds_params_histories_metrics_and_figures(pipeline):
                 if section not in ("tracking", "tune")}  # bookkeeping (sweep, study, trial): tags, not params
     assert set(run.data.params) == set(expected)
     assert "tracking.sweep" not in run.data.params and "mlflow.note.content" in run.data.tags
-    assert run.data.params["train.epochs"] == "2" and run.data.params["data.limit"] == "512"
+    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["data.limit"] == str(LIMIT)
     for key in ("loss", "recon", "kl", "val_loss", "val_recon", "val_kl", "epoch_time"):
         history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == [1, 2], key
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
     metrics = read_metrics(pipeline)
     assert "mlflow_run_id" not in metrics  # metrics only: the run is models/mlflow_run_id
     assert (pipeline / "models/mlflow_run_id").read_text().strip() == run.info.run_id
@@ -123,15 +124,14 @@ def test_second_repro_reruns_nothing(pipeline):
     assert mlflow_runs(pipeline) == before
 
 
-def test_changing_latent_dim_reruns_train_evaluate_plot_but_not_prepare(pipeline):
-    params = yaml.safe_load((pipeline / "params.yaml").read_text())
-    params["model"]["latent_dim"] = 3
-    write_params(pipeline, params)
-    result = dvc_repro(pipeline)
+def test_changing_latent_dim_reruns_train_evaluate_plot_but_not_prepare(two_runs):
+    # two_runs: a copy of the quick repo (latent_dim 2), then latent_dim 3 in params.yaml and `dvc repro`.
+    assert yaml.safe_load((two_runs.repo / "params.yaml").read_text())["model"]["latent_dim"] == 3
+    result = two_runs.repro
     assert result.returncode == 0, result.stderr[-3000:]
     ran = {stage for stage in ("prepare", "train", "evaluate", "plot") if f"Running stage '{stage}'" in result.stdout}
     assert ran == {"train", "evaluate", "plot"}, result.stdout
-    runs = mlflow_runs(pipeline)
+    runs = mlflow_runs(two_runs.repo)
     assert len(runs) == 2 and all(status == "FINISHED" for _, status in runs)
     # The 2-D manifold figure exists only for latent_dim == 2; the plot stage removed the old one.
-    assert {p.name for p in (pipeline / "plots").glob("*.png")} == FIGURES - {"manifold.png"}
+    assert {p.name for p in (two_runs.repo / "plots").glob("*.png")} == FIGURES - {"manifold.png"}

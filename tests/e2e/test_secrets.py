@@ -171,19 +171,18 @@ def test_make_server_on_postgresql_shows_the_password_in_no_command_line_and_no_
     assert not ps.leaked(), ps.leaked()
 
 
-def test_make_tune_on_postgresql_shows_the_password_in_no_command_line_and_no_output(pg, tmp_path_factory):
+def test_make_tune_on_postgresql_shows_the_password_in_no_command_line_and_no_output(pg, quick, tmp_path_factory):
     """A real study: one trial as a DVC experiment up to train, its storage the PostgreSQL role's, given in the
     environment (`STORAGE=postgresql://... make tune`). Every process (make, the driver, dvc, the train stage)
-    sampled while it runs: the password is in none of their command lines, nor in anything printed."""
+    sampled while it runs: the password is in none of their command lines, nor in anything printed. The
+    repository: a copy of the session's reproduced `quick` one."""
     import optuna
-    from pipeline_repo import dvc_repro, make_repo
-    from test_tune import TUNE_PARAMS, write_search
+    from pipeline_repo import copy_repo
+    from test_tune import write_search
 
-    repo = make_repo(tmp_path_factory.mktemp("tune-pg") / "repo", TUNE_PARAMS)
+    repo = copy_repo(quick, tmp_path_factory.mktemp("tune-pg") / "repo")
     for name in ("Makefile", "requirements.txt", "requirements.lock"):
         shutil.copy(PROJECT / name, repo / name)
-    result = dvc_repro(repo, "train", timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     env = make_env(STORAGE=url(pg, "studies"))
     subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=repo, env=env, check=True, capture_output=True)

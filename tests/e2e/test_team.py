@@ -11,7 +11,9 @@ run's (they registered later versions and moved no alias: `champion` stays where
 experiment's model.
 
 The server itself (what was tests/e2e/test_team_server.py, sharing this module's servers and Alice's
-run): her run is in PostgreSQL and its artifacts come back through the server; a wrong password and a
+run): her run is in PostgreSQL (and nowhere local) with its params, per-epoch history and test metrics,
+and its artifacts (the plots among them) come back through the server (what test_tracking.py's
+test_pipeline_logs_to_a_real_mlflow_server checked on a pipeline of its own); a wrong password and a
 READ-only user fail before any work in one line; no credential shows up anywhere; the server refuses
 basic auth without an admin password, and fails in seconds on a store that does not answer.
 
@@ -337,6 +339,8 @@ def test_alice_s_run_is_in_postgresql_and_its_artifacts_come_back_through_the_se
     params, metrics = (yaml.safe_load((repo / name).read_text()) for name in ("params.yaml", "metrics.json"))
     assert stored.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
     assert stored.data.params["model.latent_dim"] == str(params["model"]["latent_dim"])
+    assert stored.data.params["data.limit"] == str(TEAM_PARAMS["data"]["limit"])
+    assert not (repo / "mlflow.db").exists()  # nothing went to a local store
     # The client never knew where the server keeps artifacts: the run's artifact URI is the server's proxy.
     assert stored.info.artifact_uri.startswith("mlflow-artifacts:/"), stored.info.artifact_uri
     assert str(team.artifacts) not in result.stdout + result.stderr
@@ -346,6 +350,12 @@ def test_alice_s_run_is_in_postgresql_and_its_artifacts_come_back_through_the_se
                                                       tracking_uri=team.server.base, dst_path=str(repo.parent / "dl"))
         metrics_file = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="metrics.json",
                                                       tracking_uri=team.server.base, dst_path=str(repo.parent / "dl"))
+        # Through the server (its REST API): the per-epoch history and the plot stage's figures.
+        client = mlflow.MlflowClient(team.server.base)
+        history = client.get_metric_history(run_id, "val_loss")
+        plots = {Path(item.path).name for item in client.list_artifacts(run_id, "plots")}
+    assert sorted(m.step for m in history) == list(range(1, TEAM_PARAMS["train"]["epochs"] + 1))
+    assert plots >= {"reconstructions.png", "loss_curves.png"}, plots
     with team.server.as_admin():
         versions = mlflow.MlflowClient(team.server.base).search_model_versions(f"run_id = '{run_id}'")
     assert Path(metrics_file).read_text() == (repo / "metrics.json").read_text()

@@ -1,9 +1,10 @@
-"""`make tune` end to end, in a copy of one small reproduced repository whose baseline results (metrics.json
-with test numbers) are committed, as the project's are: trials as DVC experiments up to train, told
-their val_metrics.json, MLflow runs tagged; no trial has test metrics; the final run of the best trial
-has them; Ctrl-C and a rerun; two processes on one storage; pruning; two objectives, whose study
-`make compare STUDY=` draws with its Pareto front in a page checked offline in Chromium; and a preset run
-as an experiment whose params are the preset's."""
+"""`make tune` end to end, in a copy of one small reproduced repository (the session's `quick` one) whose
+baseline results (metrics.json with test numbers) are committed, as the project's are: trials as DVC
+experiments up to train, told their val_metrics.json, MLflow runs tagged; no trial has test metrics; the
+final run of the best trial has them; Ctrl-C and a rerun; two processes on one storage; pruning; two
+objectives, whose study `make compare STUDY=` draws with its Pareto front in a page checked offline in
+Chromium; and a preset run as an experiment whose params are the preset's. Each study has the fewest
+trials that show its property."""
 
 from __future__ import annotations
 
@@ -22,26 +23,22 @@ import optuna
 import pytest
 import yaml
 from PIL import Image
-from pipeline_repo import PROJECT, VENV_BIN, copy_repo, dvc_repro, make_repo, stage_env, wait_for
+from pipeline_repo import PROJECT, QUICK_PARAMS, VENV_BIN, copy_repo, make_repo, stage_env, wait_for
 from test_browser import offline_page
 
 from vaepipe.experiments import experiment_run_id
 
 pytestmark = pytest.mark.e2e
 
-# Small: 500 training and 100 validation images, 2 epochs, no XLA (a new latent size would recompile).
-TUNE_PARAMS = {"data": {"limit": 600, "val_size": 100},
-               "train": {"epochs": 2, "batch_size": 32, "steps_per_execution": 100, "jit_compile": False}}
 TEST_METRICS = ("test_loss", "test_recon", "test_kl", "test_nll_iw", "knn_accuracy")
 
 
 @pytest.fixture(scope="module")
-def tune_repo(tmp_path_factory) -> Path:
-    """A reproduced small repo (all four stages) with its results committed, presets/ included."""
-    repo = make_repo(tmp_path_factory.mktemp("tune-base") / "repo", TUNE_PARAMS)
+def tune_repo(quick, tmp_path_factory) -> Path:
+    """A reproduced small repo (all four stages: a copy of the session's `quick` repo, 192 training and 64
+    validation images, no XLA, as a new latent size would recompile) with its results committed, presets/ included."""
+    repo = copy_repo(quick, tmp_path_factory.mktemp("tune-base") / "repo")
     shutil.copytree(PROJECT / "presets", repo / "presets")
-    result = dvc_repro(repo, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     env = stage_env()
     subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=repo, env=env, check=True, capture_output=True)
@@ -119,26 +116,28 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
 
 
-def test_a_study_of_six_trials_then_the_best_in_full(tune_repo, tmp_path):
+def test_a_study_of_three_trials_two_at_a_time_then_the_best_in_full(tune_repo, tmp_path):
+    """Three trials are the fewest that run two at a time and then one more (a launch beside a running trial,
+    and one after the first finished); then the best one's final run."""
     repo = copy_repo(tune_repo, tmp_path / "repo")
-    search = write_search(repo, study="six", trials=6, jobs=2, pruner="median", final=1)
+    search = write_search(repo, study="three", trials=3, jobs=2, pruner="median", final=1)
     started = time.monotonic()
     result = run_tune(repo, search)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert lines[0] == f"tune: storage {repo / '.optuna' / 'journal.log'}, study six", lines[:2]
+    assert lines[0] == f"tune: storage {repo / '.optuna' / 'journal.log'}, study three", lines[:2]
 
-    study = optuna.load_study(study_name="six", storage=journal(repo))
+    study = optuna.load_study(study_name="three", storage=journal(repo))
     trials = study.get_trials()
-    assert len(trials) == 6 and len(counted(study)) == 6, [(t.number, t.state) for t in trials]
+    assert len(trials) == 3 and len(counted(study)) == 3, [(t.number, t.state) for t in trials]
     shown = experiments(repo)
     runs = mlflow_table(repo)
     for trial in trials:
         name = trial.user_attrs["dvc_experiment"]
-        assert name == f"six-t{trial.number}"
+        assert name == f"three-t{trial.number}"
         exp = shown[name]  # its DVC experiment
-        assert exp["params"]["tune"] == {"study": "six", "trial": trial.number, "final": False}
+        assert exp["params"]["tune"] == {"study": "three", "trial": trial.number, "final": False}
         assert exp["params"]["model"]["latent_dim"] == trial.params["model.latent_dim"]
         assert exp["params"]["train"]["learning_rate"] == pytest.approx(trial.params["train.learning_rate"])
         # No test metrics: the baseline's metrics.json is replaced by the train-only marker.
@@ -149,48 +148,49 @@ def test_a_study_of_six_trials_then_the_best_in_full(tune_repo, tmp_path):
         run = runs[trial.user_attrs["mlflow_run_id"]]
         assert run["status"] == "FINISHED"
         assert {key: run["tags"].get(key) for key in ("vaepipe.study", "vaepipe.trial", "vaepipe.dvc_experiment")} == {
-            "vaepipe.study": "six", "vaepipe.trial": str(trial.number), "vaepipe.dvc_experiment": name}
+            "vaepipe.study": "three", "vaepipe.trial": str(trial.number), "vaepipe.dvc_experiment": name}
         assert not {m for m in run["metrics"] if m.startswith("test_")}, run["metrics"]
     best = study.best_trial
-    assert best.value == shown[f"six-t{best.number}"]["val"]["val_loss"]
+    assert best.value == shown[f"three-t{best.number}"]["val"]["val_loss"]
 
     # The final full run of the best trial: the only experiment of the study with test metrics.
-    final = shown[f"six-final-t{best.number}"]
+    final = shown[f"three-final-t{best.number}"]
     assert all(isinstance(final["metrics"].get(name), float) for name in TEST_METRICS), final["metrics"]
     assert final["val"]["val_loss"] == pytest.approx(best.value, rel=1e-4)  # the same training, replayed
-    final_run = runs[experiment_run_id(f"six-final-t{best.number}", repo)]
-    assert {"vaepipe.study": "six", "vaepipe.trial": str(best.number), "vaepipe.final": "true"}.items() <= \
+    final_run = runs[experiment_run_id(f"three-final-t{best.number}", repo)]
+    assert {"vaepipe.study": "three", "vaepipe.trial": str(best.number), "vaepipe.final": "true"}.items() <= \
         final_run["tags"].items()
     assert set(TEST_METRICS) <= final_run["metrics"]
-    assert [name for name in shown if name.startswith("six-final")] == [f"six-final-t{best.number}"]
-    assert f"best trial {best.number} (six-t{best.number})" in result.stdout
+    assert [name for name in shown if name.startswith("three-final")] == [f"three-final-t{best.number}"]
+    assert f"best trial {best.number} (three-t{best.number})" in result.stdout
     assert f"test_loss {final['metrics']['test_loss']:.4f}" in result.stdout
 
-    status = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "status", "--study", "six", "--json"],
+    status = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "status", "--study", "three", "--json"],
                             cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["storage"] == str(repo / ".optuna" / "journal.log")
     assert [(row["number"], row["dvc_experiment"], row["mlflow_run_id"]) for row in report["trials"]] == [
         (t.number, t.user_attrs["dvc_experiment"], t.user_attrs["mlflow_run_id"]) for t in trials]
-    assert report["finals"][str(best.number)]["dvc_experiment"] == f"six-final-t{best.number}"
-    print(f"six trials, two at a time, and the final run: {elapsed:.0f} s")
+    assert report["finals"][str(best.number)]["dvc_experiment"] == f"three-final-t{best.number}"
+    print(f"three trials, two at a time, and the final run: {elapsed:.0f} s")
 
 
-def test_ctrl_c_in_the_third_trial_then_tune_again_finishes_the_count(tune_repo, tmp_path):
+def test_ctrl_c_in_the_second_trial_then_tune_again_finishes_the_count(tune_repo, tmp_path):
+    """A study of two trials: Ctrl-C while the second trains (one finished before it), then `make tune` again."""
     repo = copy_repo(tune_repo, tmp_path / "repo")
-    search = write_search(repo, study="stop", trials=3, jobs=1)
+    search = write_search(repo, study="stop", trials=2, jobs=1)
     env = stage_env(PYTHONPATH="src")
     out = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(tune_command(search), cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        def third_trial_training() -> bool:  # its train stage has opened its MLflow run
+        def second_trial_training() -> bool:  # its train stage has opened its MLflow run
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            return any(run["tags"].get("vaepipe.trial") == "2" and run["status"] == "RUNNING"
+            return any(run["tags"].get("vaepipe.trial") == "1" and run["status"] == "RUNNING"
                        for run in mlflow_table(repo).values())
 
-        wait_for(third_trial_training, timeout=900, interval=0.5, what="trial 2's train stage")
+        wait_for(second_trial_training, timeout=900, interval=0.5, what="trial 1's train stage")
         os.killpg(first.pid, signal.SIGINT)  # as Ctrl-C in a terminal
         assert first.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
     finally:
@@ -198,22 +198,22 @@ def test_ctrl_c_in_the_third_trial_then_tune_again_finishes_the_count(tune_repo,
             os.killpg(first.pid, signal.SIGKILL)
         out.close()
     log = (tmp_path / "first.log").read_text()
-    assert "trial 2 interrupted" in log, log[-3000:]
+    assert "trial 1 interrupted" in log, log[-3000:]
     study = optuna.load_study(study_name="stop", storage=journal(repo))
     assert [(t.number, t.state.name, t.user_attrs.get("interrupted")) for t in study.get_trials()] == [
-        (0, "COMPLETE", None), (1, "COMPLETE", None), (2, "FAIL", True)]
+        (0, "COMPLETE", None), (1, "FAIL", True)]
     assert not [run for run in mlflow_table(repo).values() if run["status"] == "RUNNING"]
-    assert "stop-t2" not in experiments(repo)  # nothing committed for the killed trial
+    assert "stop-t1" not in experiments(repo)  # nothing committed for the killed trial
 
     again = run_tune(repo, search)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     study = optuna.load_study(study_name="stop", storage=journal(repo))
-    assert len(counted(study)) == 3 and [t.number for t in counted(study)] == [0, 1, 3]
+    assert len(counted(study)) == 2 and [t.number for t in counted(study)] == [0, 2]
     runs = mlflow_table(repo)
     assert not [run for run in runs.values() if run["status"] == "RUNNING"]
     trial_runs = [run["tags"]["vaepipe.trial"] for run in runs.values() if run["tags"].get("vaepipe.study") == "stop"]
-    assert sorted(trial_runs) == ["0", "1", "2", "3"]  # each trial ran once (trial 2's run is KILLED)
-    assert sorted(name for name in experiments(repo) if name.startswith("stop-")) == ["stop-t0", "stop-t1", "stop-t3"]
+    assert sorted(trial_runs) == ["0", "1", "2"]  # each trial ran once (trial 1's run is KILLED)
+    assert sorted(name for name in experiments(repo) if name.startswith("stop-")) == ["stop-t0", "stop-t2"]
 
 
 def test_one_trials_dvc_process_runs_its_own_experiment_only(tmp_path):
@@ -386,7 +386,7 @@ def test_a_preset_runs_as_an_experiment_with_the_presets_params(tune_repo, tmp_p
     for section, values in preset.items():
         for key, value in values.items():
             assert params[section][key] == value, (section, key)
-    assert params["train"]["epochs"] == 1 and params["data"]["limit"] == 600  # the extra, the base
+    assert params["train"]["epochs"] == 1 and params["data"]["limit"] == QUICK_PARAMS["data"]["limit"]  # the extra, the base
     assert "test_loss" in experiments(repo)[names[0]]["metrics"]
 
 

@@ -3,6 +3,8 @@ process imports it at start-up, with dvc's PYTHONPATH=src). Inert unless VAEPIPE
 then it names a file, and train's last epoch does not begin before the SIGINT or SIGTERM the test sends
 has arrived (the file holds "waiting" meanwhile): however loaded the machine, training cannot finish
 before the signal lands. A SIGKILL needs no gate; after GATE_TIMEOUT_S training goes on (the test fails).
+With VAEPIPE_TEST_RELEASE_FILE set as well, the last epoch also begins once that file exists: a test
+holds a short training open for as long as it needs it running (tests/e2e/test_kill_safety.py).
 
 vaepipe is not imported here (TensorFlow must load after process.use_xla_cache): StopOnSignal is patched
 when its module is first imported."""
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 GATE = os.environ.get("VAEPIPE_TEST_SIGNAL_GATE")
+RELEASE = os.environ.get("VAEPIPE_TEST_RELEASE_FILE")
 GATE_TIMEOUT_S = 600.0
 MODULE = "vaepipe.train.callbacks"
 
@@ -28,7 +31,8 @@ def gate(module) -> None:
         if epoch == self.params["epochs"] - 1:
             Path(GATE).write_text("waiting")
             deadline = time.monotonic() + GATE_TIMEOUT_S
-            while errors.received_signal() is None and time.monotonic() < deadline:
+            while errors.received_signal() is None and time.monotonic() < deadline and not (
+                    RELEASE and Path(RELEASE).exists()):
                 time.sleep(0.01)  # the signal's handler raises in here, or stop_if_signalled below
         original(self, epoch, logs)
 
