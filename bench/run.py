@@ -23,7 +23,9 @@ compilation) or over repeats.
      compiled program of the stage alone), against the same one-epoch train stage as a whole process
      (`dvc repro -f -s train`), alone and two at once in two copies of the clone (the contention that 2
      trials at once have on a 2-core machine). Overhead per trial = slot seconds per trial (study wall
-     x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows.
+     x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows. Also in CPU
+     seconds of the whole process trees (study / 6 - the stage alone): the work a trial adds, which a shared
+     machine's load inflates far less than wall time.
   g. a stage process's start-up: `import tensorflow, keras` in a fresh Python, with vaepipe's
      process.skip_scikit_learn (as every stage runs) and without it, alternated; medians and the saving.
   a_vs. today's train stage against an earlier commit's (`--only-vs REV`, or `--vs REV` in a full run; issue
@@ -348,17 +350,23 @@ _RSS_WRAPPER = (
 
 
 def timed_process(command: list[str], cwd: Path, **env: str) -> dict:
-    """Run a command (with `env` added to stage_env()); wall seconds and the peak RSS of the largest process
-    in its tree."""
+    """Run a command (with `env` added to stage_env()); wall seconds, CPU seconds of its whole process tree
+    (every thread of every process it waited for: what a shared machine's load does not inflate much) and the
+    peak RSS of the largest process in its tree."""
+    import resource
+
     rss_file = WORK / "peak_rss_kib"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(WORK / "dvc.log", "ab") as log:
         process = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *command], cwd=cwd,
                                  env={**stage_env(), **env}, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {WORK / 'dvc.log'}")
-    return {"seconds": seconds, "peak_rss_gb": int(rss_file.read_text()) * 1024 / 1e9}  # Linux: KiB
+    return {"seconds": seconds, "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "peak_rss_gb": int(rss_file.read_text()) * 1024 / 1e9}  # Linux: KiB
 
 
 def clone_working_tree(dest: Path) -> None:
@@ -471,11 +479,14 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
     shutil.copytree(repo, twin, symlinks=True)
     search = write_bench_search(repo)
     alone: list[float] = []
+    alone_cpu: list[float] = []
     pairs: list[float] = []
 
     def baselines(label: str) -> None:
         for _ in range(repeats):
-            alone.append(timed_process(TRAIN_STAGE, repo)["seconds"])
+            run = timed_process(TRAIN_STAGE, repo)
+            alone.append(run["seconds"])
+            alone_cpu.append(run["cpu_seconds"])
             pairs.append(stage_pair(repo, twin))
         print(f"  f stage {label} the study: alone {', '.join(f'{s:.1f}' for s in alone[-repeats:])} s, "
               f"two at once {', '.join(f'{s:.1f}' for s in pairs[-repeats:])} s", flush=True)
@@ -485,7 +496,8 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
     # otherwise be the driver (and each trial's dvc_one) measured, whatever the working tree holds.
     study = timed_process([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "--search", str(search)], repo,
                           PYTHONPATH=str(repo / "src"))
-    print(f"  f study of {SEARCH_TRIALS} trials, {SEARCH_JOBS} at a time: {study['seconds']:.1f} s", flush=True)
+    print(f"  f study of {SEARCH_TRIALS} trials, {SEARCH_JOBS} at a time: {study['seconds']:.1f} s "
+          f"({study['cpu_seconds']:.1f} CPU s)", flush=True)
     baselines("after")
     slot_s = study["seconds"] * SEARCH_JOBS / SEARCH_TRIALS
     stage_alone, stage_pair_s = statistics.median(alone), statistics.median(pairs)
@@ -493,7 +505,12 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
             "seconds_per_trial": study["seconds"] / SEARCH_TRIALS, "slot_s_per_trial": slot_s,
             "stage_alone_s": alone, "stage_pair_s": pairs, "median_stage_alone_s": stage_alone,
             "median_stage_pair_s": stage_pair_s, "overhead_per_trial_s": slot_s - stage_alone,
-            "overhead_per_trial_vs_pair_s": slot_s - stage_pair_s}
+            "overhead_per_trial_vs_pair_s": slot_s - stage_pair_s,
+            # The same in CPU seconds (all processes, all threads): the work a trial adds, whatever the load.
+            "study_cpu_s": study["cpu_seconds"], "stage_alone_cpu_s": alone_cpu,
+            "median_stage_alone_cpu_s": statistics.median(alone_cpu),
+            "cpu_overhead_per_trial_s": study["cpu_seconds"] / SEARCH_TRIALS - statistics.median(alone_cpu),
+            "load_average_at_end": os.getloadavg()}
 
 
 STARTUP = "import tensorflow, keras"
@@ -722,6 +739,10 @@ def table(results: dict) -> str:
                  f"| f. search overhead per trial (slot s - stage alone; - stage two at once) | "
                  f"{f['overhead_per_trial_s']:.1f} s; {f['overhead_per_trial_vs_pair_s']:.1f} s | "
                  f"{verdict('f_overhead_per_trial_s', f['overhead_per_trial_s'])} |"]
+        if "cpu_overhead_per_trial_s" in f:
+            rows.append(f"| f. CPU seconds (all processes): study / {f['trials']} - stage alone | "
+                        f"{f['study_cpu_s'] / f['trials']:.1f} - {f['median_stage_alone_cpu_s']:.1f} = "
+                        f"{f['cpu_overhead_per_trial_s']:.1f} s per trial | |")
     if g:
         rows.append(f"| g. stage start-up (`import tensorflow, keras`): plain / scikit-learn skipped | "
                     f"{g['median_plain_s']:.2f} s / {g['median_skipping_s']:.2f} s (saves {g['saving_s']:.2f} s, "
