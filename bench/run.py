@@ -23,13 +23,23 @@ compilation) or over repeats.
      compiled program of the stage alone), against the same one-epoch train stage as a whole process
      (`dvc repro -f -s train`), alone and two at once in two copies of the clone (the contention that 2
      trials at once have on a 2-core machine). Overhead per trial = slot seconds per trial (study wall
-     x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows.
+     x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows. Also in CPU
+     seconds of the whole process trees (study / 6 - the stage alone): the work a trial adds, which a shared
+     machine's load inflates far less than wall time.
   g. a stage process's start-up: `import tensorflow, keras` in a fresh Python, with vaepipe's
      process.skip_scikit_learn (as every stage runs) and without it, alternated; medians and the saving.
+  a_vs. today's train stage against an earlier commit's (`--only-vs REV`, or `--vs REV` in a full run; issue
+     28 asks for 59c0b57): both trees' `python stages/train.py` as whole processes, N and 1 epochs each,
+     the four processes rotated every repeat, in the same .venv, on the same prepared data (prepared once
+     by today's stages/prepare.py), each tree with its own params.yaml (train.epochs set), MLflow store and
+     checkpoints, one XLA cache both warmed by an untimed 1-epoch run first. Per tree: (t_N - t_1) / (N - 1),
+     the first epoch's and the median later epoch's `epoch_time` of the stage's own train_log.csv; the
+     ratios today / REV; and whether the two trees' train_log.csv are equal in every value but epoch_time.
 
 Parts a to c read the arrays prepared by (d)'s `dvc repro -s prepare`, so the bench needs no
 prepared data in the working tree. Writes bench/results.json and prints a markdown table.
-Usage: python bench/run.py [--epochs N] [--stage-epochs N] [--stage-repeats R] [--only-search | --only-startup]
+Usage: python bench/run.py [--epochs N] [--stage-epochs N] [--stage-repeats R] [--vs REV]
+                           [--only-search | --only-startup | --only-vs REV [--vs-epochs N] [--vs-repeats R]]
 """
 
 from __future__ import annotations
@@ -51,12 +61,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"  # scratch, git-ignored
 RESULTS = ROOT / "bench" / "results.json"
-PARTS = ("a", "b", "c", "c_tutorial", "d", "f", "g")  # results.json's keys of the parts' figures
+PARTS = ("a", "b", "c", "c_tutorial", "d", "f", "g", "a_vs")  # results.json's keys of the parts' figures
 TRAIN_STAGE = ["dvc", "repro", "-f", "-s", "train"]  # the train stage as a user reruns it
 XLA_CACHE = WORK / "xla-cache"  # the stage processes' persistent XLA cache, emptied at the start of each run
 VENV_BIN = ROOT / ".venv" / "bin"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # project_copy: the tests' working-tree copy and stage env
+sys.path.insert(0, str(ROOT / "src"))  # this tree's vaepipe, not whichever checkout the venv installed editable
 
 import numpy as np  # noqa: E402
 from project_copy import clean_env, copy_working_tree  # noqa: E402
@@ -150,7 +161,7 @@ def load_mnist(prepared_dir: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for name in ("train", "validation", "test"):
         split = prepared.load_split(prepared_dir / f"{name}.npz")
-        prepared.verify_prepared(split, prepared_dir / f"{name}.npz", prepared_dir / "meta.json")
+        prepared.verify_prepared(split, prepared_dir / f"{name}.npz", prepared.read_meta(prepared_dir / "meta.json"))
         arrays[name] = prepared.to_unit_interval(split.images)
     return arrays
 
@@ -339,17 +350,24 @@ _RSS_WRAPPER = (
 )
 
 
-def timed_process(command: list[str], cwd: Path) -> dict:
-    """Run a command; wall seconds and the peak RSS of the largest process in its tree."""
+def timed_process(command: list[str], cwd: Path, **env: str) -> dict:
+    """Run a command (with `env` added to stage_env()); wall seconds, CPU seconds of its whole process tree
+    (every thread of every process it waited for: what a shared machine's load does not inflate much) and the
+    peak RSS of the largest process in its tree."""
+    import resource
+
     rss_file = WORK / "peak_rss_kib"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(WORK / "dvc.log", "ab") as log:
         process = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *command], cwd=cwd,
-                                 env=stage_env(), stdout=log, stderr=subprocess.STDOUT)
+                                 env={**stage_env(), **env}, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {WORK / 'dvc.log'}")
-    return {"seconds": seconds, "peak_rss_gb": int(rss_file.read_text()) * 1024 / 1e9}  # Linux: KiB
+    return {"seconds": seconds, "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "peak_rss_gb": int(rss_file.read_text()) * 1024 / 1e9}  # Linux: KiB
 
 
 def clone_working_tree(dest: Path) -> None:
@@ -462,18 +480,25 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
     shutil.copytree(repo, twin, symlinks=True)
     search = write_bench_search(repo)
     alone: list[float] = []
+    alone_cpu: list[float] = []
     pairs: list[float] = []
 
     def baselines(label: str) -> None:
         for _ in range(repeats):
-            alone.append(timed_process(TRAIN_STAGE, repo)["seconds"])
+            run = timed_process(TRAIN_STAGE, repo)
+            alone.append(run["seconds"])
+            alone_cpu.append(run["cpu_seconds"])
             pairs.append(stage_pair(repo, twin))
         print(f"  f stage {label} the study: alone {', '.join(f'{s:.1f}' for s in alone[-repeats:])} s, "
               f"two at once {', '.join(f'{s:.1f}' for s in pairs[-repeats:])} s", flush=True)
 
     baselines("before")
-    study = timed_process([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "--search", str(search)], repo)
-    print(f"  f study of {SEARCH_TRIALS} trials, {SEARCH_JOBS} at a time: {study['seconds']:.1f} s", flush=True)
+    # The clone's own src: the venv's vaepipe is an editable install of the main checkout, which would
+    # otherwise be the driver (and each trial's dvc_one) measured, whatever the working tree holds.
+    study = timed_process([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "--search", str(search)], repo,
+                          PYTHONPATH=str(repo / "src"))
+    print(f"  f study of {SEARCH_TRIALS} trials, {SEARCH_JOBS} at a time: {study['seconds']:.1f} s "
+          f"({study['cpu_seconds']:.1f} CPU s)", flush=True)
     baselines("after")
     slot_s = study["seconds"] * SEARCH_JOBS / SEARCH_TRIALS
     stage_alone, stage_pair_s = statistics.median(alone), statistics.median(pairs)
@@ -481,7 +506,12 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
             "seconds_per_trial": study["seconds"] / SEARCH_TRIALS, "slot_s_per_trial": slot_s,
             "stage_alone_s": alone, "stage_pair_s": pairs, "median_stage_alone_s": stage_alone,
             "median_stage_pair_s": stage_pair_s, "overhead_per_trial_s": slot_s - stage_alone,
-            "overhead_per_trial_vs_pair_s": slot_s - stage_pair_s}
+            "overhead_per_trial_vs_pair_s": slot_s - stage_pair_s,
+            # The same in CPU seconds (all processes, all threads): the work a trial adds, whatever the load.
+            "study_cpu_s": study["cpu_seconds"], "stage_alone_cpu_s": alone_cpu,
+            "median_stage_alone_cpu_s": statistics.median(alone_cpu),
+            "cpu_overhead_per_trial_s": study["cpu_seconds"] / SEARCH_TRIALS - statistics.median(alone_cpu),
+            "load_average_at_end": os.getloadavg()}
 
 
 STARTUP = "import tensorflow, keras"
@@ -505,6 +535,133 @@ def part_g(repeats: int = 7) -> dict:
             "ratio": skipping / plain}
 
 
+# ---------------------------------------------------------------- today's train stage against an earlier commit's
+
+
+VS_EPOCHS, VS_REPEATS = 21, 3
+
+
+def tree_at(rev: str, dest: Path) -> None:
+    """What a stage runs of commit `rev` (src/, stages/, dvc.yaml, params.yaml), exported into dest."""
+    import io
+    import tarfile
+
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src", "stages", "dvc.yaml",
+                              "params.yaml"], capture_output=True, check=True).stdout
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def set_epochs_line(tree: Path, epochs: int) -> None:
+    """train.epochs in a tree's own params.yaml, edited in place (every other param, comment and name of
+    that commit's schema kept: a commit's params.yaml may not parse under today's schema)."""
+    import re
+
+    params = tree / "params.yaml"
+    text, count = re.subn(r"(?m)^(  epochs:\s*)\d+", rf"\g<1>{epochs}", params.read_text())
+    if count != 1:
+        raise RuntimeError(f"{params}: no single `  epochs: N` line under train")
+    params.write_text(text)
+
+
+def read_epoch_log(tree: Path) -> tuple[list[str], list[list[str]]]:
+    import csv
+
+    lines = list(csv.reader((tree / "train_log.csv").read_text().splitlines()))
+    return lines[0], lines[1:]
+
+
+def run_stage_process(tree: Path, epochs: int) -> dict:
+    """`python stages/train.py` of `tree` with its own src on PYTHONPATH: wall seconds and its epoch log."""
+    set_epochs_line(tree, epochs)
+    import resource
+
+    env = {**stage_env(), "PYTHONPATH": str(tree / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with open(WORK / "vs.log", "ab") as log:
+        process = subprocess.run([str(VENV_BIN / "python"), "stages/train.py"], cwd=tree, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # the stage's threads, all cores
+    if process.returncode != 0:
+        raise RuntimeError(f"{tree.name}: stages/train.py failed ({process.returncode}); see {WORK / 'vs.log'}")
+    header, rows = read_epoch_log(tree)
+    if len(rows) != epochs:
+        raise RuntimeError(f"{tree.name}: train_log.csv has {len(rows)} rows, not {epochs}")
+    column = header.index("epoch_time")
+    return {"seconds": seconds, "cpu_seconds": cpu, "epoch_time": [float(row[column]) for row in rows],
+            "header": header, "rows": rows}
+
+
+def same_numbers(first: dict, second: dict) -> dict:
+    """Whether two epoch logs hold the same values (as written, so bit for bit) in every column but epoch_time."""
+    columns = [name for name in first["header"] if name != "epoch_time"]
+    differing = [name for name in columns if name not in second["header"]
+                 or [row[first["header"].index(name)] for row in first["rows"]]
+                 != [row[second["header"].index(name)] for row in second["rows"]]]
+    return {"columns": columns, "differing": differing, "identical": not differing}
+
+
+def part_a_vs(rev: str, epochs: int = VS_EPOCHS, repeats: int = VS_REPEATS) -> dict:
+    """Today's train stage (the working tree) against commit `rev`'s, alternated as whole processes."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    (WORK / "vs.log").write_bytes(b"")
+    with tempfile.TemporaryDirectory(prefix="vaepipe-vs-", dir=WORK) as tmp:
+        trees = {"today": Path(tmp) / "today", commit: Path(tmp) / commit}
+        trees["today"].mkdir()
+        copy_working_tree(ROOT, trees["today"], ["src", "stages", "dvc.yaml", "params.yaml"])
+        tree_at(commit, trees[commit])
+        env = {**stage_env(), "PYTHONPATH": str(trees["today"] / "src")}
+        start = time.perf_counter()
+        with open(WORK / "vs.log", "ab") as log:  # today's prepare: both trees read these very files
+            subprocess.run([str(VENV_BIN / "python"), "stages/prepare.py"], cwd=trees["today"], env=env, stdout=log,
+                           stderr=subprocess.STDOUT, check=True)
+        print(f"  a_vs prepare: {time.perf_counter() - start:.1f} s", flush=True)
+        (trees[commit] / "data").mkdir()
+        (trees[commit] / "data" / "prepared").symlink_to(trees["today"] / "data" / "prepared")
+        for name, tree in trees.items():  # untimed: each tree's MLflow store created, its XLA programs cached
+            warm = run_stage_process(tree, 1)
+            print(f"  a_vs warm-up {name}: {warm['seconds']:.1f} s", flush=True)
+        runs = [(name, n) for n in (epochs, 1) for name in trees]
+        results: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
+        for repeat in range(repeats):
+            for name, n in runs[repeat % len(runs):] + runs[:repeat % len(runs)]:  # rotated each repeat
+                results[(name, n)].append(run_stage_process(trees[name], n))
+            print(f"  a_vs repeat {repeat + 1}: " + ", ".join(
+                f"{name} {n} ep {results[(name, n)][-1]['seconds']:.1f} s" for name, n in runs), flush=True)
+    figures = {}
+    for name in trees:
+        long, one = results[(name, epochs)], results[(name, 1)]
+        per_epoch = [(a["seconds"] - b["seconds"]) / (epochs - 1) for a, b in zip(long, one, strict=True)]
+        cpu_per_epoch = [(a["cpu_seconds"] - b["cpu_seconds"]) / (epochs - 1) for a, b in zip(long, one, strict=True)]
+        first = [run["epoch_time"][0] for run in long + one]
+        later = [t for run in long for t in run["epoch_time"][1:]]
+        figures[name] = {"process_s": {str(epochs): [r["seconds"] for r in long], "1": [r["seconds"] for r in one]},
+                         "cpu_s": {str(epochs): [r["cpu_seconds"] for r in long], "1": [r["cpu_seconds"] for r in one]},
+                         "s_per_epoch": per_epoch, "median_s_per_epoch": statistics.median(per_epoch),
+                         "cpu_s_per_epoch": cpu_per_epoch, "median_cpu_s_per_epoch": statistics.median(cpu_per_epoch),
+                         "first_epoch_time_s": first, "median_first_epoch_time_s": statistics.median(first),
+                         "median_epoch_time_s": statistics.median(later),
+                         "median_process_1_epoch_s": statistics.median(r["seconds"] for r in one)}
+    today, then = figures["today"], figures[commit]
+    ratios = {key: today[key] / then[key] for key in ("median_s_per_epoch", "median_cpu_s_per_epoch",
+                                                       "median_first_epoch_time_s", "median_epoch_time_s",
+                                                       "median_process_1_epoch_s")}
+    paired = [t / o for t, o in zip(today["s_per_epoch"], then["s_per_epoch"], strict=True)]
+    numbers = same_numbers(results[("today", epochs)][0], results[(commit, epochs)][0])
+    print(f"  a_vs today / {commit}: {ratios['median_s_per_epoch']:.2f}x per epoch, "
+          f"{ratios['median_epoch_time_s']:.2f}x epoch_time, {ratios['median_first_epoch_time_s']:.2f}x first epoch; "
+          f"epoch logs {'identical' if numbers['identical'] else 'DIFFER in ' + ', '.join(numbers['differing'])}",
+          flush=True)
+    return {"rev": commit, "epochs": epochs, "repeats": repeats, "trees": figures, "ratios_today_over_rev": ratios,
+            "paired_s_per_epoch_ratios": paired, "epoch_logs": numbers,
+            "load_average_at_end": os.getloadavg()}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -526,7 +683,7 @@ def summarize_a(a: dict, stage: dict) -> None:
 
 
 def table(results: dict) -> str:
-    a, b, c, ct, d, f, g = (results.get(key) for key in PARTS)
+    a, b, c, ct, d, f, g, a_vs = (results.get(key) for key in PARTS)
     cpu = results["machine"]["cpu"]
     rows = [f"| measurement ({cpu}, {results['machine']['cores']} cores) | median | target |", "|---|---|---|"]
     if a:
@@ -547,6 +704,8 @@ def table(results: dict) -> str:
             rows.append(f"| a. bookkeeping (stage - loop) / stage | {a['bookkeeping_s'] * 1000:.0f} ms/epoch, "
                         f"{100 * a['bookkeeping_share']:.1f} % | "
                         f"{verdict('a_bookkeeping_share', a['bookkeeping_share'])} |")
+    if a_vs:
+        rows += table_a_vs(a_vs)
     if b:
         rates = b["median_matmul_gflops_by_library"]
         rows += [f"| b. float32 2048^3 matmul rate: NumPy / TensorFlow-XLA | {rates['numpy']:.0f} / {rates['xla']:.0f} "
@@ -581,11 +740,35 @@ def table(results: dict) -> str:
                  f"| f. search overhead per trial (slot s - stage alone; - stage two at once) | "
                  f"{f['overhead_per_trial_s']:.1f} s; {f['overhead_per_trial_vs_pair_s']:.1f} s | "
                  f"{verdict('f_overhead_per_trial_s', f['overhead_per_trial_s'])} |"]
+        if "cpu_overhead_per_trial_s" in f:
+            rows.append(f"| f. CPU seconds (all processes): study / {f['trials']} - stage alone | "
+                        f"{f['study_cpu_s'] / f['trials']:.1f} - {f['median_stage_alone_cpu_s']:.1f} = "
+                        f"{f['cpu_overhead_per_trial_s']:.1f} s per trial | |")
     if g:
         rows.append(f"| g. stage start-up (`import tensorflow, keras`): plain / scikit-learn skipped | "
                     f"{g['median_plain_s']:.2f} s / {g['median_skipping_s']:.2f} s (saves {g['saving_s']:.2f} s, "
                     f"{g['ratio']:.2f}x) | |")
     return "\n".join(rows)
+
+
+def table_a_vs(v: dict) -> list[str]:
+    rev, n = v["rev"], v["epochs"]
+    today, then, ratio = v["trees"]["today"], v["trees"][rev], v["ratios_today_over_rev"]
+    same = "equal" if v["epoch_logs"]["identical"] else "DIFFER in " + ", ".join(v["epoch_logs"]["differing"])
+    return [f"| a_vs. train stage per epoch, (t_{n} - t_1) / {n - 1} as processes: today / {rev} | "
+            f"{today['median_s_per_epoch']:.3f} / {then['median_s_per_epoch']:.3f} s "
+            f"({ratio['median_s_per_epoch']:.2f}x) | |",
+            f"| a_vs. CPU seconds per epoch (all threads), same processes: today / {rev} | "
+            f"{today['median_cpu_s_per_epoch']:.3f} / {then['median_cpu_s_per_epoch']:.3f} s "
+            f"({ratio['median_cpu_s_per_epoch']:.2f}x) | |",
+            f"| a_vs. the stage's epoch_time, epochs 2..{n}: today / {rev} | {today['median_epoch_time_s']:.3f} / "
+            f"{then['median_epoch_time_s']:.3f} s ({ratio['median_epoch_time_s']:.2f}x) | |",
+            f"| a_vs. first epoch's epoch_time (compile from a warm XLA cache): today / {rev} | "
+            f"{today['median_first_epoch_time_s']:.2f} / {then['median_first_epoch_time_s']:.2f} s "
+            f"({ratio['median_first_epoch_time_s']:.2f}x) | |",
+            f"| a_vs. one-epoch process: today / {rev} | {today['median_process_1_epoch_s']:.1f} / "
+            f"{then['median_process_1_epoch_s']:.1f} s ({ratio['median_process_1_epoch_s']:.2f}x) | |",
+            f"| a_vs. epoch logs of the two trees, all but epoch_time ({v['repeats']} repeats) | {same} | |"]
 
 
 def main() -> None:
@@ -597,9 +780,17 @@ def main() -> None:
                         help="part f alone (after d's prepare); the other parts' results are kept from the last run")
     parser.add_argument("--only-startup", action="store_true",
                         help="part g alone; the other parts' results are kept from the last run")
+    parser.add_argument("--vs", metavar="REV", help="add part a_vs to a full run: today's train stage against REV's")
+    parser.add_argument("--only-vs", metavar="REV", help="part a_vs alone, against commit REV (issue 28: 59c0b57); "
+                        "the other parts' results are kept from the last run")
+    parser.add_argument("--vs-epochs", type=int, default=VS_EPOCHS, help="N of a_vs's N-vs-1-epoch processes")
+    parser.add_argument("--vs-repeats", type=int, default=VS_REPEATS, help="rotated repeats of a_vs's four processes")
     args = parser.parse_args()
-    if args.epochs < 4 or args.stage_epochs < 2 or args.stage_repeats < 1:
-        parser.error("--epochs must be at least 4, --stage-epochs at least 2, --stage-repeats at least 1")
+    if args.epochs < 4 or args.stage_epochs < 2 or args.stage_repeats < 1 or args.vs_epochs < 3 or args.vs_repeats < 1:
+        parser.error("--epochs must be at least 4, --stage-epochs at least 2, --stage-repeats at least 1, "
+                     "--vs-epochs at least 3, --vs-repeats at least 1")
+    if sum(map(bool, (args.only_search, args.only_startup, args.only_vs))) > 1:
+        parser.error("--only-search, --only-startup and --only-vs run one part each: give one")
     started = time.perf_counter()
     results: dict = {"machine": machine_info(), "epochs": args.epochs}
     WORK.mkdir(parents=True, exist_ok=True)
@@ -609,6 +800,11 @@ def main() -> None:
         keep_earlier_parts(results)
         print("g. a stage process's start-up, with and without scikit-learn", flush=True)
         results["g"] = part_g()
+        finish(results, started)
+        return
+    if args.only_vs:
+        keep_earlier_parts(results)
+        run_part_a_vs(results, args.only_vs, args)
         finish(results, started)
         return
     with tempfile.TemporaryDirectory(prefix="vaepipe-bench-", dir=WORK) as tmp:
@@ -624,7 +820,15 @@ def main() -> None:
     if not args.only_search:
         print("g. a stage process's start-up, with and without scikit-learn", flush=True)
         results["g"] = part_g()
+        if args.vs:
+            run_part_a_vs(results, args.vs, args)
     finish(results, started)
+
+
+def run_part_a_vs(results: dict, rev: str, args: argparse.Namespace) -> None:
+    print(f"a_vs. today's train stage against {rev}'s, {args.vs_epochs} vs 1 epochs as processes, "
+          f"{args.vs_repeats} rotated repeats", flush=True)
+    results["a_vs"] = part_a_vs(rev, args.vs_epochs, args.vs_repeats)
 
 
 def keep_earlier_parts(results: dict) -> None:

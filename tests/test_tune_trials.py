@@ -1,5 +1,5 @@
 """What the driver tells the study of a failed trial: the first line that says what went wrong, from the
-experiment's log; and the experiment's command (a trial runs up to train only)."""
+experiment's log; the experiment's command (a trial runs up to train only); and the launch lock dvc_one holds."""
 
 from __future__ import annotations
 
@@ -60,3 +60,44 @@ def test_a_trials_experiment_is_found_from_its_launch_not_from_head(tmp_path, mo
     assert trials.experiment_ref("six-t0", launched_on) == expected
     assert trials.experiment_ref("six-t0") == expected
     assert trials.experiment_ref("six-t0", git("rev-parse", "HEAD")) is None  # where a HEAD lookup would look
+
+
+def test_the_launch_lock_is_held_until_dvc_has_taken_the_entry_then_released(tmp_path):
+    """dvc_one holds .optuna/launch.lock from before DVC stashes until its first `get` of the stash returned
+    (or failed): other launches wait exactly that long; later `get`s find the queue empty."""
+    import fcntl
+
+    from dvc.repo.experiments.exceptions import ExpQueueEmptyError
+
+    from vaepipe.tune import dvc_one
+
+    lock = tmp_path / "launch.lock"
+
+    def free() -> bool:
+        with lock.open("a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+    assert dvc_one.split_launch_lock(["--launch-lock", str(lock), "--wait-for-lock", "exp", "run"]) == (
+        str(lock), ["--wait-for-lock", "exp", "run"])
+    assert dvc_one.split_launch_lock(["exp", "run"]) == (None, ["exp", "run"])
+    taken = []
+    get = dvc_one.first_entry_only(lambda queue: taken.append(queue) or "entry",
+                                   on_taken=dvc_one.hold_launch_lock(str(lock)))
+    assert not free()
+    assert get("queue") == "entry" and taken == ["queue"]
+    assert free()
+    with pytest.raises(ExpQueueEmptyError):
+        get("queue")
+    assert taken == ["queue"]
+
+    def failing(queue):
+        raise RuntimeError("stash gone")
+
+    get = dvc_one.first_entry_only(failing, on_taken=dvc_one.hold_launch_lock(str(lock)))
+    with pytest.raises(RuntimeError):
+        get("queue")
+    assert free()

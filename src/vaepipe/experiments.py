@@ -50,10 +50,27 @@ def experiment_run_id(name: str, root: Path) -> str | None:
 
 def read_from_experiment(rev: str, path: str, root: Path) -> str | None:
     """File `path` (relative to the repository root) as commit `rev` has it, git-tracked or DVC-cached
-    (dvc.api.read, DVC's public API); None if that commit has no such file or DVC's cache lacks it."""
-    import dvc.api
+    (DVC's public API); None if that commit has no such file or DVC's cache lacks it."""
+    return read_files_from_experiment(rev, [path], root)[path]
 
+
+def read_files_from_experiment(rev: str, files: list[str], root: Path) -> dict[str, str | None]:
+    """Each of `files` as commit `rev` has it (read_from_experiment's None where it cannot be read), through
+    one dvc.api.DVCFileSystem: DVC loads the commit's pipeline once for all of them, not once per file as a
+    dvc.api.read each does (about 0.3 s of CPU per load here)."""
+    from dvc.api import DVCFileSystem
+
+    texts: dict[str, str | None] = dict.fromkeys(files)
     try:
-        return dvc.api.read(path, repo=str(root), rev=rev)
-    except Exception:  # noqa: BLE001  (dvc.api documents no exception types: a missing path or rev, a cache miss)
-        return None
+        fs = DVCFileSystem(str(root), rev=rev)
+    except Exception:  # noqa: BLE001  (dvc.api documents no exception types: a missing rev, not a DVC repo)
+        return texts
+    try:
+        for path in files:
+            try:
+                texts[path] = fs.read_text(path)
+            except Exception:  # noqa: BLE001  (a missing path, a cache miss)
+                texts[path] = None
+    finally:
+        fs.close()
+    return texts

@@ -28,7 +28,6 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
     use_xla_cache()
     skip_scikit_learn()
     quiet_libraries()
-    announce_launch()
     rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
     try:
         with interruptible():
@@ -51,21 +50,6 @@ def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
               f"are written, and `dvc repro` stops here", file=sys.stderr)
         _leave(128 + received_signal())
     _leave(0)
-
-
-# Set by `make tune` on a trial's launch (tune/trials.py): a directory where the trial's first stage says
-# it has started, by its DVC experiment's name, so the launch lock is released once DVC took its entry.
-LAUNCHED_ENV = "VAEPIPE_LAUNCHED_DIR"
-
-
-def announce_launch() -> None:
-    """Under a `make tune` launch, mark this DVC experiment (DVC_EXP_NAME, set by DVC) as started."""
-    directory, name = os.environ.get(LAUNCHED_ENV), os.environ.get("DVC_EXP_NAME")
-    if directory and name and "/" not in name:
-        try:
-            (Path(directory) / name).touch()
-        except OSError:
-            pass  # the launcher then waits for DVC's end or its timeout: slower, never wrong
 
 
 def user_error(error: Exception) -> VaepipeError | None:

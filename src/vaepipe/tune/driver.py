@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from vaepipe import metrics as registry
 from vaepipe.errors import ConfigError, SearchFailed
+from vaepipe.experiments import RUN_ID_PATH
 from vaepipe.tune.pruners import PRUNER_ATTR, make_pruner, running_trial
 from vaepipe.tune.search import Search, params_values, suggest, trial_overrides
 from vaepipe.tune.storage import objective_names, open_storage, redact, resolve_storage, storage_label
@@ -35,9 +36,10 @@ from vaepipe.tune.trials import (
     experiment_ref,
     final_experiment,
     group_members,
-    read_experiment_json,
-    read_experiment_run_id,
+    parse_json,
+    read_experiment,
     trial_experiment,
+    trial_outcome,
 )
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -139,6 +141,7 @@ class Driver:
         self.search, self.storage, self.study = search, storage, study
         self.stopping = threading.Event()
         self.lock = threading.Lock()  # one ask (and its count check) at a time in this process
+        self.trial_ended = threading.Event()  # wakes workers that wait for the running trials (or Ctrl-C)
         self.running: dict[int, Experiment] = {}
         self.gave_up: str | None = None
 
@@ -169,6 +172,7 @@ class Driver:
             say(f"{signal.Signals(signum).name}: stopping the {len(self.running)} running trial(s); "
                 "`make tune` again continues the study")
         self.stopping.set()
+        self.trial_ended.set()
         for experiment in list(self.running.values()):
             experiment.stop()
 
@@ -177,8 +181,8 @@ class Driver:
             asked = self._ask()
             if asked is None:
                 return
-            if asked == "wait":
-                time.sleep(2.0)
+            if asked == "wait":  # until a trial of this process ends; another process's: look again in 2 s
+                self.trial_ended.wait(timeout=2.0)
                 continue
             self._run_trial(*asked)
 
@@ -186,6 +190,7 @@ class Driver:
         with self.lock:
             if self.stopping.is_set():
                 return None
+            self.trial_ended.clear()  # a trial that ends from here on wakes a worker told to wait
             counts = self.counts()
             if counts["done"] >= self.search.trials:
                 return None
@@ -233,13 +238,15 @@ class Driver:
             raise
         finally:
             self.running.pop(trial.number, None)
-            self._tell(trial, experiment)
+            try:
+                self._tell(trial, experiment)
+            finally:
+                self.trial_ended.set()
 
     def _tell(self, trial: optuna.trial.Trial, experiment: Experiment) -> None:
         code = experiment.process.returncode if experiment.process else None
         ref = experiment_ref(experiment.name, experiment.baseline) if code == 0 else None
-        summary = read_experiment_json(ref, "val_metrics.json") if ref else None
-        run_id = read_experiment_run_id(ref) if summary else None
+        summary, run_id = trial_outcome(ref) if ref else (None, None)
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
         elapsed = time.monotonic() - experiment.started
@@ -313,9 +320,11 @@ def run_finals(study: optuna.Study, search: Search, storage: str, driver: Driver
             ref = experiment_ref(name, experiment.baseline) if code == 0 else None
             if ref is None:
                 raise SearchFailed(f"the final run of trial {trial.number} ({name}) failed: {experiment.error_line()}")
-        metrics = read_experiment_json(ref, "metrics.json") or {}
-        val = read_experiment_json(ref, "val_metrics.json") or {}
-        entry = {"trial": trial.number, "dvc_experiment": name, "mlflow_run_id": read_experiment_run_id(ref),
+        files = read_experiment(ref, "metrics.json", "val_metrics.json", RUN_ID_PATH)
+        metrics = parse_json(files["metrics.json"]) or {}
+        val = parse_json(files["val_metrics.json"]) or {}
+        entry = {"trial": trial.number, "dvc_experiment": name,
+                 "mlflow_run_id": (files[RUN_ID_PATH] or "").strip() or None,
                  "values": dict(zip(search.metrics, trial.values, strict=True)),
                  "final_validation": {metric: val.get(metric) for metric in search.metrics},
                  "test": {key: metrics.get(key) for key in TEST_SUMMARY if key in metrics},

@@ -15,6 +15,12 @@ private method: it runs only with the DVC version it was tested against (TESTED_
 is refused in one line before anything is stashed (tests/test_private_api.py checks the patched method is
 still there in the pinned DVC).
 
+It also holds the launch lock (`--launch-lock PATH`, trials.py) from before DVC stashes its experiment until
+DVC has taken that entry from the stash (the first `get` returned): DVC's temp-dir runs take the first entry
+of the stash, so two launches must not interleave their stash and take. Held here rather than by the
+driver, it is released at the earliest moment that is safe (the driver cannot see that moment without
+reading DVC's files), and several trials' DVC start-ups (seconds of imports) run side by side, not in turn.
+
 It also stops with its `make tune`: a trial runs in its own process group (so Ctrl-C reaches the driver
 first, which stops its trials itself), and a driver killed outright (SIGKILL: nothing it can pass on) would
 leave it training for a study that no longer waits for it. A watchdog thread sees the parent go (the
@@ -24,29 +30,59 @@ MLflow run KILLED and DVC commits nothing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 from dvc.cli import main
 from dvc.repo.experiments.exceptions import ExpQueueEmptyError
 from dvc.repo.experiments.queue.tempdir import TempDirQueue
 
 
-def first_entry_only(get: Callable) -> Callable:
-    """`get` for one call; every later call finds the queue empty (ends DVC's reproduce loop)."""
+def first_entry_only(get: Callable, on_taken: Callable[[], None] = lambda: None) -> Callable:
+    """`get` for one call; every later call finds the queue empty (ends DVC's reproduce loop). `on_taken`
+    runs once that call has returned or failed: this process's entry is out of the stash."""
     taken: list[bool] = []
 
     def get_once(queue: TempDirQueue):
         if taken:
             raise ExpQueueEmptyError("vaepipe: one experiment per `dvc exp run --temp` process")
         taken.append(True)
-        return get(queue)
+        try:
+            return get(queue)
+        finally:
+            on_taken()
 
     return get_once
+
+
+LAUNCH_LOCK_OPTION = "--launch-lock"
+
+
+def hold_launch_lock(path: str) -> Callable[[], None]:
+    """Wait for the launch lock (flock: released by the kernel however this process ends); return its release."""
+    handle: IO[str] | None = open(path, "w")  # noqa: SIM115  (held across DVC's run, closed by the release)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+
+    def release() -> None:
+        nonlocal handle
+        if handle is not None:
+            handle.close()  # closing the descriptor releases the flock
+            handle = None
+
+    return release
+
+
+def split_launch_lock(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the lock path of a leading `--launch-lock PATH`, or None; DVC's own arguments)."""
+    if argv[:1] == [LAUNCH_LOCK_OPTION] and len(argv) > 1:
+        return argv[1], argv[2:]
+    return None, argv
 
 
 TESTED_DVC = "3.67.1"  # requirements.txt's pin; a new DVC needs tests/e2e/test_tune.py run against it first
@@ -79,5 +115,7 @@ def stop_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thre
 if __name__ == "__main__":
     refuse_untested_dvc()
     stop_with_parent(os.getppid())
-    TempDirQueue.get = first_entry_only(TempDirQueue.get)
-    sys.exit(main(sys.argv[1:]))
+    lock, dvc_args = split_launch_lock(sys.argv[1:])
+    release = hold_launch_lock(lock) if lock else (lambda: None)
+    TempDirQueue.get = first_entry_only(TempDirQueue.get, on_taken=release)
+    sys.exit(main(dvc_args))

@@ -10,16 +10,14 @@ exactly the trials this driver runs. `jobs` trials run at once as `jobs` such pr
 DVC's temp-dir runs take their stash entry with `first(stash)` (dvc/repo/experiments/queue/tempdir.py):
 two `dvc exp run --temp` started at the same moment in one repository can swap, or one can run both.
 So a launch holds a lock file (.optuna/launch.lock, also across `make tune` processes of one repository)
-until DVC has taken this experiment's entry: its first stage has started (process.run_stage writes
-.optuna/launched/<experiment name> when it starts under a launch, named by DVC's documented DVC_EXP_NAME),
-or DVC has ended. No DVC-internal file is read.
-And DVC's process goes on taking entries after its own until the stash is empty, so it runs through
-`vaepipe.tune.dvc_one`, DVC's CLI with that loop cut to its first turn.
+from before DVC stashes its experiment until DVC has taken that entry (or has ended). And DVC's process goes
+on taking entries after its own until the stash is empty, so it runs through `vaepipe.tune.dvc_one`, DVC's
+CLI with that loop cut to its first turn, which also holds the lock over exactly that span: no DVC-internal
+file is read, and the launches' DVC start-ups run side by side.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -31,12 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from vaepipe import paths
-from vaepipe.experiments import RUN_ID_PATH, experiment_refs, read_from_experiment
+from vaepipe.experiments import RUN_ID_PATH, experiment_refs, read_files_from_experiment
 from vaepipe.presets import set_options
-from vaepipe.process import LAUNCHED_ENV
 from vaepipe.tune.storage import STORAGE_ENV
 
-LAUNCH_TIMEOUT_S = 300
 STOP_GRACE_S = 90  # after SIGINT, how long a trial has to end its MLflow run and exit before SIGKILL
 
 
@@ -72,18 +68,27 @@ def experiment_ref(name: str, baseline: str | None = None) -> str | None:
     return refs[0] if len(refs) == 1 else None
 
 
-def read_experiment_json(ref: str, filename: str) -> dict[str, Any] | None:
-    """A JSON file (val_metrics.json, metrics.json) as the experiment's commit holds it."""
-    text = read_from_experiment(ref, filename, paths.ROOT)
+def read_experiment(ref: str, *filenames: str) -> dict[str, str | None]:
+    """Files as the experiment's commit holds them (None for one it lacks), read in one go."""
+    return read_files_from_experiment(ref, list(filenames), paths.ROOT)
+
+
+def parse_json(text: str | None) -> dict[str, Any] | None:
+    """A JSON file's text (val_metrics.json, metrics.json) as a dict, None if absent or not JSON."""
     try:
         return json.loads(text) if text is not None else None
     except json.JSONDecodeError:
         return None
 
 
-def read_experiment_run_id(ref: str) -> str | None:
-    """The MLflow run id the experiment's train stage recorded (models/mlflow_run_id)."""
-    return (read_from_experiment(ref, RUN_ID_PATH, paths.ROOT) or "").strip() or None
+def trial_outcome(ref: str) -> tuple[dict[str, Any] | None, str | None]:
+    """What a trial's train stage wrote in its experiment: val_metrics.json and the MLflow run id
+    (models/mlflow_run_id); (None, None) without a validation summary."""
+    files = read_experiment(ref, "val_metrics.json", RUN_ID_PATH)
+    summary = parse_json(files["val_metrics.json"])
+    if summary is None:
+        return None, None
+    return summary, (files[RUN_ID_PATH] or "").strip() or None
 
 
 @dataclass
@@ -104,27 +109,17 @@ class Experiment:
                 *([self.target] if self.target else [])]
 
     def start(self) -> None:
-        """Launch under the launch lock; return once DVC has taken this experiment's stash entry."""
+        """Launch DVC (through dvc_one, which takes the launch lock before stashing and releases it once
+        DVC has taken this experiment's stash entry); return at once."""
         log = log_file(self.name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        launched = launched_marker(self.name)
-        launched.parent.mkdir(parents=True, exist_ok=True)
-        launched.unlink(missing_ok=True)
-        env = {**os.environ, STORAGE_ENV: self.storage, LAUNCHED_ENV: str(launched.parent)}
-        with (paths.optuna_dir() / "launch.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.baseline = baseline_rev()
-            with log.open("w") as out:
-                self.process = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "--wait-for-lock",
-                                                 *self.command()[1:]], cwd=paths.ROOT,
-                                                env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-            while self.process.poll() is None and not launched.exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if self.process.poll() is None and not launched.exists():
-                print(f"tune: {self.name} started no stage in {LAUNCH_TIMEOUT_S} s; releasing the launch lock",
-                      flush=True)
+        env = {**os.environ, STORAGE_ENV: self.storage}
+        self.baseline = baseline_rev()
+        with log.open("w") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "--launch-lock",
+                                             str(launch_lock()), "--wait-for-lock", *self.command()[1:]],
+                                            cwd=paths.ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self) -> int:
         assert self.process is not None
@@ -172,9 +167,10 @@ class Experiment:
         return lines[-1] if lines else f"dvc exp run exited with {self.process.returncode if self.process else '?'}"
 
 
-def launched_marker(name: str) -> Path:
-    """The file experiment `name`'s first stage writes when it starts (process.announce_launch)."""
-    return paths.optuna_dir() / "launched" / name
+def launch_lock() -> Path:
+    """The lock file that orders the launches of one repository's trials (dvc_one holds it)."""
+    paths.optuna_dir().mkdir(parents=True, exist_ok=True)
+    return paths.optuna_dir() / "launch.lock"
 
 
 def group_members(pgid: int) -> list:
