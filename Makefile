@@ -68,10 +68,11 @@ test: setup
 	@echo ">> pytest on $(PYTEST_WORKERS) workers (unit tests and tests/e2e with real dvc and mlflow)"
 	python -m pytest $(PYTEST_XDIST)
 
-# The unit tests only (no dvc repro, no servers, no browser): a few minutes.
+# The unit tests only (no dvc repro, no servers, no browser), without the `slow` ones that train several
+# models to compare their numbers (the fast path's equivalence, about 2 minutes of CPU): make test runs those.
 test-fast: setup
-	@echo ">> pytest -m 'not e2e' on $(PYTEST_WORKERS) workers"
-	python -m pytest $(PYTEST_XDIST) -m "not e2e"
+	@echo ">> pytest -m 'not e2e and not slow' on $(PYTEST_WORKERS) workers"
+	python -m pytest $(PYTEST_XDIST) -m "not e2e and not slow"
 
 # Every training checkpoint (checkpoints/, resume state of unfinished runs, docs/reliability.md "Resume"),
 # their MLflow runs that are still RUNNING closed as KILLED.

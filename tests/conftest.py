@@ -29,10 +29,17 @@ def missing_prerequisite(reason: str) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory) -> Iterator[Path]:
-    """VAEPIPE_CACHE (read by paths.cache_dir, inherited by every stage process) -> a fresh directory."""
+    """VAEPIPE_CACHE (read by paths.cache_dir, inherited by every stage process) -> a fresh directory.
+    The tests' own TensorFlow uses its XLA cache as a stage does (process.use_xla_cache; TensorFlow reads
+    the flag at its first compile, not at import): a program compiled once, by a test or a stage, is
+    loaded by every later test that builds the same one instead of compiled again."""
+    from vaepipe import process
+
     cache = tmp_path_factory.mktemp("vaepipe-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VAEPIPE_CACHE", str(cache))
+        patch.setenv("TF_XLA_FLAGS", os.environ.get("TF_XLA_FLAGS", ""))  # restored afterwards
+        process.use_xla_cache()
         yield cache
 
 

@@ -19,8 +19,8 @@ from vaepipe.compare.__main__ import main
 from vaepipe.tune import figures as study_figures
 from vaepipe.tune.driver import open_study
 from vaepipe.tune.search import parse_search
-from vaepipe.tune.storage import OBJECTIVE_ATTR
 from vaepipe.tune.status import status
+from vaepipe.tune.storage import OBJECTIVE_ATTR
 
 SPACE = {"model.latent_dim": IntDistribution(2, 16), "train.beta": FloatDistribution(0.1, 4.0, log=True)}
 # (latent_dim, beta) -> (val_recon, val_kl): four non-dominated trials (0, 1, 2, 5), two dominated (3, 4).

@@ -134,6 +134,7 @@ def test_seed_generator_advances_inside_an_xla_loop():
     assert len({row.tobytes() for row in in_loop}) == steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [True, False])
 @pytest.mark.parametrize("binarize", ["none", "dynamic"])
 def test_stacked_steps_equal_per_step_execution(mnist_subset, jit, binarize):
@@ -149,6 +150,7 @@ def test_stacked_steps_equal_per_step_execution(mnist_subset, jit, binarize):
     assert plain["loss"][-1] < 0.8 * plain["loss"][0]
 
 
+@pytest.mark.slow
 def test_xla_trains_to_the_same_losses_as_tensorflow_kernels(mnist_subset):
     x_train, x_test = mnist_subset
     fast_stack = min(100, STEPS_PER_EPOCH)  # train() caps steps_per_execution (100) at the epoch length

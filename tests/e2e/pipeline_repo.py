@@ -81,8 +81,14 @@ def copy_repo(source: Path, dest: Path) -> Path:
 def prepared_copy(source: Path, dest: Path, overrides: dict) -> Path:
     """A copy of a reproduced repo of the small params (copy_repo) with only prepare's output left, up to
     date in dvc.lock, and params = the small ones with `overrides` (none of prepare's): `dvc repro` there
-    starts at train, as in a make_repo(dest, overrides) repo after its prepare stage."""
+    starts at train, as in a make_repo(dest, overrides) repo after its prepare stage: dvc.lock keeps only
+    prepare's entry and DVC's run-cache is left out, or with no overrides DVC would restore the source's
+    train from its cache instead of running it."""
     copy_repo(source, dest)
+    shutil.rmtree(dest / ".dvc" / "cache" / "runs", ignore_errors=True)
+    lock = yaml.safe_load((dest / "dvc.lock").read_text())
+    lock["stages"] = {"prepare": lock["stages"]["prepare"]}
+    (dest / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     for name in ("mlflow.db", "mlartifacts", "checkpoints", "plots", "models/vae.keras", "models/mlflow_run_id",
                  "metrics.json", "val_metrics.json", "train_log.csv"):
         path = dest / name
