@@ -94,6 +94,15 @@ LONGEST_FIRST = (
     "tests/e2e/test_tracking_resilience.py",
     "tests/e2e/test_browser.py",
     "tests/test_fast_path_math.py",  # the longest unit tests (about 2 minutes in all)
+    # then the unit tests of 10 s and more (a module fixture that trains, a subprocess that trains, SQLite's
+    # lock wait), so that neither worker of `make test-fast` starts one of them last
+    "tests/test_extending.py::test_the_documented_recipe_adds_a_working_architecture",
+    "tests/test_errors.py::test_a_locked_sqlite_store_is_one_line_saying_another_process_holds_it",
+    "tests/test_iwae.py",
+    "tests/test_fit.py",
+    "tests/test_tracking_aliases.py",
+    "tests/test_corrupt_files.py",
+    "tests/test_tracking_store.py",
 )
 # Modules whose tests share a module-scoped fixture (built once per worker that runs one of them):
 # their tests stay on one worker. pytest_collection_modifyitems checks that the list is complete.
