@@ -266,6 +266,10 @@ def _train_epochs(trainer: DistributedTrainer, params: Params, start_epoch: int,
         progress.end(epoch, logs)
         if extra is not None:
             extra.on_epoch_end(epoch, logs)
+        if epoch + 1 == params.train.epochs:
+            # No collective after the last epoch: a worker that finished its side of one exits at once,
+            # and the chief, still pulling that worker's buffer, failed with "Socket closed".
+            break
         stop = bool(trainer.vae.stop_training)
         if agree is not None:  # every worker takes part, whatever its own callbacks
             stop = agree(stop)
