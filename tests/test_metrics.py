@@ -5,28 +5,18 @@ against it in tests/e2e/test_metric_registry.py.)"""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from test_architecture import _third_party
 
 from vaepipe import metrics
 from vaepipe.imports import SRC, import_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = SRC / "vaepipe"
-
-
-def _third_party(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
 
 
 @pytest.mark.parametrize("reader", ["metrics.py", "epoch_metrics.py", "compare/__main__.py", "compare/study.py",
