@@ -8,6 +8,7 @@ import pytest
 
 from vaepipe.errors import ConfigError
 from vaepipe.tracking import masked_url
+from vaepipe.tracking import server
 from vaepipe.tracking.server import server_command, with_driver
 
 
@@ -64,11 +65,11 @@ def test_basic_auth_gets_its_own_config_that_mlflow_reads_back(project, monkeypa
     config = read_auth_config()
     assert config.database_uri == f"sqlite:///{project / 'team' / 'basic_auth.db'}"
     assert (config.default_permission, config.admin_username, config.admin_password) == ("READ", "admin", "admin-pw-1234")
+    assert config.auth_cache_ttl_seconds == server.AUTH_CACHE_TTL_S > 0  # a login is checked once a minute, not per request
 
 
 def test_a_postgresql_password_goes_to_pgpassword_not_the_command_line(project, monkeypatch):
     """The store's check needs a database that answers (the e2e test has one): here only what is passed on."""
-    from vaepipe.tracking import server
 
     monkeypatch.setattr(server, "check_store", lambda url: None)
     monkeypatch.setenv("VAEPIPE_SERVER_STORE", "postgresql://mlflow:pa%25ss@db.example:5432/mlflow")

@@ -447,3 +447,27 @@ def test_a_user_who_may_not_add_model_versions_fails_before_training(team, quick
         f"error: MLflow server {team.server.base} refused user 'carol': needs EDIT permission on registered model "
         "vaepipe-vae (has READ); an admin grants it"], error_lines(result)
     assert team.runs() == before
+
+
+def test_a_changed_password_takes_effect_at_once_though_logins_are_cached(team):
+    """The server keeps a successful login for a minute (tracking/server.py: MLflow's auth cache), so a
+    request costs no password hashing; a password the admin changes through the API still counts at once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    old, new = "dave-pw-" + "5b0e7c31", "dave-pw-" + "e2a94f08"
+    team.server.create_user("dave", old)
+
+    def can_read(password: str) -> bool:
+        with team.server.as_user("dave", password):
+            try:
+                return mlflow.MlflowClient(team.server.base).get_experiment_by_name("vaepipe") is not None
+            except MlflowException as error:
+                assert "401" in str(error) or "Unauthorized" in str(error) or "credentials" in str(error), error
+                return False
+
+    assert can_read(old) and can_read(old)  # the second one from the cache
+    with team.server.as_admin():
+        get_app_client("basic-auth", tracking_uri=team.server.base).update_user_password("dave", new)
+    assert not can_read(old)
+    assert can_read(new)
