@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from vaepipe.errors import ConfigError
-from vaepipe.tracking import masked_url
-from vaepipe.tracking import server
+from vaepipe.tracking import masked_url, server
 from vaepipe.tracking.server import server_command, with_driver
 
 
