@@ -200,19 +200,10 @@ def test_a_damaged_sqlite_store_is_one_line_naming_it(tmp_path, damage):
     assert line.startswith(f"error: MLflow store sqlite:///{db} cannot be used: ") and "restore it from a backup" in line
 
 
-def test_a_locked_sqlite_store_is_one_line_saying_another_process_holds_it(tmp_path):
+def test_a_locked_sqlite_store_is_one_line_saying_another_process_holds_it(tmp_path, new_mlflow_db):
     import sqlite3
 
-    db = tmp_path / "mlflow.db"
-    created = run_script(f"""
-        import os
-        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{db}"
-        from vaepipe import tracking
-        from vaepipe.process import run_stage
-
-        run_stage(lambda: tracking.connect(write=False))
-    """, tmp_path)
-    assert created.returncode == 0, created.stderr[-2000:]  # a real, healthy MLflow store
+    db = new_mlflow_db(tmp_path / "mlflow.db")  # a real, healthy MLflow store
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, for longer than SQLite waits
     try:

@@ -37,7 +37,7 @@ def test_fit_gives_the_train_stage_numbers_for_the_same_params(tmp_path):
     from vaepipe import fit
     from vaepipe.config import parse_params
 
-    params = parse_params({"train": {"epochs": 1, "batch_size": 32, "seed": 3}})
+    params = parse_params({"train": {"epochs": 1, "batch_size": 32, "seed": 3, "jit_compile": False}})  # (XLA: compile time)
     x = (np.random.default_rng(1).random((256, 784)) < 0.3).astype(np.float32)
     first, second = fit(params, x), fit(params, x)
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):

@@ -8,7 +8,9 @@ from vaepipe.config import param_applies, parse_params
 from vaepipe.model import load_vae
 from vaepipe.train.single_process import compile_for_training, trained_vae, training_batches
 
-params = parse_params({"model": {"arch": "tiny", "latent_dim": 3, "tiny_units": 8}, "train": {"batch_size": 16}})
+# (No XLA: its compile time is nothing the recipe is about.)
+params = parse_params({"model": {"arch": "tiny", "latent_dim": 3, "tiny_units": 8},
+                       "train": {"batch_size": 16, "jit_compile": False}})
 assert param_applies("model.tiny_units", "tiny") and not param_applies("model.tiny_units", "mlp")
 model = compile_for_training(params, batches_per_epoch=4)
 vae = trained_vae(model)
