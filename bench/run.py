@@ -27,7 +27,7 @@ compilation) or over repeats.
      seconds of the whole process trees (study / 6 - the stage alone): the work a trial adds, which a shared
      machine's load inflates far less than wall time.
   g. a stage process's start-up: `import tensorflow, keras` in a fresh Python, with vaepipe's
-     process.skip_scikit_learn (as every stage runs) and without it, alternated; medians and the saving.
+     process.skip_unused_libraries("sklearn") (as every stage runs) and without it, alternated; medians and the saving.
   a_vs. today's train stage against an earlier commit's (`--only-vs REV`, or `--vs REV` in a full run; issue
      28 asks for 59c0b57): both trees' `python stages/train.py` as whole processes, N and 1 epochs each,
      the four processes rotated every repeat, in the same .venv, on the same prepared data (prepared once
@@ -515,7 +515,7 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
 
 
 STARTUP = "import tensorflow, keras"
-STARTUP_SKIPPING = "from vaepipe.process import skip_scikit_learn; skip_scikit_learn(); " + STARTUP
+STARTUP_SKIPPING = "from vaepipe.process import skip_unused_libraries; skip_unused_libraries('sklearn'); " + STARTUP
 
 
 def part_g(repeats: int = 7) -> dict:

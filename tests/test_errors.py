@@ -70,8 +70,9 @@ def test_xla_cache_flag_keeps_the_users_flags(monkeypatch, tmp_path):
 
 
 
-def test_a_stage_runs_keras_without_importing_scikit_learn(tmp_path):
-    result = run_script("""
+@pytest.mark.parametrize("draws_figures", [False, True])
+def test_a_stage_runs_keras_without_importing_scikit_learn_or_matplotlib_unless_it_draws(tmp_path, draws_figures):
+    result = run_script(f"""
         import sys
         import numpy as np
         from vaepipe.process import run_stage
@@ -79,12 +80,16 @@ def test_a_stage_runs_keras_without_importing_scikit_learn(tmp_path):
         def main():
             import keras
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-            print("output", model.predict(np.ones((1, 3)), verbose=0).shape, "sklearn", sys.modules.get("sklearn"))
+            print("output", model.predict(np.ones((1, 3)), verbose=0).shape, "sklearn", sys.modules.get("sklearn"),
+                  "matplotlib", sys.modules.get("matplotlib") is not None)
+            if {draws_figures}:
+                import matplotlib.pyplot as plt
+                plt.figure()
 
-        run_stage(main)
+        run_stage(main, draws_figures={draws_figures})
     """, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "output (1, 2) sklearn None" in result.stdout
+    assert f"output (1, 2) sklearn None matplotlib {draws_figures}" in result.stdout
     # Only a stage's own process: importing vaepipe elsewhere (a notebook, the tests) leaves scikit-learn alone.
     assert importlib.import_module("sklearn") is not None
 

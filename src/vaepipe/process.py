@@ -15,18 +15,18 @@ from typing import NoReturn
 from vaepipe.errors import DataError, VaepipeError, disk_full_cause, interruptible, permission_cause, received_signal
 
 
-def run_stage(main: Callable[[], None], on_rerun: str | None = None) -> None:
+def run_stage(main: Callable[[], None], on_rerun: str | None = None, draws_figures: bool = False) -> None:
     """Run a stage's main function; print user errors as one line and exit non-zero.
 
     Ctrl-C (SIGINT) and SIGTERM end the stage with 128 + the signal number (130, 143), after the
     stage's own cleanup ran (outputs left as they were, MLflow run marked KILLED). The message names
     the stage (its script's name) and says what the next `dvc repro` does: `on_rerun`, or by default
     that it runs the stage again. That holds too when library code turned the signal's exception into
-    another error or lost it (see stop_if_signalled).
+    another error or lost it (see stop_if_signalled). Only a stage that `draws_figures` loads matplotlib.
     """
     stage = Path(getattr(getattr(main, "__code__", None), "co_filename", sys.argv[0])).stem
     use_xla_cache()
-    skip_scikit_learn()
+    skip_unused_libraries("sklearn", *(() if draws_figures else ("matplotlib",)))
     quiet_libraries()
     rerun = on_rerun or f"the next `dvc repro` runs {stage} again"
     try:
@@ -204,12 +204,14 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def skip_scikit_learn() -> None:
+def skip_unused_libraries(*names: str) -> None:
     """Before TensorFlow is imported: TensorFlow imports all of Keras, and Keras imports its scikit-learn
-    wrappers, which import scikit-learn whenever it is installed (MLflow brings it). No stage uses it, and
-    it costs each stage's process about 1.5 s of its 10 s start (python -X importtime; bench/NOTES.md).
-    Marked absent in this process only, as Keras expects when scikit-learn is not installed."""
-    sys.modules.setdefault("sklearn", None)
+    wrappers (MLflow brings scikit-learn) and keras.visualization (matplotlib) whenever they are installed.
+    No stage uses the first, only plot the second; they cost about 1.5 s and 1 s of a stage's 10 s start
+    (python -X importtime; bench/NOTES.md). Marked absent in this process only, as Keras expects when
+    they are not installed."""
+    for name in names:
+        sys.modules.setdefault(name, None)
 
 
 def _leave(code: int) -> NoReturn:
