@@ -26,8 +26,9 @@ compilation) or over repeats.
      x 2 / 6) - the stage's seconds, against both; before and after the study, so drift shows. Also in CPU
      seconds of the whole process trees (study / 6 - the stage alone): the work a trial adds, which a shared
      machine's load inflates far less than wall time.
-  g. a stage process's start-up: `import tensorflow, keras` in a fresh Python, with vaepipe's
-     process.skip_unused_libraries("sklearn") (as every stage runs) and without it, alternated; medians and the saving.
+  g. a stage process's start-up: `import tensorflow, keras` in a fresh Python, as is, with vaepipe's
+     process.skip_unused_libraries("sklearn") (as the plot stage runs) and with ("sklearn", "matplotlib") (the
+     other stages), rotated; medians and the savings.
   a_vs. today's train stage against an earlier commit's (`--only-vs REV`, or `--vs REV` in a full run; issue
      28 asks for 59c0b57): both trees' `python stages/train.py` as whole processes, N and 1 epochs each,
      the four processes rotated every repeat, in the same .venv, on the same prepared data (prepared once
@@ -515,24 +516,32 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
 
 
 STARTUP = "import tensorflow, keras"
-STARTUP_SKIPPING = "from vaepipe.process import skip_unused_libraries; skip_unused_libraries('sklearn'); " + STARTUP
+SKIPPING = "from vaepipe.process import skip_unused_libraries; skip_unused_libraries({}); " + STARTUP
+STARTUP_VARIANTS = {"plain": STARTUP,  # no library marked absent
+                    "skipping": SKIPPING.format("'sklearn'"),  # the plot stage
+                    "skipping_matplotlib": SKIPPING.format("'sklearn', 'matplotlib'")}  # prepare, train, evaluate
 
 
 def part_g(repeats: int = 7) -> dict:
-    """A stage's start-up as whole processes: TensorFlow and Keras imported with and without scikit-learn
-    marked absent, alternated so drift cancels."""
+    """A stage's start-up as whole processes: TensorFlow and Keras imported as is, with scikit-learn marked
+    absent (the plot stage), and with scikit-learn and matplotlib marked absent (the other stages),
+    rotated so drift cancels."""
     env = {**stage_env(), "PYTHONPATH": str(ROOT / "src")}
-    timings: dict[str, list[float]] = {"plain": [], "skipping": []}
+    timings: dict[str, list[float]] = {variant: [] for variant in STARTUP_VARIANTS}
     for _ in range(repeats):
-        for variant, code in (("plain", STARTUP), ("skipping", STARTUP_SKIPPING)):
+        for variant, code in STARTUP_VARIANTS.items():
             start = time.perf_counter()
             subprocess.run([str(VENV_BIN / "python"), "-c", code], env=env, check=True, capture_output=True)
             timings[variant].append(time.perf_counter() - start)
-    plain, skipping = statistics.median(timings["plain"]), statistics.median(timings["skipping"])
-    print(f"  g start-up: {plain:.2f} s plain, {skipping:.2f} s without scikit-learn", flush=True)
+    median = {variant: statistics.median(times) for variant, times in timings.items()}
+    plain, skipping, both = median["plain"], median["skipping"], median["skipping_matplotlib"]
+    print(f"  g start-up: {plain:.2f} s plain, {skipping:.2f} s without scikit-learn, {both:.2f} s without "
+          "scikit-learn and matplotlib", flush=True)
     return {"repeats": repeats, "plain_s": timings["plain"], "skipping_s": timings["skipping"],
+            "skipping_matplotlib_s": timings["skipping_matplotlib"],
             "median_plain_s": plain, "median_skipping_s": skipping, "saving_s": plain - skipping,
-            "ratio": skipping / plain}
+            "ratio": skipping / plain, "median_skipping_matplotlib_s": both, "saving_matplotlib_s": plain - both,
+            "ratio_matplotlib": both / plain}
 
 
 # ---------------------------------------------------------------- today's train stage against an earlier commit's
@@ -748,6 +757,10 @@ def table(results: dict) -> str:
         rows.append(f"| g. stage start-up (`import tensorflow, keras`): plain / scikit-learn skipped | "
                     f"{g['median_plain_s']:.2f} s / {g['median_skipping_s']:.2f} s (saves {g['saving_s']:.2f} s, "
                     f"{g['ratio']:.2f}x) | |")
+        if "median_skipping_matplotlib_s" in g:
+            rows.append(f"| g. ... scikit-learn and matplotlib skipped (prepare, train, evaluate) | "
+                        f"{g['median_skipping_matplotlib_s']:.2f} s (saves {g['saving_matplotlib_s']:.2f} s, "
+                        f"{g['ratio_matplotlib']:.2f}x) | |")
     return "\n".join(rows)
 
 
