@@ -116,66 +116,6 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
 
 
-def test_a_study_of_three_trials_two_at_a_time_then_the_best_in_full(tune_repo, tmp_path):
-    """Three trials are the fewest that run two at a time and then one more (a launch beside a running trial,
-    and one after the first finished); then the best one's final run."""
-    repo = copy_repo(tune_repo, tmp_path / "repo")
-    search = write_search(repo, study="three", trials=3, jobs=2, pruner="median", final=1)
-    started = time.monotonic()
-    result = run_tune(repo, search)
-    elapsed = time.monotonic() - started
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    lines = result.stdout.splitlines()
-    assert lines[0] == f"tune: storage {repo / '.optuna' / 'journal.log'}, study three", lines[:2]
-
-    study = optuna.load_study(study_name="three", storage=journal(repo))
-    trials = study.get_trials()
-    assert len(trials) == 3 and len(counted(study)) == 3, [(t.number, t.state) for t in trials]
-    shown = experiments(repo)
-    runs = mlflow_table(repo)
-    for trial in trials:
-        name = trial.user_attrs["dvc_experiment"]
-        assert name == f"three-t{trial.number}"
-        exp = shown[name]  # its DVC experiment
-        assert exp["params"]["tune"] == {"study": "three", "trial": trial.number, "final": False}
-        assert exp["params"]["model"]["latent_dim"] == trial.params["model.latent_dim"]
-        assert exp["params"]["train"]["learning_rate"] == pytest.approx(trial.params["train.learning_rate"])
-        # No test metrics: the baseline's metrics.json is replaced by the train-only marker.
-        assert exp["metrics"] == {"train_only": True}
-        assert experiment_run_id(name, repo) == trial.user_attrs["mlflow_run_id"]  # found from its own experiment
-        if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert trial.value == exp["val"]["val_loss"]  # told exactly what its train stage wrote
-        run = runs[trial.user_attrs["mlflow_run_id"]]
-        assert run["status"] == "FINISHED"
-        assert {key: run["tags"].get(key) for key in ("vaepipe.study", "vaepipe.trial", "vaepipe.dvc_experiment")} == {
-            "vaepipe.study": "three", "vaepipe.trial": str(trial.number), "vaepipe.dvc_experiment": name}
-        assert not {m for m in run["metrics"] if m.startswith("test_")}, run["metrics"]
-    best = study.best_trial
-    assert best.value == shown[f"three-t{best.number}"]["val"]["val_loss"]
-
-    # The final full run of the best trial: the only experiment of the study with test metrics.
-    final = shown[f"three-final-t{best.number}"]
-    assert all(isinstance(final["metrics"].get(name), float) for name in TEST_METRICS), final["metrics"]
-    assert final["val"]["val_loss"] == pytest.approx(best.value, rel=1e-4)  # the same training, replayed
-    final_run = runs[experiment_run_id(f"three-final-t{best.number}", repo)]
-    assert {"vaepipe.study": "three", "vaepipe.trial": str(best.number), "vaepipe.final": "true"}.items() <= \
-        final_run["tags"].items()
-    assert set(TEST_METRICS) <= final_run["metrics"]
-    assert [name for name in shown if name.startswith("three-final")] == [f"three-final-t{best.number}"]
-    assert f"best trial {best.number} (three-t{best.number})" in result.stdout
-    assert f"test_loss {final['metrics']['test_loss']:.4f}" in result.stdout
-
-    status = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "status", "--study", "three", "--json"],
-                            cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0, status.stderr
-    report = json.loads(status.stdout)
-    assert report["storage"] == str(repo / ".optuna" / "journal.log")
-    assert [(row["number"], row["dvc_experiment"], row["mlflow_run_id"]) for row in report["trials"]] == [
-        (t.number, t.user_attrs["dvc_experiment"], t.user_attrs["mlflow_run_id"]) for t in trials]
-    assert report["finals"][str(best.number)]["dvc_experiment"] == f"three-final-t{best.number}"
-    print(f"three trials, two at a time, and the final run: {elapsed:.0f} s")
-
-
 def test_ctrl_c_in_the_second_trial_then_tune_again_finishes_the_count(tune_repo, tmp_path):
     """A study of two trials: Ctrl-C while the second trains (one finished before it), then `make tune` again."""
     repo = copy_repo(tune_repo, tmp_path / "repo")
@@ -304,23 +244,81 @@ def test_a_clearly_worse_trial_is_pruned_before_its_last_epoch(tune_repo, tmp_pa
     assert "vaepipe.pruned" not in mlflow_table(repo)[good.user_attrs["mlflow_run_id"]]["tags"]
 
 
-def test_two_objectives_give_a_pareto_front_run_in_full(tune_repo, tmp_path):
+def assert_trials_are_experiments_and_runs(repo: Path, study: optuna.Study, shown: dict, runs: dict) -> None:
+    """Every counted trial: its DVC experiment `<study>-t<number>` (the trial's params; no test metrics: the
+    baseline's metrics.json replaced by the train-only marker; told exactly what its train stage wrote) and
+    its FINISHED MLflow run (tagged with study, trial and experiment; no test metric), found from its own
+    experiment."""
+    name_of_study = study.study_name
+    for trial in counted(study):
+        name = trial.user_attrs["dvc_experiment"]
+        assert name == f"{name_of_study}-t{trial.number}"
+        exp = shown[name]
+        assert exp["params"]["tune"] == {"study": name_of_study, "trial": trial.number, "final": False}
+        for key, value in trial.params.items():
+            section, param = key.split(".")
+            assert exp["params"][section][param] == pytest.approx(value), key
+        assert exp["metrics"] == {"train_only": True}
+        assert experiment_run_id(name, repo) == trial.user_attrs["mlflow_run_id"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.values == [exp["val"][metric] for metric in study.metric_names]
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run["status"] == "FINISHED"
+        assert {key: run["tags"].get(key) for key in ("vaepipe.study", "vaepipe.trial", "vaepipe.dvc_experiment")} == {
+            "vaepipe.study": name_of_study, "vaepipe.trial": str(trial.number), "vaepipe.dvc_experiment": name}
+        assert not {m for m in run["metrics"] if m.startswith("test_")}, run["metrics"]
+
+
+def assert_final_run(repo: Path, study: optuna.Study, number: int, shown: dict, runs: dict, output: str) -> None:
+    """The final full run of trial `number`: an experiment with test metrics whose training replays the
+    trial's (the same validation values), its MLflow run tagged final, both named in the driver's summary."""
+    trial = study.trials[number]
+    name = f"{study.study_name}-final-t{number}"
+    final = shown[name]
+    assert all(isinstance(final["metrics"].get(key), float) for key in TEST_METRICS), final["metrics"]
+    assert [final["val"][metric] for metric in study.metric_names] == pytest.approx(trial.values, rel=1e-4)
+    final_run = runs[experiment_run_id(name, repo)]
+    assert {"vaepipe.study": study.study_name, "vaepipe.trial": str(number), "vaepipe.final": "true"}.items() <= \
+        final_run["tags"].items()
+    assert set(TEST_METRICS) <= final_run["metrics"]
+    label = "best trial" if len(study.directions) == 1 else "chosen trial"
+    assert f"{label} {number} ({study.study_name}-t{number})" in output, output[-3000:]
+    assert f"test_loss {final['metrics']['test_loss']:.4f}" in output
+
+
+def test_two_objectives_three_trials_two_at_a_time_give_a_pareto_front_run_in_full(tune_repo, tmp_path):
+    """Three trials are the fewest that run two at a time and then one more (a launch beside a running trial,
+    and one after the first finished); two objectives; then the chosen ones of the Pareto front in full."""
     repo = copy_repo(tune_repo, tmp_path / "repo")
     search = write_search(repo, study="rd", trials=3, jobs=2, objective={"val_recon": "minimize", "val_kl": "minimize"},
                           final=2)
+    started = time.monotonic()
     result = run_tune(repo, search)
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == f"tune: storage {repo / '.optuna' / 'journal.log'}, study rd"
     study = optuna.load_study(study_name="rd", storage=journal(repo))
-    assert len(counted(study)) == 3 and "sampler nsga2, pruner none" in result.stdout
+    assert len(study.get_trials()) == 3 and len(counted(study)) == 3 and "sampler nsga2, pruner none" in result.stdout
+    assert study.metric_names == ["val_recon", "val_kl"]
     shown = experiments(repo)
-    for trial in study.get_trials():
-        val = shown[f"rd-t{trial.number}"]["val"]
-        assert trial.values == [val["val_recon"], val["val_kl"]]
+    runs = mlflow_table(repo)
+    assert_trials_are_experiments_and_runs(repo, study, shown, runs)
     front = {t.number for t in study.best_trials}
     finals = {int(name.rsplit("-t", 1)[1]) for name in shown if name.startswith("rd-final-")}
     assert finals and finals <= front and len(finals) == min(2, len(front))
     for number in finals:
-        assert isinstance(shown[f"rd-final-t{number}"]["metrics"].get("test_loss"), float)
+        assert_final_run(repo, study, number, shown, runs, result.stdout)
+
+    status = subprocess.run([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "status", "--study", "rd", "--json"],
+                            cwd=repo, env=stage_env(PYTHONPATH="src"), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["storage"] == str(repo / ".optuna" / "journal.log")
+    assert [(row["number"], row["dvc_experiment"], row["mlflow_run_id"]) for row in report["trials"]] == [
+        (t.number, t.user_attrs["dvc_experiment"], t.user_attrs["mlflow_run_id"]) for t in study.get_trials()]
+    assert {number: entry["dvc_experiment"] for number, entry in report["finals"].items()} == {
+        str(number): f"rd-final-t{number}" for number in finals}
+    print(f"three trials, two at a time, and {len(finals)} final runs: {elapsed:.0f} s")
 
     # `make compare STUDY=rd`: the finals ranked, the trials apart, the study's trials table and figures
     # (the Pareto front on the rate-distortion plane among them), all loaded in a browser with no network.
@@ -392,9 +390,10 @@ def test_a_preset_runs_as_an_experiment_with_the_presets_params(tune_repo, tmp_p
 
 def test_make_tune_killed_outright_during_a_trial_and_a_final_run_loses_and_repeats_nothing(tune_repo, tmp_path):
     """SIGKILL to `make tune`'s whole process group (what a closed terminal or a killed CI job does), once
-    while trials train and once during the final run; then `make tune` again finishes the study exactly."""
+    while trials train (two at a time, the median pruner on) and once during the final run; then `make tune`
+    again finishes the study exactly, as a run from start to end would have."""
     repo = copy_repo(tune_repo, tmp_path / "repo")
-    search = write_search(repo, study="killed", trials=3, jobs=2, final=1)
+    search = write_search(repo, study="killed", trials=3, jobs=2, pruner="median", final=1)
     env = stage_env(PYTHONPATH="src")
     logs = []
 
@@ -435,7 +434,13 @@ def test_make_tune_killed_outright_during_a_trial_and_a_final_run_loses_and_repe
     assert len(trials) == len(set(trials)) == 3, trials  # no trial with two finished runs
     finals = [run for run in runs if run["status"] == "FINISHED" and run["tags"].get("vaepipe.final") == "true"]
     assert len(finals) == 1, finals  # the test split read once, for the one chosen trial
-    assert len([name for name in experiments(repo) if name.startswith("killed-final")]) == 1
+    shown = experiments(repo)
+    assert [name for name in shown if name.startswith("killed-final")] == [f"killed-final-t{study.best_trial.number}"]
+    # What a study run start to end gives, the killed trials apart: each counted trial's experiment and run,
+    # and the best one's final run, replaying its training, with test metrics.
+    runs = mlflow_table(repo)
+    assert_trials_are_experiments_and_runs(repo, study, shown, runs)
+    assert_final_run(repo, study, study.best_trial.number, shown, runs, again.stdout)
     queue = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=stage_env(), capture_output=True, text=True)
     assert "Running" not in queue.stdout and "Queued" not in queue.stdout, queue.stdout
     leftovers = [path for path in (repo / ".dvc" / "tmp" / "exps").glob("tmp*") if path.is_dir()]
