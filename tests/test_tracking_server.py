@@ -69,7 +69,6 @@ def test_basic_auth_gets_its_own_config_that_mlflow_reads_back(project, monkeypa
 
 def test_a_postgresql_password_goes_to_pgpassword_not_the_command_line(project, monkeypatch):
     """The store's check needs a database that answers (the e2e test has one): here only what is passed on."""
-
     monkeypatch.setattr(server, "check_store", lambda url: None)
     monkeypatch.setenv("VAEPIPE_SERVER_STORE", "postgresql://mlflow:pa%25ss@db.example:5432/mlflow")
     monkeypatch.setenv("VAEPIPE_SERVER_AUTH", "basic")
