@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import errno
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # VaepipeError: a user-facing failure of no more specific kind
@@ -64,30 +67,31 @@ class DiskFull(DataError):
     """
 
 
-def disk_full_cause(error: BaseException) -> OSError | None:
-    """The ENOSPC/EDQUOT OSError behind `error` (itself, or up its chain of causes), if any.
+def cause_of_type(error: BaseException | None, kind: type[E] | tuple[type[E], ...],
+                  where: Callable[[E], bool] = lambda _: True) -> E | None:
+    """`error` itself or the first exception up its chain of causes (`__cause__`, else `__context__`) that
+    is a `kind` and satisfies `where`; None if none is.
 
-    Libraries re-raise a failed write as their own exception (h5py, zipfile, Keras's saving code); the
-    chain still holds the OSError that says why.
+    Libraries re-raise a failure as their own exception (h5py, zipfile, Keras's saving code, SQLAlchemy,
+    MLflow's HTTP client); the chain still holds the one that says why.
     """
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, kind) and where(error):
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def disk_full_cause(error: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind `error` (itself, or up its chain of causes), if any."""
+    return cause_of_type(error, OSError, lambda cause: cause.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def permission_cause(error: BaseException) -> OSError | None:
     """The EACCES/EPERM/EROFS OSError behind `error` (a read-only directory or file system), if any."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    return cause_of_type(error, OSError, lambda cause: cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS))
 
 
 class TrackingError(VaepipeError):

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from vaepipe.errors import DataError, VaepipeError, disk_full_cause, interruptible, permission_cause, received_signal
+from vaepipe.errors import (
+    DataError,
+    VaepipeError,
+    cause_of_type,
+    disk_full_cause,
+    interruptible,
+    permission_cause,
+    received_signal,
+)
 
 
 def run_stage(main: Callable[[], None], on_rerun: str | None = None, draws_figures: bool = False) -> None:
@@ -75,13 +83,7 @@ def _sqlite_cause(error: BaseException) -> BaseException | None:
     """The sqlite3 error behind `error` (MLflow's SQLite store, through SQLAlchemy), if any."""
     import sqlite3
 
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, sqlite3.Error):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    return cause_of_type(error, sqlite3.Error)
 
 
 def _store_error(cause: BaseException) -> VaepipeError:

@@ -29,7 +29,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 import mlflow  # noqa: E402
 import requests  # noqa: E402  (what MLflow's artifact uploads raise for an HTTP error answer)
 
-from vaepipe.errors import ConfigError, TrackingError, deferred_signals  # noqa: E402
+from vaepipe.errors import ConfigError, TrackingError, cause_of_type, deferred_signals  # noqa: E402
 from vaepipe.paths import main_repo_root  # noqa: E402
 
 EXPERIMENT_NAME = os.environ.get("VAEPIPE_EXPERIMENT", "vaepipe")
@@ -114,14 +114,7 @@ _NO_ANSWER = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
 def request_failure(error: BaseException) -> requests.exceptions.RequestException | None:
     """The requests exception an MLflow error came from: MLflow's HTTP client raises MlflowException
     while handling it, so it is the error's cause or context. None: the server answered (or no HTTP)."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, requests.exceptions.RequestException):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
+    return cause_of_type(error, requests.exceptions.RequestException)
 
 
 def _retried_status(failure: requests.exceptions.RetryError) -> str:
