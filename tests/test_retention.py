@@ -136,6 +136,45 @@ def test_a_checkpoint_of_the_same_params_and_other_code_says_why_it_is_not_resum
     assert kept(repo) == ["old-code"]
 
 
+def test_a_checkpoint_a_live_train_holds_is_neither_removed_nor_its_run_killed(repo, capsys):
+    """Trains of other keys run at the same time (`dvc queue start -j 2`, make tune's jobs, a repro beside
+    them) and share checkpoints/: one still in its first epoch, or the oldest beyond the bound, is in use,
+    not abandoned. Held as a live train holds it (session.hold_exclusively: its flock)."""
+    from vaepipe.train.session import hold_exclusively
+
+    starting_run, oldest_run = running_run(), running_run()
+    starting = checkpoint(repo, "starting", 0, age_s=0, run_id=starting_run)  # no finished epoch yet
+    oldest = checkpoint(repo, "oldest", 5, age_s=1000, run_id=oldest_run)  # a long run still going
+    newer = [checkpoint(repo, f"newer{n}", 2, age_s=100 - n).name for n in range(MAX_KEPT)]
+    held = [hold_exclusively(starting), hold_exclusively(oldest)]
+    try:
+        keep_other_checkpoints(repo / "checkpoints" / "current", PROVENANCE)
+
+        assert kept(repo) == sorted(["oldest", "starting", *newer])
+        assert run_of(starting_run).info.status == "RUNNING"
+        assert run_of(oldest_run).info.status == "RUNNING"
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 1 and out[0].startswith(f"train: keeping {MAX_KEPT} unfinished checkpoints of other "
+                                                   "settings (checkpoints/newer"), out
+        assert "oldest" not in out[0] and "starting" not in out[0]  # theirs, not retention's, to keep
+
+        assert retention.clean() == MAX_KEPT  # make clean-checkpoints leaves them too, saying why
+        assert kept(repo) == ["oldest", "starting"]
+        lines = capsys.readouterr().out.splitlines()
+        for name in ("oldest", "starting"):
+            assert (f"clean-checkpoints: left checkpoints/{name}: in use by train process {os.getpid()}; "
+                    "stop it first to remove it") in lines, lines
+        assert run_of(oldest_run).info.status == "RUNNING"
+    finally:
+        for handle in held:
+            handle.close()
+
+    # Their trains gone (the locks released), the usual rules apply again.
+    keep_other_checkpoints(repo / "checkpoints" / "current", PROVENANCE)
+    assert kept(repo) == ["oldest"]
+    assert run_of(starting_run).info.status == "KILLED"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,12 +13,17 @@ an unreadable state.json holds nothing to resume: it is removed, its run closed 
 Checkpoints moved aside as unreadable (<key>.corrupt-<time>) are the user's to inspect: only
 `make clean-checkpoints` (`python -m vaepipe.train.retention clean`) removes them, with everything else.
 
+A directory a live train holds (its flock on train.lock, session.hold_exclusively) is never touched, by
+either: trains of other keys run at the same time (a queue with -j 2, a search's jobs, a repro beside
+them) and all share checkpoints/, so one still in its first epoch is starting, not dead.
+
 No TensorFlow here: `make clean-checkpoints` starts in a second or two.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
@@ -33,6 +38,7 @@ MAX_KEPT = 3  # unfinished checkpoints of other keys kept beside the running one
 STATE = "state.json"  # as checkpoint.Checkpoint.STATE
 RUN_ID = "mlflow_run_id"  # as paths.checkpoint_run_id_file
 CORRUPT = ".corrupt-"  # as checkpoint.CORRUPT: a directory moved aside as unreadable
+LOCK_FILE = "train.lock"  # as session.LOCK_FILE: a live train's flock, its pid inside
 CLEAN_COMMAND = "make clean-checkpoints"
 
 
@@ -74,13 +80,27 @@ def read(directory: Path) -> Stored:
     return Stored(directory, epochs, float(written), run_id, provenance)
 
 
+def holder(directory: Path) -> str | None:
+    """The pid of the live train holding `directory` (as its lock file says), or None if none holds it.
+    Probed without waiting; a probe that gets the lock releases it at once."""
+    try:
+        with (directory / LOCK_FILE).open() as handle:  # read-only: creates nothing
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: released as the file closes
+            except BlockingIOError:
+                return handle.read().strip() or "unknown"
+    except OSError:  # no lock file: no train has held it since it was written
+        pass
+    return None
+
+
 def keep_other_checkpoints(current: Path, provenance: dict[str, str]) -> None:
     """Before a run of the key whose checkpoint directory is `current`: keep the newest MAX_KEPT
     resumable checkpoints of other keys, remove the rest (oldest first), say in one line what is kept."""
     if not paths.CHECKPOINTS_DIR.exists():
         return
     others = [read(other) for other in sorted(paths.CHECKPOINTS_DIR.iterdir())
-              if other != current and other.is_dir() and CORRUPT not in other.name]
+              if other != current and other.is_dir() and CORRUPT not in other.name and holder(other) is None]
     resumable = sorted((other for other in others if other.epochs), key=lambda other: other.written, reverse=True)
     for other in others:
         if not other.epochs:
@@ -136,15 +156,22 @@ def clean() -> int:
         return 0
     removed = 0
     total = 0
+    left = False
     for directory in sorted(paths.CHECKPOINTS_DIR.iterdir()):
         if not directory.is_dir():
             directory.unlink(missing_ok=True)
+            continue
+        if (pid := holder(directory)) is not None:
+            print(f"clean-checkpoints: left {_shown(directory)}: in use by train process {pid}; stop it first to "
+                  "remove it", flush=True)
+            left = True
             continue
         stored = read(directory)
         total += stored.size
         _remove(stored, f"checkpoint removed by `{CLEAN_COMMAND}`", force=True)
         removed += 1
-    shutil.rmtree(paths.CHECKPOINTS_DIR, ignore_errors=True)
+    if not left:
+        shutil.rmtree(paths.CHECKPOINTS_DIR, ignore_errors=True)
     print(f"clean-checkpoints: removed {removed} checkpoint{'s' * (removed != 1)} ({_megabytes(total)})", flush=True)
     return removed
 
