@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -117,6 +119,35 @@ def start_queue(repo: Path, jobs: int) -> None:
     broker can make it do under load (a JSONDecodeError on a half-written control message)."""
     subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=stage_env(), check=True,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+")  # DVC's refs/exps/<baseline>/<name>
+
+
+def experiment_refs(repo: Path) -> set[str]:
+    """The repository's experiment refs, read by git in milliseconds: a queued experiment's appears when its
+    worker has collected it."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout.split()
+    return {ref for ref in refs if EXPERIMENT_REF.fullmatch(ref)}
+
+
+def wait_for_queue(repo: Path, env: dict[str, str], count: int, known: set[str], timeout: float = 1200) -> str:
+    """`dvc queue status` once `count` queued experiments have ended (none queued or running, `count` Success
+    or Failed): its output. Each look at it is a DVC process of about a CPU second, which the queue's
+    trainings share, so between looks the experiment refs beyond `known` are counted (git): it is asked
+    every second once `count` have landed, else every 15 s (a failed experiment lands no ref)."""
+    asked = [-math.inf]
+
+    def all_done() -> str | None:
+        if len(experiment_refs(repo) - known) < count and time.monotonic() - asked[0] < 15:
+            return None
+        asked[0] = time.monotonic()
+        status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
+        finished = "Queued" not in status and "Running" not in status
+        return status if finished and status.count("Success") + status.count("Failed") >= count else None
+
+    return wait_for(all_done, timeout=timeout, interval=1, what="the queued experiments")
 
 
 def stop_queue(repo: Path) -> None:

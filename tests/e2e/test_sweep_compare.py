@@ -23,12 +23,13 @@ from pipeline_repo import (
     VENV_BIN,
     copy_repo,
     dvc_repro,
+    experiment_refs,
     merge,
     mlflow_runs,
     stage_env,
     start_queue,
     stop_queue,
-    wait_for,
+    wait_for_queue,
     write_params,
 )
 from test_browser import offline_page
@@ -45,6 +46,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
     env = stage_env()
     assert [state for _, state in mlflow_runs(repo)] == ["FINISHED"]
     assert "Running stage" not in dvc_repro(repo).stdout  # up to date
+    known = experiment_refs(repo)
     queued = subprocess.run(["dvc", "exp", "run", "--queue", "-S", "tracking.sweep=grid1",
                              "-S", "model.latent_dim=2,4", "-S", "train.beta=0.5,1.0"],
                             cwd=repo, env=env, capture_output=True, text=True)
@@ -54,13 +56,7 @@ def test_sweep_queued_as_a_grid_is_what_compare_selects(quick, tmp_path):
         write_params(repo, merge(yaml.safe_load((repo / "params.yaml").read_text()), {"model": {"latent_dim": 5}}))
         workspace = dvc_repro(repo, timeout=900)  # concurrently with the queued experiments
         assert workspace.returncode == 0, workspace.stderr[-3000:]
-
-        def all_done() -> str | None:
-            status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
-            finished = "Queued" not in status and "Running" not in status
-            return status if finished and status.count("Success") + status.count("Failed") >= 4 else None
-
-        status = wait_for(all_done, timeout=1500, interval=3, what="the queued sweep")
+        status = wait_for_queue(repo, env, 4, known, timeout=1500)
         assert status.count("Success") == 4, status
     finally:
         stop_queue(repo)

@@ -40,6 +40,7 @@ import yaml
 from pipeline_repo import (
     PROJECT,
     copy_repo,
+    experiment_refs,
     free_port,
     make_repo,
     prepared_copy,
@@ -47,6 +48,7 @@ from pipeline_repo import (
     stage_env,
     stop_queue,
     wait_for,
+    wait_for_queue,
 )
 from sshd import Sshd
 from team_servers import PostgresCluster, TeamServer, server_command, server_env
@@ -131,15 +133,6 @@ def teammate_env(home: Path, mlflow_env: dict[str, str]) -> dict[str, str]:
     return stage_env(HOME=str(home), PYTHONPATH="src", **mlflow_env)
 
 
-def wait_for_queue(teammate: Teammate, count: int) -> str:
-    def all_done() -> str | None:
-        status = teammate.run("dvc", "queue", "status").stdout
-        finished = "Queued" not in status and "Running" not in status
-        return status if finished and status.count("Success") + status.count("Failed") >= count else None
-
-    return wait_for(all_done, timeout=1200, interval=3, what="the queued experiments")
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
     root = tmp_path_factory.mktemp("team")
@@ -166,6 +159,7 @@ def team(tmp_path_factory):
         promoted = alice.make("promote", f"RUN={workspace_run}").stdout
         assert "champion had no version before; now version 1" in promoted, promoted
 
+        known = experiment_refs(alice.repo)
         for name, latent in EXPERIMENTS.items():
             alice.run("dvc", "exp", "run", "--queue", "-n", name, "-S", f"model.latent_dim={latent}")
         try:
@@ -173,7 +167,7 @@ def team(tmp_path_factory):
             # Not alice.run: the output is held by the detached workers (pipeline_repo.start_queue says why).
             subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=alice.repo, env=alice.env, check=True,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-            status = wait_for_queue(alice, len(EXPERIMENTS))
+            status = wait_for_queue(alice.repo, alice.env, len(EXPERIMENTS), known)
             assert status.count("Success") == len(EXPERIMENTS), status
         finally:
             stop_queue(alice.repo)
