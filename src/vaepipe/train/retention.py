@@ -38,7 +38,7 @@ MAX_KEPT = 3  # unfinished checkpoints of other keys kept beside the running one
 STATE = "state.json"  # as checkpoint.Checkpoint.STATE
 RUN_ID = "mlflow_run_id"  # as paths.checkpoint_run_id_file
 CORRUPT = ".corrupt-"  # as checkpoint.CORRUPT: a directory moved aside as unreadable
-LOCK_FILE = "train.lock"  # as session.LOCK_FILE: a live train's flock, its pid inside
+LOCK_FILE = "train.lock"  # session.hold_exclusively's: a live train's flock, its pid inside
 CLEAN_COMMAND = "make clean-checkpoints"
 
 

@@ -45,7 +45,7 @@ from vaepipe.prepared import TrainingInputs
 from vaepipe.train.checkpoint import Checkpoint
 from vaepipe.train.epoch_end import EpochEnd, keep_epochs_before, read_log
 from vaepipe.train.provenance import key_of, key_parts
-from vaepipe.train.retention import keep_other_checkpoints
+from vaepipe.train.retention import LOCK_FILE, keep_other_checkpoints
 
 OutputsHook = Callable[[Path], None]  # given the saved model file (paths.MODEL_FILE) once the outputs are written
 
@@ -124,9 +124,6 @@ class TrainingSession:
         if start_epoch:
             print(f"train: resuming after epoch {start_epoch} of {self.params.train.epochs} "
                   f"from {self.directory.relative_to(paths.ROOT)}", flush=True)
-
-
-LOCK_FILE = "train.lock"
 
 
 def hold_exclusively(directory: Path) -> IO[str]:
