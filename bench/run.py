@@ -446,14 +446,14 @@ def part_a_stage(repo: Path, epochs: int, repeats: int, reference_epochs: int = 
 SEARCH_TRIALS, SEARCH_JOBS = 6, 2
 
 
-def write_bench_search(repo: Path) -> Path:
+def write_bench_search(repo: Path, study: str = "bench", seed: int = 0) -> Path:
     import yaml
 
-    search = {"study": "bench", "preset": None, "fixed": {"train.epochs": 1},
+    search = {"study": study, "preset": None, "fixed": {"train.epochs": 1},
               "space": {"train.learning_rate": {"float": [1.0e-4, 1.0e-2], "log": True}},
               "objective": {"val_loss": "minimize"}, "trials": SEARCH_TRIALS, "jobs": SEARCH_JOBS,
-              "sampler": "random", "pruner": "none", "final": 0, "seed": 0}
-    path = repo / "bench_search.yaml"
+              "sampler": "random", "pruner": "none", "final": 0, "seed": seed}
+    path = repo / f"{study}_search.yaml"
     path.write_text(yaml.safe_dump(search, sort_keys=False))
     return path
 
@@ -500,6 +500,13 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
                           PYTHONPATH=str(repo / "src"))
     print(f"  f study of {SEARCH_TRIALS} trials, {SEARCH_JOBS} at a time: {study['seconds']:.1f} s "
           f"({study['cpu_seconds']:.1f} CPU s)", flush=True)
+    # The same study with each trial's DVC process spawned as its own Python (no launcher, tune/launcher.py);
+    # another seed, so that its trials train rather than come back from DVC's run cache.
+    spawn_search = write_bench_search(repo, "bench-spawn", seed=1)
+    spawned = timed_process([str(VENV_BIN / "python"), "-m", "vaepipe.tune", "--search", str(spawn_search)], repo,
+                            PYTHONPATH=str(repo / "src"), VAEPIPE_TRIAL_SPAWN="1")
+    print(f"  f the same, each trial's DVC spawned (no launcher): {spawned['seconds']:.1f} s "
+          f"({spawned['cpu_seconds']:.1f} CPU s)", flush=True)
     baselines("after")
     slot_s = study["seconds"] * SEARCH_JOBS / SEARCH_TRIALS
     stage_alone, stage_pair_s = statistics.median(alone), statistics.median(pairs)
@@ -512,6 +519,9 @@ def part_f(repo: Path, repeats: int = 2) -> dict:
             "study_cpu_s": study["cpu_seconds"], "stage_alone_cpu_s": alone_cpu,
             "median_stage_alone_cpu_s": statistics.median(alone_cpu),
             "cpu_overhead_per_trial_s": study["cpu_seconds"] / SEARCH_TRIALS - statistics.median(alone_cpu),
+            "spawn_study_s": spawned["seconds"], "spawn_study_cpu_s": spawned["cpu_seconds"],
+            "spawn_overhead_per_trial_s": spawned["seconds"] * SEARCH_JOBS / SEARCH_TRIALS - stage_alone,
+            "spawn_cpu_overhead_per_trial_s": spawned["cpu_seconds"] / SEARCH_TRIALS - statistics.median(alone_cpu),
             "load_average_at_end": os.getloadavg()}
 
 
@@ -753,6 +763,10 @@ def table(results: dict) -> str:
             rows.append(f"| f. CPU seconds (all processes): study / {f['trials']} - stage alone | "
                         f"{f['study_cpu_s'] / f['trials']:.1f} - {f['median_stage_alone_cpu_s']:.1f} = "
                         f"{f['cpu_overhead_per_trial_s']:.1f} s per trial | |")
+        if "spawn_study_s" in f:
+            rows.append(f"| f. the same study, trials' DVC spawned, not forked from the launcher: study; overhead "
+                        f"per trial; CPU overhead per trial | {f['spawn_study_s']:.1f} s; "
+                        f"{f['spawn_overhead_per_trial_s']:.1f} s; {f['spawn_cpu_overhead_per_trial_s']:.1f} s | |")
     if g:
         rows.append(f"| g. stage start-up (`import tensorflow, keras`): plain / scikit-learn skipped | "
                     f"{g['median_plain_s']:.2f} s / {g['median_skipping_s']:.2f} s (saves {g['saving_s']:.2f} s, "

@@ -227,3 +227,18 @@ def test_the_dvc_patch_runs_only_with_the_dvc_it_was_tested_with():
     pins = (SRC.parent / "requirements.txt").read_text()
     assert f"\ndvc=={TESTED_DVC}\n" in f"\n{pins}", f"requirements.txt pins another DVC than {TESTED_DVC}"
     assert version("dvc") == TESTED_DVC, f"DVC {version('dvc')} is installed; dvc_one was tested with {TESTED_DVC}"
+
+
+def test_the_launchers_preloaded_modules_exist_in_the_pinned_libraries():
+    """The trial launcher imports dvc_one.PRELOAD once so that each trial's fork starts with them (names of
+    modules only: nothing in them is called by name). One an upgrade renamed would silently cost its import
+    in every trial again: it fails here, naming the library and its version."""
+    from vaepipe.tune.dvc_one import PRELOAD
+
+    for module in PRELOAD:
+        library = importlib.import_module(module.split(".")[0])
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            pytest.fail(f"dvc_one.PRELOAD: {module} is gone in {library.__name__} "
+                        f"{getattr(library, '__version__', '?')} ({error})")

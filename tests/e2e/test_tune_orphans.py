@@ -32,15 +32,25 @@ time.sleep(300)
 Path("out.txt").write_text("finished")
 """
 
-DRIVER = """import subprocess, sys, time
-trial = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "exp", "run", "--temp", "-n", "mine",
-                          "-S", "x=2"], start_new_session=True)
+ARGV = '["exp", "run", "--temp", "-n", "mine", "-S", "x=2"]'
+DRIVERS = {  # the launcher (make tune's way) and a spawned dvc_one (VAEPIPE_TRIAL_SPAWN=1)
+    "forked by the launcher": f"""import os, time
+from pathlib import Path
+from vaepipe.tune.launcher import launch
+Path("trial.log").write_text("")
+trial = launch({ARGV}, Path.cwd(), dict(os.environ), Path("trial.log"))
 print(trial.pid, flush=True)
 time.sleep(600)
-"""
+""",
+    "spawned": f"""import subprocess, sys, time
+trial = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", *{ARGV}], start_new_session=True)
+print(trial.pid, flush=True)
+time.sleep(600)
+"""}
 
 
-def test_a_trial_stops_itself_when_its_driver_is_killed(tmp_path):
+@pytest.mark.parametrize("how", DRIVERS)
+def test_a_trial_stops_itself_when_its_driver_is_killed(tmp_path, how):
     repo = tmp_path / "repo"
     repo.mkdir()
     env = stage_env(PYTHONPATH=str(PROJECT / "src"))
@@ -54,10 +64,10 @@ def test_a_trial_stops_itself_when_its_driver_is_killed(tmp_path):
     (repo / "stage.py").write_text(STAGE)
     (repo / "dvc.yaml").write_text(f"stages:\n  slow:\n    cmd: {VENV_BIN / 'python'} stage.py\n    deps: [stage.py]\n"
                                    "    params: [x]\n    outs: [out.txt]\n")
-    (repo / ".gitignore").write_text("/out.txt\n/stage.pid\n/stopped\n")
+    (repo / ".gitignore").write_text("/out.txt\n/stage.pid\n/stopped\n/trial.log\n")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "tiny")
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVERS[how]], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     try:
         group = int(driver.stdout.readline())
         wait_for(lambda: (repo / "stage.pid").exists(), timeout=120, what="the trial's stage")

@@ -31,17 +31,23 @@ MLflow run KILLED and DVC commits nothing.
 from __future__ import annotations
 
 import fcntl
+import importlib
+import json
 import os
+import select
 import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any, NoReturn
 
 from dvc.cli import main
 from dvc.repo.experiments.exceptions import ExpQueueEmptyError
 from dvc.repo.experiments.queue.tempdir import TempDirQueue
+
+from vaepipe.tune.launcher import LAUNCH_LOCK_OPTION, SERVE_OPTION
 
 
 def first_entry_only(get: Callable, on_taken: Callable[[], None] = lambda: None) -> Callable:
@@ -59,9 +65,6 @@ def first_entry_only(get: Callable, on_taken: Callable[[], None] = lambda: None)
             on_taken()
 
     return get_once
-
-
-LAUNCH_LOCK_OPTION = "--launch-lock"
 
 
 def hold_launch_lock(path: str) -> Callable[[], None]:
@@ -104,7 +107,8 @@ def stop_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thre
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll)
-        print(f"vaepipe: the `make tune` that started this trial (pid {parent}) is gone: stopping it", flush=True)
+        print(f"vaepipe: the `make tune` that started this trial is gone (its process {parent} ended): stopping it",
+              flush=True)
         os.killpg(os.getpgrp(), signal.SIGINT)
 
     thread = threading.Thread(target=watch, name="stop-with-parent", daemon=True)
@@ -112,10 +116,112 @@ def stop_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thre
     return thread
 
 
-if __name__ == "__main__":
+def run(argv: list[str]) -> int:
+    """One trial's `dvc exp run --temp ...` (argv as after `dvc`, maybe led by `--launch-lock PATH`), in
+    this process: DVC's CLI with its reproduce loop cut to this process's own stash entry."""
     refuse_untested_dvc()
     stop_with_parent(os.getppid())
-    lock, dvc_args = split_launch_lock(sys.argv[1:])
+    lock, dvc_args = split_launch_lock(argv)
     release = hold_launch_lock(lock) if lock else (lambda: None)
     TempDirQueue.get = first_entry_only(TempDirQueue.get, on_taken=release)
-    sys.exit(main(dvc_args))
+    return main(dvc_args)
+
+
+# What a trial's DVC process imports on its way beyond this module's own imports (`python -X importtime`
+# of one trial): loaded once by the launcher, so each trial's fork starts with them. A name missing from
+# a later DVC only costs that import per trial (tests/test_private_api.py checks them against the pin).
+PRELOAD = ("dvc.cli.parser", "dvc.commands.experiments.run", "dvc.repo.experiments.queue.celery",
+           "dvc.repo.experiments.executor.local", "dvc.repo.reproduce", "dvc.repo.plots", "dvc.repo.graph",
+           "dvc.repo.index", "dvc.utils.hydra", "dvc.utils.strictyaml", "dvc_data.index.checkout",
+           "hydra.core.override_parser.overrides_parser", "networkx", "ruamel.yaml", "dvc_render",
+           "dulwich.porcelain", "dulwich.stash", "dulwich.worktree", "dulwich.gc", "dulwich.filters", "pygit2",
+           "platformdirs", "flatten_dict", "fsspec.implementations.memory")
+REAP_POLL_S = 0.2
+
+
+def _child(request: dict[str, Any], ready: int) -> NoReturn:
+    """In the fork: become the trial's process (own session, cwd, environment, log), run it, exit."""
+    code = 1
+    try:
+        os.setsid()  # its own process group, as `start_new_session=True` gives a spawned one
+        os.write(ready, b"x")
+        os.close(ready)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        code = run(request["argv"])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except BaseException:  # noqa: BLE001  (a bug: its traceback goes to the trial's log)
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)  # never back into the launcher's loop, never its exit handlers
+
+
+def serve(requests: int = 0, replies: IO[str] = sys.stdout) -> None:
+    """The launcher `make tune` starts once (tune/launcher.py): DVC and PRELOAD imported once (about 1 s of
+    CPU a trial's own process would spend), then one fork per request line (JSON: id, argv, cwd, env, log),
+    answered `{"id", "pid"}` once the fork leads its own process group and `{"id", "code"}` when it ends.
+    At the end of its input (the driver gone, however it ended) it exits; each fork then sees its parent go
+    and stops its trial (stop_with_parent), as a trial spawned by a killed driver does."""
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    ids: dict[int, int] = {}
+    pending = b""
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    while True:
+        readable, _, _ = select.select([requests], [], [], REAP_POLL_S)
+        while ids:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            reply({"id": ids.pop(pid), "code": os.waitstatus_to_exitcode(status)})
+        if not readable:
+            continue
+        chunk = os.read(requests, 65536)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            ready_read, ready_write = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError as error:  # out of memory or processes: this trial fails, the launcher goes on
+                os.close(ready_read)
+                os.close(ready_write)
+                reply({"id": request["id"], "error": f"cannot start DVC: {error}"})
+                continue
+            if pid == 0:
+                os.close(ready_read)
+                _child(request, ready_write)
+            os.close(ready_write)
+            os.read(ready_read, 1)  # the fork has its own session: the driver may signal its group now
+            os.close(ready_read)
+            ids[pid] = request["id"]
+            reply({"id": request["id"], "pid": pid})
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == [SERVE_OPTION]:
+        serve()
+    else:
+        sys.exit(run(sys.argv[1:]))

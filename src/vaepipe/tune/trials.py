@@ -31,6 +31,8 @@ from typing import Any
 from vaepipe import paths
 from vaepipe.experiments import RUN_ID_PATH, experiment_refs, read_files_from_experiment
 from vaepipe.presets import set_options
+from vaepipe.tune import launcher
+from vaepipe.tune.launcher import LAUNCH_LOCK_OPTION
 from vaepipe.tune.storage import STORAGE_ENV
 
 STOP_GRACE_S = 90  # after SIGINT, how long a trial has to end its MLflow run and exit before SIGKILL
@@ -99,7 +101,7 @@ class Experiment:
     overrides: dict[str, Any]
     target: str | None  # "train" for a trial: the search never runs evaluate
     storage: str
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | launcher.LaunchedProcess | None = None
     baseline: str | None = None  # the commit DVC runs it on, recorded at launch (its ref lives under it)
     interrupted: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -115,11 +117,14 @@ class Experiment:
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, STORAGE_ENV: self.storage}
         self.baseline = baseline_rev()
+        argv = [LAUNCH_LOCK_OPTION, str(launch_lock()), "--wait-for-lock", *self.command()[1:]]
         with log.open("w") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", "--launch-lock",
-                                             str(launch_lock()), "--wait-for-lock", *self.command()[1:]],
-                                            cwd=paths.ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            if launcher.use_launcher():  # a fork of the process that has DVC loaded (tune/launcher.py)
+                self.process = launcher.launch(argv, paths.ROOT, env, log)
+            else:
+                self.process = subprocess.Popen([sys.executable, "-m", "vaepipe.tune.dvc_one", *argv],
+                                                cwd=paths.ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self) -> int:
         assert self.process is not None
