@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                 study = load_search(args.search or paths.SEARCH_FILE).study
             print(status(study, args.storage, as_json=args.json))
             return 0
+        from vaepipe.tune import launcher
+
+        if launcher.use_launcher():
+            launcher.start()  # its DVC imports run beside the driver's own (Optuna, the search, the study)
         from vaepipe.tune.driver import tune
         from vaepipe.tune.search import load_search
 

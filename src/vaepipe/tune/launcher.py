@@ -69,18 +69,26 @@ class Launcher:
             atexit.register(self.close)
         return self.process
 
+    def start(self) -> None:
+        """Start the launcher now, so that its imports overlap the driver's own start (Optuna, the study)."""
+        with self.lock:
+            self._ensure_started()
+
     def close(self, timeout: float = 10) -> None:
-        """End the launcher (the end of its input) and wait for it, so that its CPU time and its forks' count
-        as this process's children's (bench part f, `time make tune`)."""
+        """End the launcher (the end of its input; at once if no trial of its runs, even mid-import) and wait
+        for it, so that its CPU time and its forks' count as this process's children's (bench part f)."""
         process, self.process = self.process, None
         if process is None:
             return
         try:
             assert process.stdin is not None
             process.stdin.close()
+            if not self.running:
+                process.terminate()
             process.wait(timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
             process.kill()
+            process.wait()
 
     def _read_answers(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
@@ -133,6 +141,11 @@ _LAUNCHER = Launcher()
 def launch(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> LaunchedProcess:
     """This process's launcher's `launch` (one launcher per `make tune`, shared by its worker threads)."""
     return _LAUNCHER.launch(argv, cwd, env, log)
+
+
+def start() -> None:
+    """Start this process's launcher ahead of its first launch."""
+    _LAUNCHER.start()
 
 
 def use_launcher() -> bool:
