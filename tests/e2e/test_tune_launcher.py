@@ -84,8 +84,8 @@ def test_two_trials_forked_at_once_each_run_as_their_own_process(tmp_path):
         assert metrics == {"mark": mark, "x": x, "pgid": handle.pid}
     process = launcher.process
     assert process is not None and process.poll() is None, "one launcher serves every launch"
-    launcher.close()  # the driver's end: the launcher exits at the end of its input
-    assert process.returncode == 0
+    process.stdin.close()  # the end of its input, as when the driver is gone: the launcher exits by itself
+    assert process.wait(timeout=10) == 0
 
 
 def test_a_launcher_that_dies_ends_its_trials(tmp_path):
