@@ -149,7 +149,9 @@ def _child(request: dict[str, Any], ready: int) -> NoReturn:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -179,13 +181,20 @@ def serve(requests: int = 0, replies: IO[str] = sys.stdout) -> None:
             importlib.import_module(module)
         except ImportError:
             pass
-    ids: dict[int, int] = {}
-    pending = b""
 
     def reply(message: dict[str, Any]) -> None:
         replies.write(json.dumps(message) + "\n")
         replies.flush()
 
+    try:
+        _serve_requests(requests, reply)
+    except BrokenPipeError:  # the driver is gone: its trials stop by themselves (stop_with_parent)
+        os._exit(0)  # quietly: no flush of the broken pipe at exit
+
+
+def _serve_requests(requests: int, reply: Callable[[dict[str, Any]], None]) -> None:
+    ids: dict[int, int] = {}  # fork's pid -> request id
+    pending = b""
     while True:
         readable, _, _ = select.select([requests], [], [], REAP_POLL_S)
         while ids:
