@@ -64,6 +64,19 @@ def make_repo(path: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def tiny_dvc_repo(repo: Path, env: dict[str, str], files: dict[str, str]) -> Path:
+    """A new git and DVC repository at `repo` holding `files` (name -> text: params.yaml, dvc.yaml, a stage
+    script, .gitignore), committed: the smallest place to run `dvc exp run` in."""
+    repo.mkdir()
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=repo, env=env, capture_output=True, check=True)
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        subprocess.run(command, cwd=repo, env=env, capture_output=True, check=True)
+    return repo
+
+
 def copy_repo(source: Path, dest: Path) -> Path:
     """A copy of a test repo (outputs, dvc.lock, checkpoints, MLflow store) that stands on its own: the
     store's absolute artifact locations are moved to the copy's mlartifacts/, so nothing it logs lands in

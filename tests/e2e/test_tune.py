@@ -23,7 +23,7 @@ import optuna
 import pytest
 import yaml
 from PIL import Image
-from pipeline_repo import PROJECT, QUICK_PARAMS, VENV_BIN, copy_repo, make_repo, stage_env, wait_for
+from pipeline_repo import PROJECT, QUICK_PARAMS, VENV_BIN, copy_repo, make_repo, stage_env, tiny_dvc_repo, wait_for
 from test_browser import offline_page
 
 from vaepipe.experiments import experiment_run_id
@@ -162,21 +162,14 @@ def test_one_trials_dvc_process_runs_its_own_experiment_only(tmp_path):
     vaepipe.tune.dvc_one, it runs its own entry and leaves the other one in the stash."""
     from dvc.repo import Repo
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
     env = stage_env(PYTHONPATH=str(PROJECT / "src"))
+    repo = tiny_dvc_repo(tmp_path / "repo", env, {
+        "params.yaml": "x: 1\n", ".gitignore": "/out.yaml\n",
+        "dvc.yaml": "stages:\n  copy:\n    cmd: cp params.yaml out.yaml\n    params: [x]\n    outs: [out.yaml]\n"})
 
     def run(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=True)
 
-    run("git", "init", "-q")
-    run("dvc", "init", "-q")
-    (repo / "params.yaml").write_text("x: 1\n")
-    (repo / "dvc.yaml").write_text("stages:\n  copy:\n    cmd: cp params.yaml out.yaml\n    params: [x]\n"
-                                   "    outs: [out.yaml]\n")
-    (repo / ".gitignore").write_text("/out.yaml\n")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "tiny")
     run(str(VENV_BIN / "python"), "-c",  # another launch's entry, stashed but not yet taken
         "from dvc.repo import Repo; repo = Repo('.'); "
         "repo.experiments.queue_one(repo.experiments.tempdir_queue, name='other', params={'params.yaml': ['x=3']})")

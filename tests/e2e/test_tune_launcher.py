@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_repo import VENV_BIN, stage_env, wait_for
+from pipeline_repo import VENV_BIN, stage_env, tiny_dvc_repo, wait_for
 
 from vaepipe.tune.launcher import LAUNCH_LOCK_OPTION, LAUNCHER_GONE, Launcher
 from vaepipe.tune.trials import group_members
@@ -40,18 +40,11 @@ Path("m.json").write_text(json.dumps({"mark": os.environ["MARK"], "x": x, "pgid"
 
 
 def tiny_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
     env = stage_env()
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
-    (repo / "params.yaml").write_text("x: 1\n")
-    (repo / "stage.py").write_text(STAGE)
-    (repo / "dvc.yaml").write_text(f"stages:\n  fast:\n    cmd: {VENV_BIN / 'python'} stage.py\n    deps: [stage.py]\n"
-                                   "    params: [x]\n    metrics:\n      - m.json:\n          cache: false\n")
-    (repo / ".gitignore").write_text("/logs\n/stopped\n")
-    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
-        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+    repo = tiny_dvc_repo(tmp_path / "repo", env, {
+        "params.yaml": "x: 1\n", "stage.py": STAGE, ".gitignore": "/logs\n/stopped\n",
+        "dvc.yaml": f"stages:\n  fast:\n    cmd: {VENV_BIN / 'python'} stage.py\n    deps: [stage.py]\n"
+                    "    params: [x]\n    metrics:\n      - m.json:\n          cache: false\n"})
     (repo / "logs").mkdir()
     return repo, env
 

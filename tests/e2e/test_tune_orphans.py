@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_repo import PROJECT, VENV_BIN, stage_env, wait_for
+from pipeline_repo import PROJECT, VENV_BIN, stage_env, tiny_dvc_repo, wait_for
 
 from vaepipe.tune.trials import group_members
 
@@ -51,22 +51,11 @@ time.sleep(600)
 
 @pytest.mark.parametrize("how", DRIVERS)
 def test_a_trial_stops_itself_when_its_driver_is_killed(tmp_path, how):
-    repo = tmp_path / "repo"
-    repo.mkdir()
     env = stage_env(PYTHONPATH=str(PROJECT / "src"))
-
-    def run(*command: str) -> None:
-        subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=True)
-
-    run("git", "init", "-q")
-    run("dvc", "init", "-q")
-    (repo / "params.yaml").write_text("x: 1\n")
-    (repo / "stage.py").write_text(STAGE)
-    (repo / "dvc.yaml").write_text(f"stages:\n  slow:\n    cmd: {VENV_BIN / 'python'} stage.py\n    deps: [stage.py]\n"
-                                   "    params: [x]\n    outs: [out.txt]\n")
-    (repo / ".gitignore").write_text("/out.txt\n/stage.pid\n/stopped\n/trial.log\n")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "tiny")
+    repo = tiny_dvc_repo(tmp_path / "repo", env, {
+        "params.yaml": "x: 1\n", "stage.py": STAGE, ".gitignore": "/out.txt\n/stage.pid\n/stopped\n/trial.log\n",
+        "dvc.yaml": f"stages:\n  slow:\n    cmd: {VENV_BIN / 'python'} stage.py\n    deps: [stage.py]\n"
+                    "    params: [x]\n    outs: [out.txt]\n"})
     driver = subprocess.Popen([sys.executable, "-c", DRIVERS[how]], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     try:
         group = int(driver.stdout.readline())

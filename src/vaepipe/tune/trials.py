@@ -32,7 +32,6 @@ from vaepipe import paths
 from vaepipe.experiments import RUN_ID_PATH, experiment_refs, read_files_from_experiment
 from vaepipe.presets import set_options
 from vaepipe.tune import launcher
-from vaepipe.tune.launcher import LAUNCH_LOCK_OPTION
 from vaepipe.tune.storage import STORAGE_ENV
 
 STOP_GRACE_S = 90  # after SIGINT, how long a trial has to end its MLflow run and exit before SIGKILL
@@ -117,7 +116,7 @@ class Experiment:
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, STORAGE_ENV: self.storage}
         self.baseline = baseline_rev()
-        argv = [LAUNCH_LOCK_OPTION, str(launch_lock()), "--wait-for-lock", *self.command()[1:]]
+        argv = [launcher.LAUNCH_LOCK_OPTION, str(launch_lock()), "--wait-for-lock", *self.command()[1:]]
         with log.open("w") as out:
             if launcher.use_launcher():  # a fork of the process that has DVC loaded (tune/launcher.py)
                 self.process = launcher.launch(argv, paths.ROOT, env, log)
