@@ -12,9 +12,12 @@ def main() -> None:
 
     run_id = tracking.read_run_id(paths.RUN_ID_FILE)
     tracking.check_can_log()  # a wrong login or a READ-only user stops here, before TensorFlow loads
+    from vaepipe import prepared
+
+    data = prepared.evaluation_data(params.data.binarize)  # a missing or damaged split: here, before TensorFlow
     from vaepipe import evaluation
 
-    inputs = evaluation.load_inputs(params)  # a bad input stops here, before the run is touched
+    inputs = evaluation.load_inputs(data)  # a bad model stops here, before the run is touched
     # The run logged into: the train run, or in a store without it (another clone) a run linked to it.
     with tracking.active_run(run_id):
         metrics = evaluation.score(inputs, params)  # metrics only: the run is models/mlflow_run_id

@@ -171,17 +171,12 @@ class EvaluationInputs:
     train_labels: np.ndarray
 
 
-def load_inputs(params: Params) -> EvaluationInputs:
-    """The saved model and the checked test (and probe training) data, as the model sees them.
+def load_inputs(data: prepared.EvaluationData) -> EvaluationInputs:
+    """The saved model with the checked test (and probe training) data, which the stage read first.
 
     Loaded before the MLflow run is reopened, so a missing or corrupt input leaves the run untouched.
     """
-    vae = load_vae(paths.MODEL_FILE)
-    test = prepared.load_verified("test")
-    train = prepared.load_verified("train")
-    # The probe's training features: the deterministic view of the training images.
-    return EvaluationInputs(vae, prepared.model_inputs(test, params.data.binarize, training=False), test.labels,
-                            prepared.model_inputs(train, params.data.binarize, training=False), train.labels)
+    return EvaluationInputs(load_vae(paths.MODEL_FILE), data.x_test, data.test_labels, data.x_train, data.train_labels)
 
 
 def score(inputs: EvaluationInputs, params: Params, clock: Callable[[], float] = time.perf_counter) -> dict:

@@ -12,7 +12,6 @@ import numpy as np
 from keras import ops
 
 from vaepipe import paths, plots, prepared
-from vaepipe.config import Params
 from vaepipe.data import CLASS_NAMES, Split
 from vaepipe.errors import DataError
 from vaepipe.evaluation import encode_means
@@ -30,19 +29,16 @@ def _read_log(path: Path) -> dict[str, np.ndarray]:
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
 
 
-def load_inputs(params: Params) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray], str, tuple[str, ...]]:
-    """Model, the images to draw, their model inputs, the epoch log, the split's name and the names of
-    the dataset's classes (meta.json's dataset); read before the MLflow run is reopened, so a bad input
-    leaves the run untouched."""
+def load_inputs(data: prepared.FigureData) -> tuple[VAE, Split, np.ndarray, dict[str, np.ndarray], str, tuple[str, ...]]:
+    """Model, the images to draw (which the stage read first), their model inputs, the epoch log, the
+    split's name and the names of the dataset's classes; read before the MLflow run is reopened, so a
+    bad input leaves the run untouched."""
     vae = load_vae(paths.MODEL_FILE)
-    split = "validation" if prepared.has_validation() else "train"
-    images = prepared.load_verified(split)
     try:
         log = _read_log(paths.TRAIN_LOG)
     except (OSError, ValueError) as error:
         raise DataError(f"{paths.TRAIN_LOG}: unreadable epoch log ({error}); rerun `dvc repro train`") from None
-    return (vae, images, prepared.model_inputs(images, params.data.binarize, training=False), log, split,
-            dataset_class_names())
+    return vae, data.images, data.x, log, data.split, dataset_class_names()
 
 
 def dataset_class_names() -> tuple[str, ...]:

@@ -3,7 +3,8 @@
 No TensorFlow here (prepare must start fast). Splits: `train`, `validation` (held out of the training
 images, absent when data.val_size = 0) and `test`, each an uncompressed .npz of uint8 images and
 int64 labels; meta.json records each split's sha256, checked on every load. Train fits on `train` and
-validates on `validation`; only evaluate reads `test`.
+validates on `validation`; only evaluate reads `test`. Each stage reads its arrays here before it
+imports TensorFlow, so a missing or damaged file stops it in a second, not after TensorFlow has loaded.
 """
 
 from __future__ import annotations
@@ -182,6 +183,39 @@ def training_inputs(binarize: str) -> TrainingInputs:
         x_val=None if validation is None else model_inputs(validation, binarize, training=False),
         train_sha256=read_meta()["sha256"]["train"],
     )
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What the evaluate stage reads: the test split, and the training split for the kNN probe (its
+    deterministic view), both as the model sees them."""
+
+    x_test: np.ndarray
+    test_labels: np.ndarray
+    x_train: np.ndarray
+    train_labels: np.ndarray
+
+
+def evaluation_data(binarize: str) -> EvaluationData:
+    test, train = load_verified("test"), load_verified("train")
+    return EvaluationData(model_inputs(test, binarize, training=False), test.labels,
+                          model_inputs(train, binarize, training=False), train.labels)
+
+
+@dataclass(frozen=True)
+class FigureData:
+    """What the plot stage draws from: held-out images (validation's; the training split's when
+    data.val_size = 0, never test's) and their model inputs."""
+
+    split: str
+    images: Split
+    x: np.ndarray
+
+
+def figure_data(binarize: str) -> FigureData:
+    split = "validation" if has_validation() else "train"
+    images = load_verified(split)
+    return FigureData(split, images, model_inputs(images, binarize, training=False))
 
 
 def training_data_sha256() -> str:

@@ -216,7 +216,7 @@ def validation_batches(strategy: tf.distribute.Strategy, x_val: np.ndarray | Non
     return replica_batches(strategy, x_val, order, VAL_BATCH_SIZE), -(-len(x_val) // VAL_BATCH_SIZE)
 
 
-def train(params: Params, *, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+def train(params: Params, inputs: prepared.TrainingInputs, *, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
           on_outputs: Sequence[OutputsHook] = ()) -> None:
     """single_process.train for `train.distribute != none`: the same outputs, checkpoints, MLflow run and
     parameters. The chief runs `extra_callbacks`' on_epoch_end after the end-of-epoch path (the other
@@ -227,7 +227,6 @@ def train(params: Params, *, extra_callbacks: Sequence[keras.callbacks.Callback]
     print(f"train: {params.train.distribute} over {strategy.num_replicas_in_sync} replicas "
           f"({workers} worker{'s' if workers > 1 else ''}); this process is "
           f"{'the chief' if chief else 'a worker (writes nothing)'}", flush=True)
-    inputs = prepared.training_inputs(params.data.binarize)
     x_train = inputs.x_train
     trainer = DistributedTrainer(params, strategy, batches_per_epoch=batches_per_epoch(len(x_train), params))
     val_data, n_val_batches = validation_batches(strategy, inputs.x_val)

@@ -102,17 +102,17 @@ def fit(params: Params, x_train: np.ndarray, x_val: np.ndarray | None = None, *,
     return vae
 
 
-def train(params: Params, *, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+def train(params: Params, inputs: prepared.TrainingInputs, *, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
           on_outputs: Sequence[OutputsHook] = ()) -> None:
     """The train stage: `fit` inside a TrainingSession (resuming an interrupted run with the same params),
-    then the model, log, validation summary and run id written as one set.
+    then the model, log, validation summary and run id written as one set. `inputs`: the checked prepared
+    arrays (prepared.training_inputs), which the stage reads before it imports this module.
 
     What the stage adds from outside training's code (stages/train.py builds it): `extra_callbacks` run
     after the end-of-epoch path, so an epoch is logged and checkpointed before they see it (a search
     trial's pruning: one that sets `model.stop_training` ends the run early, outputs written); each of
     `on_outputs` is called with the saved model file once the outputs are written, inside the MLflow run
     (the model logging)."""
-    inputs = prepared.training_inputs(params.data.binarize)
     session = open_session(params, inputs, on_outputs)  # the key, this key's directory locked, retention
     model = compile_for_training(params, batches_per_epoch(len(inputs.x_train), params))
     vae = trained_vae(model)
