@@ -146,14 +146,23 @@ DATA_CASES = [
     ("train", "data/prepared/meta.json", Path.unlink, "meta.json"),
     ("evaluate", "data/prepared/test.npz", truncate, "test.npz"),
     ("evaluate", "data/prepared/test.npz", lambda p: rewrite_npz(p, images=lambda a: a.astype(np.float32)), "dtype"),
+    ("plot", "data/prepared/validation.npz", truncate, "validation.npz"),  # plot's held-out images
 ]
+# The stage's src/sitecustomize.py for these cases: TensorFlow cannot be imported, so a stage that loaded
+# it before checking its data fails with a traceback instead of the one-line refusal.
+WITHOUT_TENSORFLOW = 'import sys\n\nsys.modules["tensorflow"] = None  # tests/e2e/test_bad_inputs.py\n'
 
 
 @pytest.mark.parametrize("stage,name,damage,needle", DATA_CASES,
                          ids=[f"{c[0]}-{c[1].split('/')[-1]}-{getattr(c[2], '__name__', 'edit')}" for c in DATA_CASES])
-def test_corrupt_prepared_data_is_refused(repo, baseline, stage, name, damage, needle):
+def test_corrupt_prepared_data_is_refused_before_tensorflow_loads(repo, baseline, stage, name, damage, needle):
     damage(repo / name)
-    result = run_stage(repo, stage)
+    blocker = repo / "src" / "sitecustomize.py"
+    blocker.write_text(WITHOUT_TENSORFLOW)
+    try:
+        result = run_stage(repo, stage)
+    finally:
+        blocker.unlink()
     assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
