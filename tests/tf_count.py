@@ -4,7 +4,8 @@
 in the process that runs the session: pytest-xdist's controller, or pytest itself without -n). A thread
 looks at /proc every half second for processes of this run that have TensorFlow's shared library mapped,
 and writes `<dir>/tf-processes.json` at the end (one entry per process: pid, argv, cwd, the test that
-started it, start and last-seen time, CPU seconds) and prints a summary by test file.
+started it, start and last-seen time, CPU seconds; under `all`, every process of the run seen, TensorFlow
+or not: its argv's first words, test and CPU seconds) and prints a summary by test file.
 
 Why /proc and not a sitecustomize.py on PYTHONPATH: every DVC stage runs through stages/python.sh, which
 sets PYTHONPATH=src, and the e2e helpers build stage environments without the caller's PYTHONPATH, so a
@@ -66,6 +67,7 @@ class Counter:
         self.found: dict[tuple[int, float], dict] = {}  # (pid, start) -> record
         self.ours: dict[tuple[int, float], bool] = {}
         self.cpu: dict[tuple[int, float], float] = {}  # every process of this run (TensorFlow or not): CPU seconds
+        self.others: dict[tuple[int, float], dict] = {}  # every process of this run: argv, test, start
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="tf-count", daemon=True)
         self.started = time.time()
@@ -85,7 +87,8 @@ class Counter:
         records = sorted(self.found.values(), key=lambda record: record["start"])
         (self.directory / "tf-processes.json").write_text(json.dumps(
             {"wall": self.finished - self.started, "started": self.started, "cpus": os.cpu_count(),
-             "all_processes": len(self.cpu), "all_cpu": sum(self.cpu.values()), "processes": records}, indent=1))
+             "all_processes": len(self.cpu), "all_cpu": sum(self.cpu.values()), "processes": records,
+             "all": [{**self.others.get(key, {}), "cpu": cpu} for key, cpu in self.cpu.items()]}, indent=1))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         records = list(self.found.values())
@@ -166,10 +169,12 @@ class Counter:
             if not self.ours[key]:
                 continue
             self.cpu[key] = stat[2]
+            argv = [part.decode(errors="replace") for part in (_read(f"/proc/{pid}/cmdline") or b"").split(b"\0") if part]
+            if key not in self.others:  # what each process of the run is, TensorFlow or not (seen once, young)
+                self.others[key] = {"argv": argv[:4], "test": self._test_of(pid, parents), "start": stat[1]}
             maps = _read(f"/proc/{pid}/maps")
             if maps is None or TF_LIBRARY not in maps:
                 continue
-            argv = [part.decode(errors="replace") for part in (_read(f"/proc/{pid}/cmdline") or b"").split(b"\0") if part]
             self.found[key] = {"pid": pid, "argv": argv, "cwd": os.path.realpath(f"/proc/{pid}/cwd"),
                                "test": self._test_of(pid, parents), "start": stat[1], "last_seen": now,
                                "cpu": stat[2]}

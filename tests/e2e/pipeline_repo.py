@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -16,9 +17,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 import yaml
 from project_copy import clean_env, copy_working_tree
@@ -199,6 +202,17 @@ def metric_history(repo: Path, run_id: str) -> dict[str, dict[int, set[float]]]:
         for key, step, value in conn.execute("SELECT key, step, value FROM metrics WHERE run_uuid = ?", (run_id,)):
             history.setdefault(key, {}).setdefault(step, set()).add(value)
     return history
+
+
+def model_weights(model_file: Path) -> dict[str, np.ndarray]:
+    """Every weight array saved in a `.keras` file (its model.weights.h5), by its path in that file: read
+    with h5py, so the test process need not load TensorFlow to compare two models."""
+    import h5py
+
+    weights: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(model_file) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+        h5.visititems(lambda name, item: weights.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return weights
 
 
 def epoch_rows(log: Path) -> int:
