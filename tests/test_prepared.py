@@ -114,3 +114,22 @@ def test_the_checkpoint_key_hashes_training_code_only(tmp_path, monkeypatch):
         assert provenance.key_of(provenance.key_parts(params, src)) != before, numeric
         file.write_text(original)
     assert provenance.key_of(provenance.key_parts(params, src)) == before
+
+
+def test_the_logged_models_input_example_is_a_held_out_training_image_never_a_test_one(tmp_path, monkeypatch):
+    """Train logs the model with an input example: validation's first images (train's when data.val_size = 0).
+    The test split is evaluate's alone: removed here, and the example is still there."""
+    from vaepipe.data import Dataset
+    from vaepipe.tracking import model_logging
+
+    monkeypatch.setattr(paths, "PREPARED_DIR", tmp_path / "prepared")
+    monkeypatch.setattr(paths, "PREPARED_META", tmp_path / "prepared" / "meta.json")
+    test_images = Split(np.full((20, 784), 250, np.uint8), np.zeros(20, np.int64))  # no training image is 250
+    for val_size, split in ((10, "validation"), (0, "train")):
+        prepared.write_splits(Dataset(numbered_split(100), test_images, "pypi"),
+                              parse_params({"data": {"val_size": val_size}}).data)
+        paths.prepared_split("test").unlink()
+        example = model_logging.prepared_input_example()
+        assert example is not None and example.shape == (2, 784) and example.dtype == np.float32, split
+        expected = prepared.load_split(paths.prepared_split(split)).images[:2]
+        np.testing.assert_array_equal(example, prepared.to_unit_interval(expected), err_msg=split)

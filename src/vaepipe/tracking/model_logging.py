@@ -22,7 +22,7 @@ def log_model(model_file: Path, register: bool = True, input_example: Any = "pre
 
     `vaepipe/serving.py` is the model's code; the .keras file is its artifact; the vaepipe package
     travels with it so `mlflow models serve` can load the registered custom layers. The signature is
-    model_signature(); the input example defaults to two prepared test images (None: no example).
+    model_signature(); the input example defaults to two held-out images train read (None: no example).
     """
     package_dir = Path(__file__).resolve().parents[1]  # src/vaepipe
     if isinstance(input_example, str) and input_example == "prepared":
@@ -78,11 +78,14 @@ def model_signature():
 
 
 def prepared_input_example(rows: int = 2):
-    """The first `rows` prepared test images as the model takes them (float32 in [0, 1]), or None."""
+    """The first `rows` validation images (the training split's when data.val_size = 0) as the model takes
+    them (float32 in [0, 1]), or None. Never test images: the train stage, which logs the model, reads no
+    test image (only evaluate does)."""
     from vaepipe.errors import DataError
-    from vaepipe.prepared import load_split, to_unit_interval
+    from vaepipe.prepared import has_validation, load_split, to_unit_interval
 
     try:
-        return to_unit_interval(load_split(paths.prepared_split("test")).images[:rows])
+        split = "validation" if has_validation() else "train"
+        return to_unit_interval(load_split(paths.prepared_split(split)).images[:rows])
     except DataError:
         return None
