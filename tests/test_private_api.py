@@ -40,6 +40,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("tune/dvc_one.py", "import dvc.repo.experiments.exceptions.ExpQueueEmptyError"): DVC_ONE,
     ("tune/dvc_one.py", "import dvc.repo.experiments.queue.tempdir.TempDirQueue"): DVC_ONE,
     ("tune/dvc_one.py", "attribute dvc.repo.experiments.queue.tempdir.TempDirQueue.get"): DVC_ONE,
+    ("tune/dvc_one.py", "attribute dvc.repo.experiments.queue.tempdir.TempDirQueue.collect_executor"): DVC_ONE,
     ("tune/trials.py", "string 'refs/exps/'"): EXP_REFS,
     ("experiments.py", "string 'refs/exps/'"): EXP_REFS,
 }

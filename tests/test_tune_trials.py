@@ -3,6 +3,8 @@ experiment's log; the experiment's command (a trial runs up to train only); and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vaepipe import paths
@@ -62,24 +64,27 @@ def test_a_trials_experiment_is_found_from_its_launch_not_from_head(tmp_path, mo
     assert trials.experiment_ref("six-t0", git("rev-parse", "HEAD")) is None  # where a HEAD lookup would look
 
 
+def lock_is_free(lock: Path) -> bool:
+    """True when no one holds the flock on `lock` (another open file description could take it now)."""
+    import fcntl
+
+    with lock.open("a") as other:
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
 def test_the_launch_lock_is_held_until_dvc_has_taken_the_entry_then_released(tmp_path):
     """dvc_one holds .optuna/launch.lock from before DVC stashes until its first `get` of the stash returned
     (or failed): other launches wait exactly that long; later `get`s find the queue empty."""
-    import fcntl
-
     from dvc.repo.experiments.exceptions import ExpQueueEmptyError
 
     from vaepipe.tune import dvc_one
 
     lock = tmp_path / "launch.lock"
-
-    def free() -> bool:
-        with lock.open("a") as other:
-            try:
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
+    free = lambda: lock_is_free(lock)  # noqa: E731
 
     assert dvc_one.split_launch_lock(["--launch-lock", str(lock), "--wait-for-lock", "exp", "run"]) == (
         str(lock), ["--wait-for-lock", "exp", "run"])
@@ -101,3 +106,32 @@ def test_the_launch_lock_is_held_until_dvc_has_taken_the_entry_then_released(tmp
     with pytest.raises(RuntimeError):
         get("queue")
     assert free()
+
+
+def test_dvc_collects_a_finished_experiment_holding_the_launch_lock(tmp_path, monkeypatch):
+    """Two trials' collections (a git fetch into the main repository each) at once can lose one experiment
+    (libgit2's .git/shallow.lock; DVC swallows the error): dvc_one runs DVC's collection under the launch
+    lock, called as DVC calls it (`self.collect_executor(...)` on the queue), and releases it after, also
+    when the collection fails. The collection itself stands in for DVC's: the lock is what is checked."""
+    from dvc.repo.experiments.queue.tempdir import TempDirQueue
+
+    from vaepipe.tune import dvc_one
+
+    lock = tmp_path / "launch.lock"
+    seen = []
+
+    def collect(exp, executor, result):
+        seen.append((exp, executor, result, lock_is_free(lock)))
+        if result == "bad":
+            raise RuntimeError("fetch failed")
+        return {"rev": "exp-hash"}
+
+    monkeypatch.setattr(TempDirQueue, "get", TempDirQueue.get)  # both restored after the test
+    monkeypatch.setattr(TempDirQueue, "collect_executor", staticmethod(collect))
+    dvc_one.patch_temp_dir_queue(str(lock), release=lambda: None)
+    queue = object.__new__(TempDirQueue)  # DVC calls it on its queue instance
+    assert queue.collect_executor("exp", "executor", "result") == {"rev": "exp-hash"}
+    assert seen == [("exp", "executor", "result", False)] and lock_is_free(lock)
+    with pytest.raises(RuntimeError):
+        queue.collect_executor("exp", "executor", "bad")
+    assert seen[-1][3] is False and lock_is_free(lock)

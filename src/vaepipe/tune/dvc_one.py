@@ -21,6 +21,13 @@ of the stash, so two launches must not interleave their stash and take. Held her
 driver, it is released at the earliest moment that is safe (the driver cannot see that moment without
 reading DVC's files), and several trials' DVC start-ups (seconds of imports) run side by side, not in turn.
 
+It holds the launch lock again while DVC collects the finished experiment into the main repository (the
+queue's `collect_executor`: a git fetch of the experiment's ref from the temporary copy). Two fetches into
+one repository at once can fail on libgit2's `.git/shallow.lock` (measured: 5 of 70 simultaneous pairs), and
+DVC swallows that failure: the trial exits 0 having trained, with no experiment committed (seen once in CI,
+tests/e2e/test_tune_launcher.py). Under the lock, a study's trials collect one at a time, and never while
+another launch stashes or takes its entry.
+
 It also stops with its `make tune`: a trial runs in its own process group (so Ctrl-C reaches the driver
 first, which stops its trials itself), and a driver killed outright (SIGKILL: nothing it can pass on) would
 leave it training for a study that no longer waits for it. A watchdog thread sees the parent go (the
@@ -81,6 +88,18 @@ def hold_launch_lock(path: str) -> Callable[[], None]:
     return release
 
 
+def under_launch_lock(function: Callable, path: str) -> Callable:
+    """`function`, run while holding the launch lock (waiting for it first)."""
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        release = hold_launch_lock(path)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            release()
+
+    return locked
+
+
 def split_launch_lock(argv: list[str]) -> tuple[str | None, list[str]]:
     """(the lock path of a leading `--launch-lock PATH`, or None; DVC's own arguments)."""
     if argv[:1] == [LAUNCH_LOCK_OPTION] and len(argv) > 1:
@@ -123,8 +142,16 @@ def run(argv: list[str]) -> int:
     stop_with_parent(os.getppid())
     lock, dvc_args = split_launch_lock(argv)
     release = hold_launch_lock(lock) if lock else (lambda: None)
-    TempDirQueue.get = first_entry_only(TempDirQueue.get, on_taken=release)
+    patch_temp_dir_queue(lock, release)
     return main(dvc_args)
+
+
+def patch_temp_dir_queue(lock: str | None, release: Callable[[], None]) -> None:
+    """DVC's temp-dir queue in this process: its first `get` only (then `release`), and with a launch lock,
+    its collection of the finished experiment under that lock."""
+    TempDirQueue.get = first_entry_only(TempDirQueue.get, on_taken=release)
+    if lock:  # a staticmethod on the class: wrapped, it stays one
+        TempDirQueue.collect_executor = staticmethod(under_launch_lock(TempDirQueue.collect_executor, lock))
 
 
 # What a trial's DVC process imports on its way beyond this module's own imports (`python -X importtime`
