@@ -10,10 +10,11 @@ runs (seen once in CI with two `make tune` processes on one study). Here a proce
 stash finds it empty, and trials.py's launch lock makes its first look see only its own entry.
 
 No public DVC path gives "one `--temp` experiment per process" (`dvc exp run --queue` with its own
-workers has the same take-the-first-entry loop), so this is the one patch vaepipe keeps on DVC, replacing a
-private method: it runs only with the DVC version it was tested against (TESTED_DVC), and any other DVC
-is refused in one line before anything is stashed (tests/test_private_api.py checks the patched method is
-still there in the pinned DVC).
+workers has the same take-the-first-entry loop), so this is the one patch vaepipe keeps on DVC: private
+methods of its temp-dir queue (`get`, and `collect_executor` below) replaced in this process only. It runs
+only with the DVC version it was tested against (TESTED_DVC), and any other DVC is refused in one line
+before anything is stashed (tests/test_private_api.py checks the patched methods are still there in the
+pinned DVC).
 
 It also holds the launch lock (`--launch-lock PATH`, trials.py) from before DVC stashes its experiment until
 DVC has taken that entry from the stash (the first `get` returned): DVC's temp-dir runs take the first entry
