@@ -51,6 +51,10 @@ def _stat(pid: int) -> tuple[int, float, float] | None:
     return ppid, BOOT_TIME + start / CLOCK_TICKS, (utime + stime) / CLOCK_TICKS
 
 
+def _argv(pid: int) -> list[str]:
+    return [part.decode(errors="replace") for part in (_read(f"/proc/{pid}/cmdline") or b"").split(b"\0") if part]
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = _read(f"/proc/{pid}/environ") or b""
     pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
@@ -67,7 +71,7 @@ class Counter:
         self.found: dict[tuple[int, float], dict] = {}  # (pid, start) -> record
         self.ours: dict[tuple[int, float], bool] = {}
         self.cpu: dict[tuple[int, float], float] = {}  # every process of this run (TensorFlow or not): CPU seconds
-        self.others: dict[tuple[int, float], dict] = {}  # every process of this run: argv, test, start
+        self.seen: dict[tuple[int, float], dict] = {}  # every process of this run: argv, test, start
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="tf-count", daemon=True)
         self.started = time.time()
@@ -88,7 +92,7 @@ class Counter:
         (self.directory / "tf-processes.json").write_text(json.dumps(
             {"wall": self.finished - self.started, "started": self.started, "cpus": os.cpu_count(),
              "all_processes": len(self.cpu), "all_cpu": sum(self.cpu.values()), "processes": records,
-             "all": [{**self.others.get(key, {}), "cpu": cpu} for key, cpu in self.cpu.items()]}, indent=1))
+             "all": [{**self.seen.get(key, {}), "cpu": cpu} for key, cpu in self.cpu.items()]}, indent=1))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         records = list(self.found.values())
@@ -169,12 +173,12 @@ class Counter:
             if not self.ours[key]:
                 continue
             self.cpu[key] = stat[2]
-            argv = [part.decode(errors="replace") for part in (_read(f"/proc/{pid}/cmdline") or b"").split(b"\0") if part]
-            if key not in self.others:  # what each process of the run is, TensorFlow or not (seen once, young)
-                self.others[key] = {"argv": argv[:4], "test": self._test_of(pid, parents), "start": stat[1]}
+            if key not in self.seen:  # what each process of the run is, TensorFlow or not: read once, young
+                self.seen[key] = {"argv": _argv(pid)[:4], "test": self._test_of(pid, parents), "start": stat[1]}
             maps = _read(f"/proc/{pid}/maps")
             if maps is None or TF_LIBRARY not in maps:
                 continue
+            argv = _argv(pid)  # again: by now it has loaded TensorFlow, so it runs its own program
             self.found[key] = {"pid": pid, "argv": argv, "cwd": os.path.realpath(f"/proc/{pid}/cwd"),
                                "test": self._test_of(pid, parents), "start": stat[1], "last_seen": now,
                                "cpu": stat[2]}
