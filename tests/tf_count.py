@@ -70,8 +70,7 @@ class Counter:
         self.marker = f"{VARIABLE}={directory}".encode()
         self.found: dict[tuple[int, float], dict] = {}  # (pid, start) -> record
         self.ours: dict[tuple[int, float], bool] = {}
-        self.cpu: dict[tuple[int, float], float] = {}  # every process of this run (TensorFlow or not): CPU seconds
-        self.seen: dict[tuple[int, float], dict] = {}  # every process of this run: argv, test, start
+        self.seen: dict[tuple[int, float], dict] = {}  # every process of this run: argv, test, start, CPU seconds
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="tf-count", daemon=True)
         self.started = time.time()
@@ -91,8 +90,11 @@ class Counter:
         records = sorted(self.found.values(), key=lambda record: record["start"])
         (self.directory / "tf-processes.json").write_text(json.dumps(
             {"wall": self.finished - self.started, "started": self.started, "cpus": os.cpu_count(),
-             "all_processes": len(self.cpu), "all_cpu": sum(self.cpu.values()), "processes": records,
-             "all": [{**self.seen.get(key, {}), "cpu": cpu} for key, cpu in self.cpu.items()]}, indent=1))
+             "all_processes": len(self.seen), "all_cpu": self._all_cpu(), "processes": records,
+             "all": list(self.seen.values())}, indent=1))
+
+    def _all_cpu(self) -> float:
+        return sum(record["cpu"] for record in self.seen.values())
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         records = list(self.found.values())
@@ -104,7 +106,7 @@ class Counter:
         write(f"{len(records)} processes loaded TensorFlow in {wall:.0f} s of wall time; they lived {lived:.0f} s "
               f"in all and used {cpu:.0f} CPU seconds ({cpu / (wall * (os.cpu_count() or 1)):.0%} of "
               f"{os.cpu_count()} CPUs over the run); details: {self.directory / 'tf-processes.json'}")
-        write(f"all {len(self.cpu)} processes of the run seen (TensorFlow or not) used {sum(self.cpu.values()):.0f} CPU "
+        write(f"all {len(self.seen)} processes of the run seen (TensorFlow or not) used {self._all_cpu():.0f} CPU "
               "seconds (as last sampled: a process's last half second, and one shorter than that, are missed)")
         by_file: dict[str, list[dict]] = defaultdict(list)
         for record in records:
@@ -166,15 +168,15 @@ class Counter:
             key = (pid, round(stat[1], 2))
             if key in self.found:
                 self.found[key]["last_seen"], self.found[key]["cpu"] = now, stat[2]
-                self.cpu[key] = stat[2]
+                self.seen[key]["cpu"] = stat[2]
                 continue
             if key not in self.ours:
                 self.ours[key] = self._is_ours(pid, parents)
             if not self.ours[key]:
                 continue
-            self.cpu[key] = stat[2]
             if key not in self.seen:  # what each process of the run is, TensorFlow or not: read once, young
                 self.seen[key] = {"argv": _argv(pid)[:4], "test": self._test_of(pid, parents), "start": stat[1]}
+            self.seen[key]["cpu"] = stat[2]
             maps = _read(f"/proc/{pid}/maps")
             if maps is None or TF_LIBRARY not in maps:
                 continue
