@@ -174,6 +174,12 @@ def has_validation() -> bool:
     return read_meta().get("n_validation", 0) > 0
 
 
+def held_out_split() -> str:
+    """The split of held-out images outside evaluate (figures, the logged model's example): validation,
+    or train when data.val_size = 0; never test, which only evaluate reads."""
+    return "validation" if has_validation() else "train"
+
+
 def training_inputs(binarize: str) -> TrainingInputs:
     """Training and validation arrays as the model sees them in training, with their checksums."""
     train = load_verified("train")
@@ -213,7 +219,7 @@ class FigureData:
 
 
 def figure_data(binarize: str) -> FigureData:
-    split = "validation" if has_validation() else "train"
+    split = held_out_split()
     images = load_verified(split)
     return FigureData(split, images, model_inputs(images, binarize, training=False))
 

@@ -82,10 +82,9 @@ def prepared_input_example(rows: int = 2):
     them (float32 in [0, 1]), or None. Never test images: the train stage, which logs the model, reads no
     test image (only evaluate does)."""
     from vaepipe.errors import DataError
-    from vaepipe.prepared import has_validation, load_split, to_unit_interval
+    from vaepipe.prepared import held_out_split, load_split, to_unit_interval
 
     try:
-        split = "validation" if has_validation() else "train"
-        return to_unit_interval(load_split(paths.prepared_split(split)).images[:rows])
+        return to_unit_interval(load_split(paths.prepared_split(held_out_split())).images[:rows])
     except DataError:
         return None
