@@ -84,7 +84,6 @@ def test_the_launch_lock_is_held_until_dvc_has_taken_the_entry_then_released(tmp
     from vaepipe.tune import dvc_one
 
     lock = tmp_path / "launch.lock"
-    free = lambda: lock_is_free(lock)  # noqa: E731
 
     assert dvc_one.split_launch_lock(["--launch-lock", str(lock), "--wait-for-lock", "exp", "run"]) == (
         str(lock), ["--wait-for-lock", "exp", "run"])
@@ -92,9 +91,9 @@ def test_the_launch_lock_is_held_until_dvc_has_taken_the_entry_then_released(tmp
     taken = []
     get = dvc_one.first_entry_only(lambda queue: taken.append(queue) or "entry",
                                    on_taken=dvc_one.hold_launch_lock(str(lock)))
-    assert not free()
+    assert not lock_is_free(lock)
     assert get("queue") == "entry" and taken == ["queue"]
-    assert free()
+    assert lock_is_free(lock)
     with pytest.raises(ExpQueueEmptyError):
         get("queue")
     assert taken == ["queue"]
@@ -105,7 +104,7 @@ def test_the_launch_lock_is_held_until_dvc_has_taken_the_entry_then_released(tmp
     get = dvc_one.first_entry_only(failing, on_taken=dvc_one.hold_launch_lock(str(lock)))
     with pytest.raises(RuntimeError):
         get("queue")
-    assert free()
+    assert lock_is_free(lock)
 
 
 def test_dvc_collects_a_finished_experiment_holding_the_launch_lock(tmp_path, monkeypatch):
