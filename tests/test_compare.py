@@ -228,6 +228,22 @@ def test_metrics_against_a_param_draws_one_panel_per_metric(count):
     assert all(len(axes.get_lines()) == 1 for axes in figure.axes)
 
 
+def test_the_legend_is_on_the_first_panel_with_lines_when_no_run_has_the_first_metric():
+    """Runs logged before a drawn metric existed (docs/extending.md, the evaluate metric recipe) leave its
+    panel empty; the legend is still drawn, on the first panel that has lines."""
+    from vaepipe.compare.rows import Row
+    from vaepipe.tracking.search import RunRecord
+
+    names = list(METRICS[:3])
+    rows = [Row(RunRecord(f"id{z}", f"z{z}", "FINISHED", 0, "0", {"model.latent_dim": str(z)}, {}, {}),
+                {"model.latent_dim": str(z)}, {name: float(z) for name in names[1:]})
+            for z in (2, 4)]
+    figure = metrics_against(rows, "model.latent_dim", tuple(names))
+    assert [len(axes.get_lines()) for axes in figure.axes] == [0, 1, 1]
+    assert [axes.get_legend() is not None for axes in figure.axes] == [False, True, False]
+    assert legend_texts(figure) == ["all runs"]
+
+
 # ---------------------------------------------------------------- readable at 30 runs and more
 
 

@@ -145,7 +145,10 @@ def metrics_against(rows: list[Row], name: str, metrics: tuple[str, ...] = PARAM
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         better = "higher" if registry.get(metric).direction == "maximize" else "lower"
         axes.set(xlabel=name, ylabel=metric, title=f"{metric} ({better} is better)")
-    _legend(grid.flat[0], lines)
+    # On the first panel with lines: runs from before a drawn metric existed leave its panel empty.
+    panels_with_lines = [axes for axes in figure.axes if axes.get_lines()]
+    if panels_with_lines:
+        _legend(panels_with_lines[0], lines)
     figure.suptitle(f"metrics against {name}")
     figure.tight_layout()
     return figure
