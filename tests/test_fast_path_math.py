@@ -65,7 +65,7 @@ def train_run(x_train: np.ndarray, x_test: np.ndarray, stack: int, jit: bool, se
     batches = make_datasets(x_train, x_test, BATCH, seed, epochs=range(epochs), batches_per_stack=batches_per_stack(model))
     history = model.fit(batches.train, steps_per_epoch=batches.stacks_per_epoch, validation_data=batches.val,
                       epochs=epochs, shuffle=False, verbose=0, callbacks=[EpochRandomState(seed)])
-    return history.history, [np.array(weight) for weight in trained_vae(model).weights]
+    return history.history, [weight.numpy() for weight in trained_vae(model).weights]
 
 
 def test_stacked_datasets_hold_the_per_step_batches(mnist_subset):
@@ -125,9 +125,9 @@ def test_seed_generator_advances_inside_an_xla_loop():
     def single():
         return keras.random.normal((4, 2), seed=generator)
 
-    start = np.array(generator.state)
+    start = generator.state.numpy()
     in_loop = looped().numpy()
-    assert np.array(generator.state)[1] == start[1] + steps
+    assert generator.state.numpy()[1] == start[1] + steps
     generator.state.assign(start)
     separate = np.stack([single().numpy() for _ in range(steps)])
     np.testing.assert_array_equal(in_loop, separate)
