@@ -213,16 +213,21 @@ def test_every_metric_read_back_has_a_column():
     assert set(METRICS) <= set(COLUMNS)
 
 
-@pytest.mark.parametrize("count", [1, 4, 5])
-def test_metrics_against_a_param_draws_one_panel_per_metric(count):
-    """As many panels as metrics (vaepipe.metrics's drawn ones by default), two to a row."""
+def latent_dim_rows(metrics_of) -> list:
+    """Two rows, latent_dim 2 and 4, differing in nothing else; `metrics_of(z)` gives each one's metrics."""
     from vaepipe.compare.rows import Row
     from vaepipe.tracking.search import RunRecord
 
-    names = list(METRICS[:count])
-    rows = [Row(RunRecord(f"id{z}", f"z{z}", "FINISHED", 0, "0", {"model.latent_dim": str(z)}, {}, {}),
-                {"model.latent_dim": str(z)}, {name: float(z + index) for index, name in enumerate(names)})
+    return [Row(RunRecord(f"id{z}", f"z{z}", "FINISHED", 0, "0", {"model.latent_dim": str(z)}, {}, {}),
+                {"model.latent_dim": str(z)}, metrics_of(z))
             for z in (2, 4)]
+
+
+@pytest.mark.parametrize("count", [1, 4, 5])
+def test_metrics_against_a_param_draws_one_panel_per_metric(count):
+    """As many panels as metrics (vaepipe.metrics's drawn ones by default), two to a row."""
+    names = list(METRICS[:count])
+    rows = latent_dim_rows(lambda z: {name: float(z + index) for index, name in enumerate(names)})
     figure = metrics_against(rows, "model.latent_dim", tuple(names))
     assert [axes.get_ylabel() for axes in figure.axes] == names
     assert all(len(axes.get_lines()) == 1 for axes in figure.axes)
@@ -231,13 +236,8 @@ def test_metrics_against_a_param_draws_one_panel_per_metric(count):
 def test_the_legend_is_on_the_first_panel_with_lines_when_no_run_has_the_first_metric():
     """Runs logged before a drawn metric existed (docs/extending.md, the evaluate metric recipe) leave its
     panel empty; the legend is still drawn, on the first panel that has lines."""
-    from vaepipe.compare.rows import Row
-    from vaepipe.tracking.search import RunRecord
-
     names = list(METRICS[:3])
-    rows = [Row(RunRecord(f"id{z}", f"z{z}", "FINISHED", 0, "0", {"model.latent_dim": str(z)}, {}, {}),
-                {"model.latent_dim": str(z)}, {name: float(z) for name in names[1:]})
-            for z in (2, 4)]
+    rows = latent_dim_rows(lambda z: {name: float(z) for name in names[1:]})
     figure = metrics_against(rows, "model.latent_dim", tuple(names))
     assert [len(axes.get_lines()) for axes in figure.axes] == [0, 1, 1]
     assert [axes.get_legend() is not None for axes in figure.axes] == [False, True, False]
